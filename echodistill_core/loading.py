@@ -1,0 +1,69 @@
+"""Load a diffusers-format folder (the bundled tiny models, or `models/diffusers/<name>`) offline.
+
+A folder holds `unet/`, `scheduler/`, `text_encoder/`, `tokenizer/` and optionally `vae/`, as
+`save_pretrained` writes them. Nothing is fetched from a hub: `local_files_only=True` throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .models import DiffusionModel, TextConditioner
+from .schedule import NoiseSchedule
+from .tokenizer import check_tokenizer
+
+REQUIRED_PARTS = ("unet", "scheduler", "text_encoder", "tokenizer")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or unreadable."""
+
+
+def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu") -> tuple[DiffusionModel, TextConditioner]:
+    """The folder's diffusion model and its text encoder, frozen, in `dtype` on `device`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist; pass a diffusers-format folder")
+    missing = [part for part in REQUIRED_PARTS if not (folder / part).is_dir()]
+    if missing:
+        raise ModelFolderError(
+            f"model folder {folder} has no {', '.join(missing)} subfolder; a diffusers-format folder needs "
+            f"{', '.join(REQUIRED_PARTS)} (and vae/ for a latent model)"
+        )
+    options = dict(local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **options)
+        schedule = NoiseSchedule.from_scheduler_config(
+            json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        )
+        vae = None
+        if (folder / "vae").is_dir():
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **options)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **options)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelFolderError(f"could not load the model folder {folder}: {error}") from error
+    check_tokenizer(tokenizer, folder / "tokenizer")
+    for module in (unet, vae, text_encoder):
+        if module is not None:
+            module.requires_grad_(False).eval().to(device)
+    model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=folder.name)
+    return model, TextConditioner(tokenizer=tokenizer, text_encoder=text_encoder)
+
+
+def save_diffusers_folder(folder: str | Path, model: DiffusionModel, text: TextConditioner,
+                          scheduler) -> None:
+    """Write a model in the layout `load_diffusers_folder` reads (safetensors weights)."""
+    folder = Path(folder)
+    model.unet.save_pretrained(folder / "unet")
+    scheduler.save_pretrained(folder / "scheduler")
+    text.text_encoder.save_pretrained(folder / "text_encoder")
+    text.tokenizer.save_pretrained(folder / "tokenizer")
+    if model.vae is not None:
+        model.vae.save_pretrained(folder / "vae")

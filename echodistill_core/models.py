@@ -1,0 +1,132 @@
+"""The networks EchoDistill is given: two diffusion models and one shared text encoder.
+
+Nothing here is hard-wired to a checkpoint: a `DiffusionModel` is any diffusers UNet with the noise
+schedule of its scheduler and an optional VAE (no VAE means the model works in pixel space), and a
+`TextConditioner` is the teacher's text encoder and tokenizer, which the student shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .schedule import NoiseSchedule
+from .text import encode_prompts
+
+
+@dataclass
+class TextConditioner:
+    tokenizer: object  # a transformers CLIP tokenizer
+    text_encoder: torch.nn.Module  # a transformers CLIPTextModel
+
+    @property
+    def width(self) -> int:
+        return self.text_encoder.config.hidden_size
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts)
+
+
+@dataclass
+class DiffusionModel:
+    unet: UNet2DConditionModel
+    schedule: NoiseSchedule
+    vae: AutoencoderKL | None = None
+    name: str = "model"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def in_pixel_space(self) -> bool:
+        return self.vae is None
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of the space the UNet denoises."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, height, width)
+
+    def image_size(self) -> int:
+        _, height, _ = self.latent_shape()
+        return height * self.vae_scale_factor()
+
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One network evaluation at z_t, converted to the clean sample it implies."""
+        dtype = self.unet.dtype
+        output = self.unet(z_t.to(dtype), t.to(z_t.device), cond.to(dtype)).sample.to(z_t.dtype)
+        return self.schedule.to_x0(output, z_t, t)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], [B, 3, H, W] -> latents (the mean of the VAE posterior, scaled)."""
+        if self.vae is None:
+            return images
+        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return (posterior.mean * self.vae.config.scaling_factor).to(images.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (unclamped, differentiable)."""
+        if self.vae is None:
+            return latents
+        scaled = latents / self.vae.config.scaling_factor
+        return self.vae.decode(scaled.to(self.vae.dtype)).sample.to(latents.dtype)
+
+
+class IncompatiblePairError(ValueError):
+    """A teacher and student that cannot be trained together."""
+
+
+def check_pair(teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
+               student_text: TextConditioner | None = None) -> None:
+    """Refuse a pair that cannot share one text encoder or one latent space, saying what fits."""
+    width = text.width
+    for role, model in (("teacher", teacher), ("student", student)):
+        cross = model.unet.config.cross_attention_dim
+        if cross != width:
+            raise IncompatiblePairError(
+                f"the {role} UNet expects text embeddings of width {cross}, but the shared (teacher's) "
+                f"text encoder gives {width}; choose a {role} of the teacher's family "
+                "(for an SD 2.1 teacher, an SD 2.x student such as SD-Turbo)"
+            )
+    if student_text is not None:
+        _check_same_text_encoder(text, student_text)
+    if teacher.in_pixel_space != student.in_pixel_space:
+        raise IncompatiblePairError(
+            "one model works in pixel space and the other in a VAE latent space; teacher and student "
+            "must share one latent space"
+        )
+    if teacher.vae is not None and student.vae is not None:
+        keys = ("latent_channels", "block_out_channels", "scaling_factor")
+        if any(teacher.vae.config[key] != student.vae.config[key] for key in keys):
+            raise IncompatiblePairError(
+                "the teacher's and the student's VAEs differ, so their latent spaces differ; use a pair "
+                "of one family (SD 2.1 and SD-Turbo share theirs)"
+            )
+    if teacher.latent_shape()[0] != student.latent_shape()[0]:
+        raise IncompatiblePairError(
+            f"the teacher denoises {teacher.latent_shape()[0]} channels and the student "
+            f"{student.latent_shape()[0]}; use a pair of one family"
+        )
+
+
+def _check_same_text_encoder(text: TextConditioner, student_text: TextConditioner) -> None:
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    teacher_config, student_config = text.text_encoder.config, student_text.text_encoder.config
+    differing = [key for key in keys if getattr(teacher_config, key) != getattr(student_config, key)]
+    if differing or len(text.tokenizer) != len(student_text.tokenizer):
+        detail = ", ".join(
+            f"{key} {getattr(teacher_config, key)} vs {getattr(student_config, key)}" for key in differing
+        ) or f"tokenizers of {len(text.tokenizer)} vs {len(student_text.tokenizer)} tokens"
+        raise IncompatiblePairError(
+            f"teacher and student text encoders differ ({detail}); EchoDistill trains one shared text "
+            "encoder, so an SD 2.1 teacher needs an SD 2.x-family student such as SD-Turbo, and an "
+            "SD 1.5 teacher an SD 1.x student"
+        )

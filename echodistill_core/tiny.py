@@ -1,0 +1,80 @@
+"""Tiny random teacher/student pairs built from configs: for tests, benchmarks and a first demo.
+
+Their shapes follow the full-size models (a CLIP text encoder, a cross-attention UNet, optionally a
+VAE) at about a million parameters, so every code path of a real pair runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .models import DiffusionModel, TextConditioner
+from .schedule import NoiseSchedule
+from .tokenizer import build_clip_tokenizer
+
+TINY_NUM_MERGES = 1000
+TINY_MAX_TOKENS = 16
+TINY_TEXT_WIDTH = 32
+
+
+def tiny_text(seed: int = 0) -> TextConditioner:
+    tokenizer = build_clip_tokenizer(TINY_NUM_MERGES)
+    tokenizer.model_max_length = TINY_MAX_TOKENS
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_TEXT_WIDTH, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=TINY_MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return TextConditioner(tokenizer, CLIPTextModel(config).eval().requires_grad_(False))
+
+
+def tiny_scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
+    """SD's schedule (scaled linear betas 0.00085-0.012 over 1000 steps)."""
+    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         prediction_type=prediction_type, clip_sample=False)
+
+
+def tiny_unet(channels: int, sample_size: int, seed: int) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=(32, 64),
+        layers_per_block=1, cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
+    )
+    return unet.eval().requires_grad_(False)
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A two-level VAE: images of N px become 4 x N/2 x N/2 latents."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=32,
+    )
+    return vae.eval().requires_grad_(False)
+
+
+def tiny_model(prediction_type: str = "v_prediction", *, image_size: int = 16, latent: bool = False,
+               seed: int = 0, name: str = "tiny", vae: AutoencoderKL | None = None) -> DiffusionModel:
+    """A random tiny model; with `latent`, a VAE (shared if passed) and a UNet on its latents."""
+    if latent:
+        vae = vae or tiny_vae(seed)
+        unet = tiny_unet(4, image_size // 2, seed)
+    else:
+        vae, unet = None, tiny_unet(3, image_size, seed)
+    schedule = NoiseSchedule.from_scheduler_config(tiny_scheduler(prediction_type).config)
+    return DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=name)
+
+
+def tiny_pair(teacher_prediction: str = "v_prediction", student_prediction: str = "epsilon", *,
+              image_size: int = 16, latent: bool = False, seed: int = 0
+              ) -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
+    """A random (teacher, student, shared text encoder) triple; the student starts as a copy of no one."""
+    teacher = tiny_model(teacher_prediction, image_size=image_size, latent=latent, seed=seed, name="tiny-teacher")
+    student = tiny_model(student_prediction, image_size=image_size, latent=latent, seed=seed + 1,
+                         name="tiny-student", vae=teacher.vae)
+    return teacher, student, tiny_text(seed)

@@ -1,0 +1,64 @@
+"""CLIP's tokenizer, built offline from the vendored BPE merges file.
+
+Stable Diffusion's text encoders all use OpenAI CLIP's byte-level BPE (49,408 tokens, BOS 49406,
+EOS 49407). The merges ship in `assets/clip/` (MIT, see its NOTICE), so no hub is ever asked.
+Keeping only the first `num_merges` merges gives a small tokenizer whose ids agree with full CLIP on
+every token it knows, which is what the tiny bundled models use.
+"""
+
+from __future__ import annotations
+
+import gzip
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+MERGES_FILE = Path(__file__).parent / "assets" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+FULL_NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges of the file: 48,894
+MIN_REAL_VOCAB = 500  # a folder without tokenizer files loads as a silent 2-token tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible map of the 256 bytes to printable unicode characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    characters = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, characters)))
+
+
+@lru_cache(maxsize=1)
+def _all_merges() -> tuple[tuple[str, str], ...]:
+    with gzip.open(MERGES_FILE, "rt", encoding="utf-8") as file:
+        lines = file.read().split("\n")[1 : FULL_NUM_MERGES + 1]
+    return tuple(tuple(line.split()) for line in lines)
+
+
+def build_clip_tokenizer(num_merges: int | None = None, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """OpenAI CLIP's tokenizer with its first `num_merges` merges (all of them when None).
+
+    `pad_token` is "<|endoftext|>" for SD 1.x and "!" for the SD 2.x family (OpenCLIP's padding).
+    """
+    merges = list(_all_merges()[:num_merges])
+    symbols = list(_bytes_to_unicode().values())
+    symbols += [symbol + "</w>" for symbol in symbols]
+    symbols += ["".join(merge) for merge in merges]
+    symbols += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+
+
+def check_tokenizer(tokenizer, source: str) -> None:
+    """Refuse the degenerate tokenizer that `from_pretrained` returns for a folder without files."""
+    if len(tokenizer) < MIN_REAL_VOCAB:
+        raise ValueError(
+            f"the tokenizer from {source} has only {len(tokenizer)} tokens, so its files are missing or "
+            "broken; put CLIP's tokenizer files (vocab.json, merges.txt or tokenizer.json) in its "
+            "tokenizer/ folder"
+        )

@@ -1,0 +1,106 @@
+"""Frozen feature extractors for the discriminators and the feature loss.
+
+- `TeacherUNetFeatures` (the default, needs nothing but the teacher): the frozen *base* teacher UNet's
+  down and mid blocks on lightly noised latents, pooled, as in latent adversarial diffusion
+  distillation. Its adapters are disabled while it runs.
+- `ImageBackbone`: any image network the user has locally (a transformers CLIP vision or DINO model),
+  seen through its preprocessing, taking images in [-1, 1].
+Both are differentiable with respect to their input and have no trainable parameters.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import AdapterSet
+from .models import DiffusionModel
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class TeacherUNetFeatures(nn.Module):
+    """Pooled down- and mid-block features of the frozen base teacher at a small noise level."""
+
+    space = "latent"
+
+    def __init__(self, teacher: DiffusionModel, adapters: AdapterSet | None = None,
+                 timesteps: tuple[int, int] = (0, 200)):
+        super().__init__()
+        # Held in lists so they are not submodules: their weights are not the discriminator's to save.
+        self._teacher, self._adapters, self.timesteps = [teacher], [adapters], timesteps
+        unet = teacher.unet
+        self.feature_dim = sum(block.resnets[-1].out_channels for block in unet.down_blocks)
+        self.feature_dim += unet.mid_block.resnets[-1].out_channels if unet.mid_block is not None else 0
+
+    def forward(self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        teacher = self._teacher[0]
+        unet = teacher.unet
+        t = torch.randint(self.timesteps[0], self.timesteps[1] + 1, (len(latents),), generator=generator)
+        eps = torch.randn(latents.shape, generator=generator).to(latents)
+        t = t.to(latents.device)
+        z_t = teacher.schedule.add_noise(latents, eps, t).to(unet.dtype)
+        adapters = self._adapters[0]
+        with adapters.disabled() if adapters is not None else nullcontext():
+            embedding = unet.time_embedding(unet.time_proj(t).to(unet.dtype))
+            hidden = unet.conv_in(z_t)
+            pooled = []
+            for block in unet.down_blocks:
+                if getattr(block, "has_cross_attention", False):
+                    hidden, _ = block(hidden_states=hidden, temb=embedding, encoder_hidden_states=c.to(unet.dtype))
+                else:
+                    hidden, _ = block(hidden_states=hidden, temb=embedding)
+                pooled.append(hidden.mean(dim=(2, 3)))
+            if unet.mid_block is not None:
+                hidden = unet.mid_block(hidden, embedding, encoder_hidden_states=c.to(unet.dtype))
+                pooled.append(hidden.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1).float()
+
+
+class ImageBackbone(nn.Module):
+    """A frozen image network: images in [-1, 1] [B, 3, H, W] -> features [B, feature_dim].
+
+    `network` is a transformers vision model (CLIPVisionModel(WithProjection), Dinov2Model, ViTModel...)
+    or any module mapping normalised pixels to a tensor or an output with `image_embeds`,
+    `pooler_output` or `last_hidden_state`.
+    """
+
+    space = "image"
+
+    def __init__(self, network: nn.Module, feature_dim: int, input_size: int,
+                 mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+        super().__init__()
+        self.network = network.requires_grad_(False).eval()
+        self.feature_dim, self.input_size = feature_dim, input_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_transformers(cls, network: nn.Module, mean=CLIP_MEAN, std=CLIP_STD) -> "ImageBackbone":
+        config = network.config
+        dim = getattr(config, "projection_dim", None) if hasattr(network, "visual_projection") else None
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        return cls(network, dim or config.hidden_size, size, mean, std)
+
+    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        pixels = (images.float() + 1) / 2
+        pixels = F.interpolate(pixels, size=(self.input_size, self.input_size), mode="bilinear",
+                               align_corners=False, antialias=True)
+        pixels = ((pixels - self.mean) / self.std).to(next(self.network.parameters()).dtype)
+        output = self.network(pixel_values=pixels)
+        return _pooled(output).float()
+
+
+def _pooled(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output if output.ndim == 2 else output.flatten(1)
+    for name in ("image_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    return output.last_hidden_state[:, 0]

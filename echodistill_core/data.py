@@ -1,0 +1,175 @@
+"""Concept images and their prompts, with the Custom Diffusion augmentation.
+
+Each training example is an image in [-1, 1], a validity mask (1 where the image has content, 0 on
+the blank canvas around a shrunken paste) and a prompt made from a template filled with
+"<token> <class word>", edited to say "very small" / "close up" when the augmentation did so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+TRAINING_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a good photo of a {}",
+)
+SMALL_EDITS = ("far away ", "very small ")
+LARGE_EDITS = ("zoomed in ", "close up ")
+MIN_IMAGE_SIDE = 8
+
+
+class ConceptImageError(ValueError):
+    """A concept image that cannot be used; the message names it and says why."""
+
+
+@dataclass
+class ConceptBatch:
+    images: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    masks: torch.Tensor  # [B, 1, R, R] in {0, 1}
+    prompts: list[str]
+
+
+def to_tensor(image, index: int = 0) -> torch.Tensor:
+    """A PIL image, or a tensor [H, W, C] / [C, H, W] (float in 0..1 or uint8), as [3, H, W] in [-1, 1].
+
+    RGBA is composited over white and grey is repeated to RGB.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor) or isinstance(image, np.ndarray):
+        tensor = torch.as_tensor(image).detach().cpu()
+        tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+        if tensor.ndim != 3:
+            raise ConceptImageError(f"image {index} has shape {tuple(tensor.shape)}; expected [H, W, C] or [C, H, W]")
+        if tensor.shape[0] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
+            tensor = tensor.permute(2, 0, 1)
+        if tensor.shape[0] == 4:
+            rgb, alpha = tensor[:3], tensor[3:]
+            tensor = rgb * alpha + (1 - alpha)
+        if tensor.shape[0] == 1:
+            tensor = tensor.expand(3, -1, -1)
+        if tensor.shape[0] != 3:
+            raise ConceptImageError(f"image {index} has {tensor.shape[0]} channels; give RGB, RGBA or grey images")
+    else:
+        raise ConceptImageError(f"image {index} is a {type(image).__name__}; give PIL images or tensors")
+    if min(tensor.shape[1:]) < MIN_IMAGE_SIDE:
+        raise ConceptImageError(
+            f"image {index} is {tensor.shape[2]}x{tensor.shape[1]} px; concept images need at least "
+            f"{MIN_IMAGE_SIDE} px a side (ideally the training resolution or more)"
+        )
+    if not torch.isfinite(tensor).all():
+        raise ConceptImageError(f"image {index} contains NaN or infinite values")
+    return tensor.clamp(0, 1) * 2 - 1
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
+def center_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` and crop the centre square."""
+    _, height, width = image.shape
+    scale = size / min(height, width)
+    new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
+    image = F.interpolate(image[None], size=(new_height, new_width), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    return image[:, top : top + size, left : left + size]
+
+
+def _uniform_int(low: int, high: int, generator: torch.Generator) -> int:
+    """An integer in [low, high], inclusive."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+def random_choice(options, generator: torch.Generator):
+    return options[_uniform_int(0, len(options) - 1, generator)]
+
+
+def augment(image: torch.Tensor, resolution: int, generator: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The Custom Diffusion recipe: flip p=0.5; with p=2/3 shrink to 1/3..1 of the resolution and paste
+    on a blank canvas (mask = pasted region), else enlarge 1.2-1.4x and crop. Returns the image, its
+    mask [1, R, R] and the prompt edit."""
+    if torch.rand(1, generator=generator) < 0.5:
+        image = image.flip(-1)
+    if torch.rand(1, generator=generator) < 2 / 3:
+        size = _uniform_int(resolution // 3, resolution, generator)
+        top, left = _uniform_int(0, resolution - size, generator), _uniform_int(0, resolution - size, generator)
+        canvas, mask = torch.zeros(3, resolution, resolution), torch.zeros(1, resolution, resolution)
+        canvas[:, top : top + size, left : left + size] = resize(image, size)
+        mask[:, top : top + size, left : left + size] = 1
+        edit = random_choice(SMALL_EDITS, generator) if size < 0.6 * resolution else ""
+        return canvas, mask, edit
+    size = _uniform_int(round(1.2 * resolution), round(1.4 * resolution), generator)
+    top, left = _uniform_int(0, size - resolution, generator), _uniform_int(0, size - resolution, generator)
+    crop = resize(image, size)[:, top : top + resolution, left : left + resolution]
+    return crop, torch.ones(1, resolution, resolution), random_choice(LARGE_EDITS, generator)
+
+
+class ConceptDataset:
+    """A handful of images of one subject, drawn as augmented (image, mask, prompt) batches."""
+
+    def __init__(self, images, token: str, class_word: str, resolution: int, *,
+                 templates: tuple[str, ...] = TRAINING_TEMPLATES, captions: list[str] | None = None,
+                 augment: bool = True):
+        images = list(images)
+        if not images:
+            raise ConceptImageError("no concept images were given; give 3-20 photos of the subject")
+        if captions is not None:
+            if len(captions) != len(images):
+                raise ConceptImageError(f"got {len(captions)} captions for {len(images)} images; give one per image")
+            for index, caption in enumerate(captions):
+                if token not in caption:
+                    raise ConceptImageError(f"caption {index} ({caption!r}) does not mention the token {token}")
+        if any("{}" not in template for template in templates):
+            raise ConceptImageError("every prompt template needs a {} where the subject goes")
+        self.images = [center_square(to_tensor(image, index), resolution) for index, image in enumerate(images)]
+        self.token, self.class_word, self.resolution = token, class_word, resolution
+        self.templates, self.captions, self.augment = tuple(templates), captions, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def subject(self) -> str:
+        return f"{self.token} {self.class_word}".strip()
+
+    def template_prompt(self, generator: torch.Generator, edit: str = "") -> str:
+        """A random training template filled with the subject, e.g. "a photo of a <sks> dog"."""
+        return random_choice(self.templates, generator).format(edit + self.subject)
+
+    def prompt(self, index: int, edit: str, generator: torch.Generator) -> str:
+        if self.captions is not None:
+            return self.captions[index]
+        return self.template_prompt(generator, edit)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> ConceptBatch:
+        images, masks, prompts = [], [], []
+        for _ in range(batch_size):
+            index = _uniform_int(0, len(self.images) - 1, generator)
+            image, mask, edit = self.images[index], torch.ones(1, self.resolution, self.resolution), ""
+            if self.augment:
+                image, mask, edit = augment(image, self.resolution, generator)
+            images.append(image)
+            masks.append(mask)
+            prompts.append(self.prompt(index, edit, generator))
+        return ConceptBatch(torch.stack(images), torch.stack(masks), prompts)

@@ -1,0 +1,363 @@
+"""The EchoDistill loop. One iteration is method.md's five steps, in order:
+
+    1. teacher step      the teacher (K/V adapters + token row) learns the concept from real images,
+                         and in the echo stage also from the student's most convincing samples
+    2. student sample    x_s = G(eps, sg(c)) in one step
+    3. teacher target    the just-updated teacher refines the re-noised x_s with CFG: x_T, w = abar_t'
+    4. student step      adversarial + w * (latent + feature + colour) alignment to x_T
+    5. discriminators    each head learns real concept images from sg(x_s)
+
+All randomness comes from one generator, so a run is reproducible and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses as L
+from .backbones import ImageBackbone, TeacherUNetFeatures
+from .config import EchoDistillConfig
+from .data import ConceptDataset, random_choice
+from .discriminators import Discriminator
+from .models import DiffusionModel, TextConditioner, check_pair
+from .personalization import Personalization
+from .sampling import generate_student
+from .serialization import ResultFileError, load_tree, save_tree
+from .token import PlaceholderEmbedding
+
+log = logging.getLogger("echodistill")
+STATE_FORMAT = "echodistill-state/1"
+OUT_OF_MEMORY_ADVICE = (
+    "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
+    "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
+    "The state after step {step_done} is kept"
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the trainer keeps the state of the last good step."""
+
+
+class TrainingOutOfMemoryError(MemoryError):
+    """The device ran out of memory; the message says what to lower."""
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    losses: dict[str, float]
+    preview: torch.Tensor | None  # [H, W, 3] in [0, 1], every `preview_every` steps
+
+
+class EchoDistillTrainer:
+    def __init__(self, teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
+                 concept: ConceptDataset, config: EchoDistillConfig, *,
+                 discriminator_backbones: list[nn.Module] | None = None,
+                 feature_network: ImageBackbone | None = None, student_text: TextConditioner | None = None):
+        check_pair(teacher, student, text, student_text)
+        self.teacher, self.student, self.text, self.concept, self.config = teacher, student, text, concept, config
+        with torch.random.fork_rng(devices=[]):  # initial LoRA factors and heads follow the seed
+            torch.manual_seed(config.seed)
+            self.personalization = Personalization.create(config, teacher, student, text)
+            if discriminator_backbones is None:
+                discriminator_backbones = [
+                    TeacherUNetFeatures(teacher, self.teacher_adapters, config.discriminator_timesteps)
+                ]
+            self.discriminators = nn.ModuleList(
+                Discriminator(backbone, f"{type(backbone).__name__}_{index}")
+                for index, backbone in enumerate(discriminator_backbones)
+            ).to(teacher.device)
+        self.feature_network = feature_network
+        if feature_network is None:
+            log.info("feature loss skipped: no feature network supplied (give an image backbone to use it)")
+        if config.gradient_checkpointing:
+            teacher.unet.enable_gradient_checkpointing()
+            student.unet.enable_gradient_checkpointing()
+
+        def adamw(groups):
+            return torch.optim.AdamW(groups, betas=config.adam_betas, weight_decay=config.weight_decay)
+
+        self.optimizers = {
+            "teacher": adamw([{"params": list(self.teacher_adapters.parameters()), "lr": config.teacher_lr},
+                              {"params": [self.token.vector], "lr": config.token_lr or config.teacher_lr}]),
+            "student": adamw([{"params": list(self.student_adapters.parameters()), "lr": config.student_lr}]),
+            "discriminators": adamw([{"params": [p for d in self.discriminators for p in d.trainable_parameters()],
+                                      "lr": config.discriminator_lr}]),
+        }
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.echo_samples = 0
+        self._uncond: torch.Tensor | None = None
+
+    # The learned parts, by name.
+    @property
+    def token(self):
+        return self.personalization.token
+
+    @property
+    def teacher_adapters(self):
+        return self.personalization.teacher_adapters
+
+    @property
+    def student_adapters(self):
+        return self.personalization.student_adapters
+
+    @property
+    def history(self) -> list[dict]:
+        return self.personalization.history
+
+    @property
+    def in_echo_stage(self) -> bool:
+        return self.config.echo and self.step >= self.config.echo_start_step
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The personalized text encoder and both adapted UNets, for the duration of the block."""
+        with self.personalization.applied(self.text, self.teacher, self.student):
+            yield
+
+    # Randomness, all from self.generator.
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.generator).to(like)
+
+    def _timesteps(self, bounds: tuple[int, int], count: int) -> torch.Tensor:
+        return torch.randint(bounds[0], bounds[1] + 1, (count,), generator=self.generator).to(self.teacher.device)
+
+    def _uncond_embedding(self) -> torch.Tensor:
+        if self._uncond is None:
+            with torch.no_grad():
+                self._uncond = self.text([""])
+        return self._uncond
+
+    # One iteration.
+    def train_step(self) -> dict[str, float]:
+        """Method.md's five steps; returns the losses. Call inside `applied()`."""
+        config, teacher, student = self.config, self.teacher, self.student
+        batch = self.concept.sample(config.batch_size, self.generator)
+        images = batch.images.to(teacher.device)
+        with torch.no_grad():
+            z_real = teacher.encode(images)
+        mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
+        eps = self._noise(z_real)
+        losses = self._teacher_step(z_real, batch.prompts, eps, mask)  # 1
+
+        with torch.no_grad():
+            c = self.text(batch.prompts)  # sg(c), with the token as just updated
+        x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)  # 2
+        images_s = student.decode(x_s)
+
+        t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))  # 3
+        eps_renoise = eps if config.shared_noise else self._noise(z_real)
+        x_T, w = L.teacher_target(teacher, x_s, c, self._uncond_embedding(), eps_renoise, t_renoise,
+                                  config.guidance_scale)
+
+        fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
+        losses |= self._student_step(x_s, images_s, x_T, w, fake_features)  # 4
+        losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)  # 5
+        return losses
+
+    def _teacher_step(self, z_real, prompts, eps, mask) -> dict[str, float]:
+        t = self._timesteps(self.config.teacher_timesteps, len(z_real))
+        loss_real = L.teacher_diffusion_loss(self.teacher, z_real, self.text(prompts), eps, t, mask)
+        loss, report = loss_real, {"teacher": loss_real}
+        if self.in_echo_stage:  # the echo: the student's best samples become teacher training data
+            x_echo, echo_prompts = self._echo_samples()
+            t_echo = self._timesteps(self.config.teacher_timesteps, len(x_echo))
+            loss_echo = L.teacher_diffusion_loss(self.teacher, x_echo, self.text(echo_prompts),
+                                                 self._noise(x_echo), t_echo, torch.ones_like(x_echo[:, :1]))
+            loss = loss_real + self.config.echo_beta * loss_echo
+            report |= {"echo": loss_echo, "echo_kept": float(len(x_echo))}
+        self._optimize("teacher", loss)
+        return report
+
+    def _student_x0(self, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        t = torch.full((len(noise),), self.student.schedule.terminal_timestep, device=noise.device)
+        return self.student.predict_x0(noise, t, c)
+
+    def _student_step(self, x_s, images_s, x_T, w, fake_features) -> dict[str, float]:
+        config = self.config
+        with torch.no_grad():
+            images_T = self.student.decode(x_T)
+        adversarial = [L.adversarial_generator_loss(d(f)) for d, f in zip(self.discriminators, fake_features)]
+        feature = None
+        if self.feature_network is not None:
+            with torch.no_grad():
+                features_T = self.feature_network(images_T)
+            feature = L.feature_alignment_loss(self.feature_network(images_s), features_T)
+        latent = L.latent_alignment_loss(x_s, x_T)
+        color = L.color_loss(images_s, images_T, self.generator, levels=config.color_levels,
+                             projections=config.color_projections, patch=config.color_patch)
+        loss = L.student_objective(
+            adversarial, w, latent, feature, color, adversarial_weight=config.adversarial_weight,
+            latent_weight=config.latent_weight, feature_weight=config.feature_weight, color_weight=config.color_weight,
+        )
+        self._optimize("student", loss)
+        report = {"student": loss, "latent": latent.mean(), "color": color.mean(),
+                  "adversarial": sum(adversarial) / len(adversarial)}
+        if feature is not None:
+            report["feature"] = feature.mean()
+        return report
+
+    def _discriminator_step(self, z_real, images_real, c, fake_features) -> torch.Tensor:
+        total = torch.zeros((), device=z_real.device)
+        for discriminator, fake in zip(self.discriminators, fake_features):
+            with torch.no_grad():
+                real = discriminator.features(z_real, images_real, c, self.generator)
+            real.requires_grad_(self.config.r1_gamma > 0)
+            logits_real = discriminator(real)
+            loss = L.discriminator_loss(logits_real, discriminator(fake.detach()))
+            if self.config.r1_gamma > 0:  # on the head's input: the backbone is frozen
+                loss = loss + L.r1_penalty(logits_real, real, self.config.r1_gamma)
+            total = total + loss
+        self._optimize("discriminators", total)
+        return total
+
+    @torch.no_grad()
+    def _echo_samples(self) -> tuple[torch.Tensor, list[str]]:
+        """Student samples for training prompts and new contexts, the most real-looking `echo_keep` kept."""
+        config, concept = self.config, self.concept
+        prompts = []
+        for _ in range(config.batch_size):
+            prompt = concept.template_prompt(self.generator)
+            if torch.rand(1, generator=self.generator) < 0.5:
+                prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
+            prompts.append(prompt)
+        c = self.text(prompts)
+        shape = torch.empty(len(prompts), *self.student.latent_shape(), device=self.student.device)
+        x_echo = self._student_x0(self._noise(shape), c)
+        images = self.student.decode(x_echo)
+        score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
+        keep = max(1, round(config.echo_keep * len(prompts)))
+        chosen = score.topk(keep).indices.tolist()
+        self.echo_samples += keep
+        return x_echo[chosen], [prompts[index] for index in chosen]
+
+    def _optimize(self, name: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the {name} loss became {loss.item()} at step {self.step + 1}; the state after step "
+                f"{self.step} is kept. Lower the learning rates or use fp32 / bf16 instead of fp16"
+            )
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip)
+        optimizer.step()
+
+    # The run.
+    def train(self, callback: Callable[[StepReport], None] | None = None,
+              should_cancel: Callable[[], bool] | None = None) -> bool:
+        """Run until `config.steps`; True when finished, False when `should_cancel` stopped it.
+
+        Any error inside a step (a non-finite loss, out of memory, an interruption) restores the state
+        of the last completed step before it propagates, so `state_dict()` is always resumable.
+        """
+        with self.applied():
+            while self.step < self.config.steps:
+                if should_cancel is not None and should_cancel():
+                    return False
+                losses = self._guarded_step()
+                self.step += 1
+                self.history.append({"step": self.step, **losses})
+                if callback is not None:
+                    preview = self.preview() if self._preview_due() else None
+                    callback(StepReport(self.step, self.config.steps, losses, preview))
+        return True
+
+    def _guarded_step(self) -> dict[str, float]:
+        snapshot = _cloned(self._trainable_state())
+        try:
+            losses = self.train_step()
+        except BaseException as error:
+            self._load_trainable_state(snapshot)
+            if _is_out_of_memory(error):
+                raise TrainingOutOfMemoryError(
+                    OUT_OF_MEMORY_ADVICE.format(step=self.step + 1, step_done=self.step)) from error
+            raise
+        return {name: float(value.detach()) if torch.is_tensor(value) else float(value) for name, value in losses.items()}
+
+    def _preview_due(self) -> bool:
+        every = self.config.preview_every
+        return every > 0 and (self.step % every == 0 or self.step == self.config.steps)
+
+    def preview_prompt(self) -> str:
+        return self.config.preview_prompt or f"a photo of a {self.concept.subject}"
+
+    def preview(self) -> torch.Tensor:
+        """The student's one-step image of the validation prompt and seed, [H, W, 3] in [0, 1]."""
+        applied = isinstance(self.text.text_encoder.get_input_embeddings(), PlaceholderEmbedding)
+        with nullcontext() if applied else self.applied():
+            return generate_student(self.student, self.text, [self.preview_prompt()], [self.config.preview_seed])[0]
+
+    # State: everything needed to continue exactly.
+    def _trainable_state(self) -> dict:
+        return {
+            "step": self.step,
+            "echo_samples": self.echo_samples,
+            "generator": self.generator.get_state(),
+            "personalization": self.personalization.to_tree(),
+            "discriminators": [d.head.state_dict() for d in self.discriminators],
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+        }
+
+    def _load_trainable_state(self, state: dict) -> None:
+        self.step, self.echo_samples = int(state["step"]), int(state["echo_samples"])
+        self.generator.set_state(state["generator"])
+        tree = state["personalization"]
+        self.token.vector.data.copy_(tree["token"]["vector"])
+        self.teacher_adapters.load_state_dict(tree["teacher"])
+        self.student_adapters.load_state_dict(tree["student"])
+        self.personalization.history[:] = [dict(entry) for entry in tree["history"]]
+        for discriminator, head in zip(self.discriminators, state["discriminators"], strict=True):
+            discriminator.head.load_state_dict(head)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, **_cloned(self._trainable_state())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ResultFileError(f"not an EchoDistill training state ({state.get('format')!r})")
+        saved = EchoDistillConfig.from_dict(state["personalization"]["config"])
+        mine = self.config.to_dict()
+        changed = [key for key, value in saved.to_dict().items()
+                   if value != mine[key] and key not in ("steps", "preview_every")]
+        if changed:
+            raise ValueError(f"the saved state was trained with other settings ({', '.join(changed)}); "
+                             "resume with the same settings (only steps and preview_every may change)")
+        self._load_trainable_state(state)
+
+    def save_state(self, path: str | Path) -> Path:
+        """A resumable training state, one safetensors file, written atomically."""
+        return save_tree(path, self.state_dict())
+
+    def load_state(self, path: str | Path) -> None:
+        self.load_state_dict(load_tree(path))
+
+
+def _cloned(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {key: _cloned(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_cloned(value) for value in tree]
+    return tree
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)

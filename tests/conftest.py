@@ -1,0 +1,37 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from echodistill_core.config import PRESETS
+from echodistill_core.data import ConceptDataset
+from echodistill_core.tiny import tiny_pair
+
+SIZE = 16
+
+
+@pytest.fixture
+def pair():
+    """A tiny random (teacher, student, text) triple in pixel space: v-prediction teacher, x0 student."""
+    return tiny_pair("v_prediction", "sample", image_size=SIZE)
+
+
+def concept_images(count: int = 4, colour=(0.9, 0.1, 0.1)) -> list[torch.Tensor]:
+    """Flat-coloured [3, H, W] images in 0..1 with a darker square, at different sizes."""
+    images = []
+    for index in range(count):
+        size = 20 + 4 * index
+        image = torch.ones(3, size, size) * torch.tensor(colour).view(3, 1, 1)
+        image[:, 4:10, 4 + index : 10 + index] *= 0.3
+        images.append(image)
+    return images
+
+
+def tiny_config(**changes):
+    return PRESETS["tiny"].replace(**{"class_word": "dog", "preview_every": 0, **changes})
+
+
+def make_concept(config, augment: bool = True) -> ConceptDataset:
+    return ConceptDataset(concept_images(), config.token, config.class_word, SIZE, augment=augment)

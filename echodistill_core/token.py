@@ -41,6 +41,11 @@ class PlaceholderToken(nn.Module):
             raise ValueError("the initializer word is empty; give a word close to the concept, e.g. dog")
         table = text.text_encoder.get_input_embeddings()
         table = table.base if isinstance(table, PlaceholderEmbedding) else table
+        if max(pieces) >= table.num_embeddings:
+            raise ValueError(
+                f"the initializer word {initializer_word!r} contains a placeholder token; give a plain word "
+                "close to the concept, e.g. dog"
+            )
         vector = table.weight[torch.tensor(pieces, device=table.weight.device)].float().mean(0)
         return cls(token, token_id, vector)
 

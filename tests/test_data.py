@@ -1,0 +1,71 @@
+"""Concept images of any kind, and the Custom Diffusion augmentation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from echodistill_core.data import ConceptDataset, ConceptImageError, augment, to_tensor
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGB", (30, 20), (255, 0, 0)),
+    Image.new("L", (20, 30), 255),
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)),  # fully transparent: white
+    torch.ones(20, 24, 3),  # ComfyUI IMAGE layout
+    torch.full((3, 20, 20), 255, dtype=torch.uint8),
+    np.ones((20, 20), dtype=np.float32),
+])
+def test_images_of_any_mode_become_rgb_in_minus_one_to_one(image):
+    tensor = to_tensor(image)
+    assert tensor.shape[0] == 3 and tensor.min() >= -1 and tensor.max() <= 1
+    if not isinstance(image, Image.Image) or image.mode != "RGB":
+        assert torch.allclose(tensor, torch.ones_like(tensor))
+
+
+@pytest.mark.parametrize("image, message", [
+    (torch.ones(3, 4, 4), "at least 8 px"),
+    (torch.full((3, 16, 16), float("nan")), "NaN"),
+    (torch.ones(2, 16, 16, 5), "expected"),
+    ("photo.png", "give PIL images or tensors"),
+])
+def test_odd_images_are_refused_by_index(image, message):
+    with pytest.raises(ConceptImageError, match=message):
+        to_tensor(image, index=3)
+
+
+def test_an_empty_concept_is_refused():
+    with pytest.raises(ConceptImageError, match="no concept images"):
+        ConceptDataset([], "<v>", "dog", 16)
+
+
+def test_captions_must_mention_the_token():
+    with pytest.raises(ConceptImageError, match="does not mention"):
+        ConceptDataset([torch.ones(3, 16, 16)], "<v>", "dog", 16, captions=["a dog"])
+    dataset = ConceptDataset([torch.ones(3, 16, 16)], "<v>", "dog", 16, captions=["<v> dog asleep"])
+    assert dataset.sample(2, torch.Generator()).prompts == ["<v> dog asleep"] * 2
+
+
+def test_augmentation_masks_the_pasted_region_and_edits_the_prompt():
+    image = torch.ones(3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(60):
+        augmented, mask, edit = augment(image, 32, generator)
+        assert augmented.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+        # content exactly where the mask is 1; blank canvas (0) elsewhere
+        assert torch.equal(augmented[0] != 0, mask[0] == 1)
+        coverage = mask.mean().item()
+        if coverage == 1.0:
+            assert edit in ("zoomed in ", "close up ", "")
+        elif coverage < 0.36:
+            assert edit in ("far away ", "very small ")
+        seen.add(edit)
+    assert {"zoomed in ", "close up ", "far away ", "very small "} <= seen
+
+
+def test_prompts_fill_templates_with_the_subject():
+    dataset = ConceptDataset([torch.ones(3, 16, 16)] * 3, "<v>", "mug", 16)
+    batch = dataset.sample(8, torch.Generator().manual_seed(1))
+    assert batch.images.shape == (8, 3, 16, 16) and batch.masks.shape == (8, 1, 16, 16)
+    assert all("<v> mug" in prompt for prompt in batch.prompts)

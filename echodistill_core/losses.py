@@ -57,21 +57,27 @@ def feature_alignment_loss(features_s: torch.Tensor, features_T: torch.Tensor) -
 
 
 def color_loss(images_s: torch.Tensor, images_T: torch.Tensor, generator: torch.Generator, *,
-               levels: int = 5, projections: int = 128, patch: int = 11) -> torch.Tensor:
+               levels: int = 5, projections: int = 128, patch: int = 11, max_patches: int = 256) -> torch.Tensor:
     """L_color: multi-scale sliced Wasserstein distance in CIELAB, one value per sample [B].
 
     Each of `levels` Gaussian-pyramid levels compares the distributions of `patch` x `patch` Lab patches
     of the two images along `projections` random unit directions: sort both projections, mean absolute
-    difference. Levels are averaged.
+    difference. Levels are averaged. A level with more than `max_patches` positions is compared on that
+    many random positions (0: all), which bounds time and memory at 512 px.
     """
     lab_s, lab_T = rgb_to_lab(images_s), rgb_to_lab(images_T)
     distances = []
     for level_s, level_T in zip(gaussian_pyramid(lab_s, levels), gaussian_pyramid(lab_T, levels)):
-        size = min(patch, *level_s.shape[-2:])
+        height, width = level_s.shape[-2:]
+        size = min(patch, height, width)
         size -= 1 - size % 2  # odd, so patches are centred
         directions = torch.randn(3 * size * size, projections, generator=generator).to(level_s)
         directions = directions / directions.norm(dim=0, keepdim=True)
-        distances.append(sliced_wasserstein(patches(level_s, size), patches(level_T, size), directions))
+        positions = None
+        if 0 < max_patches < height * width:
+            positions = torch.randperm(height * width, generator=generator)[:max_patches].to(level_s.device)
+        distances.append(sliced_wasserstein(patches(level_s, size, positions), patches(level_T, size, positions),
+                                            directions))
     return torch.stack(distances).mean(0)
 
 
@@ -143,10 +149,18 @@ def gaussian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
     return pyramid
 
 
-def patches(images: torch.Tensor, size: int) -> torch.Tensor:
-    """All `size` x `size` patches of [B, C, H, W] images (replicate-padded), as [B, H*W, C*size*size]."""
+def patches(images: torch.Tensor, size: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """`size` x `size` patches of [B, C, H, W] images (replicate-padded) centred on every pixel, or on
+    the flat pixel indices `positions` [N], as [B, N, C*size*size] (channel-major, like unfold)."""
     padded = F.pad(images, (size // 2,) * 4, mode="replicate") if size > 1 else images
-    return F.unfold(padded, size).transpose(1, 2)
+    if positions is None:
+        return F.unfold(padded, size).transpose(1, 2)
+    rows, cols = positions // images.shape[-1], positions % images.shape[-1]
+    offsets = torch.arange(size, device=images.device)
+    rows = (rows[:, None] + offsets[None, :])[:, :, None]  # [N, size, 1]
+    cols = (cols[:, None] + offsets[None, :])[:, None, :]  # [N, 1, size]
+    picked = padded[:, :, rows, cols]  # [B, C, N, size, size]
+    return picked.permute(0, 2, 1, 3, 4).flatten(2)
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:

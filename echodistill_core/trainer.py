@@ -195,7 +195,8 @@ class EchoDistillTrainer:
             feature = L.feature_alignment_loss(self.feature_network(images_s), features_T)
         latent = L.latent_alignment_loss(x_s, x_T)
         color = L.color_loss(images_s, images_T, self.generator, levels=config.color_levels,
-                             projections=config.color_projections, patch=config.color_patch)
+                             projections=config.color_projections, patch=config.color_patch,
+                             max_patches=config.color_max_patches)
         loss = L.student_objective(
             adversarial, w, latent, feature, color, adversarial_weight=config.adversarial_weight,
             latent_weight=config.latent_weight, feature_weight=config.feature_weight, color_weight=config.color_weight,

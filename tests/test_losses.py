@@ -84,6 +84,12 @@ def test_colour_loss_of_flat_images_is_the_mean_projected_patch_difference():
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
 
 
+def test_sampled_patches_are_the_unfolded_patches_at_those_positions():
+    images = torch.rand(2, 3, 9, 7)
+    positions = torch.tensor([0, 5, 31, 62])
+    assert torch.equal(L.patches(images, 5, positions), L.patches(images, 5)[:, positions])
+
+
 def test_colour_loss_is_zero_for_identical_images_and_positive_otherwise():
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,18 @@
+"""EchoDistill: personalize a one-step text-to-image model by co-training it with a multi-step teacher.
+
+The core library: no ComfyUI import anywhere below this package. See `trainer.py` for one iteration
+of the method and `losses.py` for its losses.
+"""
+
+from .config import PRESETS, EchoDistillConfig
+from .data import ConceptDataset
+from .loading import load_diffusers_folder
+from .models import DiffusionModel, TextConditioner, check_pair
+from .personalization import Personalization
+from .sampling import generate_student, generate_teacher
+from .trainer import EchoDistillTrainer, StepReport
+
+__all__ = [
+    "PRESETS", "EchoDistillConfig", "ConceptDataset", "load_diffusers_folder", "DiffusionModel", "TextConditioner",
+    "check_pair", "Personalization", "generate_student", "generate_teacher", "EchoDistillTrainer", "StepReport",
+]

@@ -1,0 +1,205 @@
+"""`python -m echodistill_core {train,sample,demo}`: EchoDistill from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .config import PRESETS, EchoDistillConfig
+from .data import ConceptDataset, ConceptImageError
+from .demo import DEMO_CLASS_WORD, DEMO_PROMPTS, default_models, demo_concept_images
+from .loading import load_diffusers_folder
+from .personalization import Personalization
+from .sampling import generate_student, generate_teacher
+from .trainer import EchoDistillTrainer
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Config fields the command line sets directly, with their help.
+CONFIG_OPTIONS = {
+    "steps": "optimisation steps",
+    "batch_size": "images per step",
+    "resolution": "training resolution in px (0: the teacher's native size)",
+    "seed": "random seed; the same seed repeats a run exactly",
+    "parameterisation": "custom_diffusion (the paper's K/V copies) or lora (less memory)",
+    "lora_rank": "LoRA rank",
+    "teacher_lr": "teacher learning rate", "student_lr": "student learning rate",
+    "token_lr": "token learning rate (0: the teacher's)", "discriminator_lr": "discriminator-head learning rate",
+    "guidance_scale": "CFG scale of the teacher's target", "echo_start": "when the echo starts, fraction of steps",
+    "echo_beta": "weight of the echo samples in the teacher's loss", "preview_every": "preview every N steps",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m echodistill_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="personalize a teacher/student pair on concept images")
+    _add_model_options(train)
+    train.add_argument("--images", required=True, type=Path, help="a folder of 3-20 concept images")
+    train.add_argument("--token", default="<sks>", help="the new word for the concept")
+    train.add_argument("--class-word", required=True, help="what the concept is, e.g. dog")
+    train.add_argument("--initializer-word", default="", help="word the token starts from (default: the class word)")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="starting settings")
+    train.add_argument("--no-echo", action="store_true", help="turn the echo stage off")
+    train.add_argument("--resume", type=Path, help="a training state saved by an interrupted run")
+    train.add_argument("--out", required=True, type=Path, help="where to write the result (.safetensors)")
+    for name, help_text in CONFIG_OPTIONS.items():
+        kind = {f.name: f.type for f in fields(EchoDistillConfig)}[name]
+        train.add_argument(f"--{name.replace('_', '-')}", type={"int": int, "float": float}.get(kind, str),
+                           help=help_text)
+
+    sample = commands.add_parser("sample", help="draw images from a personalized result")
+    _add_model_options(sample)
+    sample.add_argument("--result", required=True, type=Path, help="a result written by train")
+    sample.add_argument("--prompt", action="append", required=True, help="a prompt with the token (repeatable)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the first image; the rest count up")
+    sample.add_argument("--model", choices=("student", "teacher"), default="student",
+                        help="student: one step; teacher: DDIM with CFG")
+    sample.add_argument("--sample-steps", type=int, default=0, help="0: 1 for the student, 25 for the teacher")
+    sample.add_argument("--out", required=True, type=Path, help="PNG file for the image grid")
+
+    demo = commands.add_parser("demo", help="personalize the bundled tiny models to a demo concept")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    demo.add_argument("--steps", type=int, default=PRESETS["tiny"].steps, help="optimisation steps")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return {"train": _train, "sample": _sample, "demo": _demo}[args.command](args)
+    except (ValueError, OSError, MemoryError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher", required=True, type=Path, help="diffusers folder of the multi-step teacher")
+    parser.add_argument("--student", required=True, type=Path, help="diffusers folder of the one-step student")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _load_pair(args):
+    device = _device(args.device)
+    teacher, text = load_diffusers_folder(args.teacher, device=device)
+    student, student_text = load_diffusers_folder(args.student, device=device)
+    return teacher, student, text, student_text
+
+
+def _read_images(folder: Path) -> list[Image.Image]:
+    if not folder.is_dir():
+        raise ConceptImageError(f"{folder} is not a folder of images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.copy())
+        except OSError as error:
+            raise ConceptImageError(f"{path} is not a readable image ({error}); remove or re-save it") from error
+    return images
+
+
+def _train(args) -> int:
+    teacher, student, text, student_text = _load_pair(args)
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    config = PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
+                                          initializer_word=args.initializer_word, echo=not args.no_echo, **overrides)
+    concept = ConceptDataset(_read_images(args.images), config.token, config.class_word,
+                             config.resolution or teacher.image_size())
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)
+    if args.resume:
+        trainer.load_state(args.resume)
+    finished = run_with_progress(trainer, args.out.with_suffix(".state.safetensors"))
+    if finished:
+        print(f"result: {trainer.personalization.save(args.out)}")
+    return 0 if finished else 130
+
+
+def run_with_progress(trainer: EchoDistillTrainer, state_path: Path) -> bool:
+    """Train with a terminal progress bar; on Ctrl-C save a resumable state and say where."""
+    bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step")
+
+    def report(step):
+        bar.update(1)
+        bar.set_postfix(teacher=f"{step.losses['teacher']:.3f}", student=f"{step.losses['student']:.3f}")
+
+    try:
+        trainer.train(callback=report)
+    except KeyboardInterrupt:
+        bar.close()
+        trainer.save_state(state_path)
+        print(f"interrupted after step {trainer.step}; resume with --resume {state_path}")
+        return False
+    bar.close()
+    return True
+
+
+def _sample(args) -> int:
+    teacher, student, text, _ = _load_pair(args)
+    personalization = Personalization.load(args.result, teacher, student, text)
+    seeds = [args.seed + index for index in range(len(args.prompt))]
+    with personalization.applied(text, teacher, student):
+        if args.model == "student":
+            images = generate_student(student, text, args.prompt, seeds, steps=args.sample_steps or 1)
+        else:
+            images = generate_teacher(teacher, text, args.prompt, seeds, steps=args.sample_steps or 25,
+                                      guidance_scale=personalization.config.guidance_scale)
+    save_grid(images, args.out)
+    print(f"images: {args.out}")
+    return 0
+
+
+def save_grid(images: torch.Tensor, path: Path, scale: int = 1) -> Path:
+    """[B, H, W, 3] in 0..1 -> one PNG row."""
+    row = torch.cat(list(images), dim=1)
+    array = (row.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(array)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _demo(args) -> int:
+    start = time.time()
+    teacher, student, text = default_models(_device(args.device))
+    config = PRESETS["tiny"].replace(token="<heart>", class_word=DEMO_CLASS_WORD, steps=args.steps)
+    images = demo_concept_images(teacher.image_size())
+    concept = ConceptDataset(images, config.token, config.class_word, teacher.image_size())
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)
+    if not run_with_progress(trainer, args.out / "state.safetensors"):
+        return 130
+    prompts = [template.format(concept.subject) for template in DEMO_PROMPTS]
+    seeds = list(range(len(prompts)))
+    with trainer.applied():
+        student_images = generate_student(student, text, prompts, seeds)
+        teacher_images = generate_teacher(teacher, text, prompts, seeds, guidance_scale=config.guidance_scale)
+    files = {
+        "concept": args.out / "concept.png",
+        "student": save_grid(student_images, args.out / "student_1step.png", scale=4),
+        "teacher": save_grid(teacher_images, args.out / "teacher_25steps.png", scale=4),
+        "result": trainer.personalization.save(args.out / "demo.safetensors"),
+    }
+    report = {"prompts": prompts, "steps": trainer.step, "echo_samples": trainer.echo_samples,
+              "seconds": round(time.time() - start, 1), "files": {k: str(v) for k, v in files.items()}}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    print(f"report: {args.out / 'report.json'}")
+    return 0

@@ -302,42 +302,46 @@ class EchoDistillTrainer:
 
     # State: everything needed to continue exactly.
     def _trainable_state(self) -> dict:
+        """What one step changes: the rollback snapshot, and the tensors of a saved state."""
         return {
             "step": self.step,
             "echo_samples": self.echo_samples,
+            "history_length": len(self.history),
             "generator": self.generator.get_state(),
-            "personalization": self.personalization.to_tree(),
+            "token": self.token.vector,
+            "teacher_adapters": self.teacher_adapters.state_dict(),
+            "student_adapters": self.student_adapters.state_dict(),
             "discriminators": [d.head.state_dict() for d in self.discriminators],
             "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
         }
 
     def _load_trainable_state(self, state: dict) -> None:
+        """Restore `state`, which must not be shared: optimizers keep its tensors."""
         self.step, self.echo_samples = int(state["step"]), int(state["echo_samples"])
+        del self.history[int(state["history_length"]):]
         self.generator.set_state(state["generator"])
-        tree = state["personalization"]
-        self.token.vector.data.copy_(tree["token"]["vector"])
-        self.teacher_adapters.load_state_dict(tree["teacher"])
-        self.student_adapters.load_state_dict(tree["student"])
-        self.personalization.history[:] = [dict(entry) for entry in tree["history"]]
+        self.token.vector.data.copy_(state["token"])
+        self.teacher_adapters.load_state_dict(state["teacher_adapters"])
+        self.student_adapters.load_state_dict(state["student_adapters"])
         for discriminator, head in zip(self.discriminators, state["discriminators"], strict=True):
             discriminator.head.load_state_dict(head)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
 
     def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, **_cloned(self._trainable_state())}
+        return {"format": STATE_FORMAT, "config": self.config.to_dict(),
+                "history": [dict(entry) for entry in self.history], **_cloned(self._trainable_state())}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ResultFileError(f"not an EchoDistill training state ({state.get('format')!r})")
-        saved = EchoDistillConfig.from_dict(state["personalization"]["config"])
-        mine = self.config.to_dict()
-        changed = [key for key, value in saved.to_dict().items()
-                   if value != mine[key] and key not in ("steps", "preview_every")]
+        saved, mine = EchoDistillConfig.from_dict(state["config"]).to_dict(), self.config.to_dict()
+        changed = [key for key in saved if saved[key] != mine[key] and key not in ("steps", "preview_every")]
         if changed:
             raise ValueError(f"the saved state was trained with other settings ({', '.join(changed)}); "
                              "resume with the same settings (only steps and preview_every may change)")
-        self._load_trainable_state(state)
+        self.history[:] = [dict(entry) for entry in state["history"]]
+        self._load_trainable_state(_cloned(state))
 
     def save_state(self, path: str | Path) -> Path:
         """A resumable training state, one safetensors file, written atomically."""

@@ -254,3 +254,20 @@ def test_callback_gets_losses_and_previews(pair):
     assert [r.preview is not None for r in reports] == [False, True, False, True]
     assert reports[1].preview.shape == (SIZE, SIZE, 3) and 0 <= reports[1].preview.min()
     assert {"teacher", "student", "discriminator", "latent", "color", "adversarial"} <= set(reports[0].losses)
+
+
+def test_one_state_resumes_two_runs_identically(pair):
+    first = make_trainer(pair, steps=4)
+    first.train(should_cancel=lambda: first.step == 2)
+    state = first.state_dict()
+    runs = [make_trainer(pair, steps=4) for _ in range(2)]
+    for run in runs:
+        run.load_state_dict(state)
+        run.train()
+    assert not changed(learned(runs[0]), learned(runs[1]))  # loading did not share tensors with `state`
+
+
+def test_a_state_from_other_settings_is_refused(pair):
+    state = make_trainer(pair, steps=2).state_dict()
+    with pytest.raises(ValueError, match="other settings \\(student_lr\\)"):
+        make_trainer(pair, steps=4, student_lr=0.5).load_state_dict(state)

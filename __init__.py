@@ -4,8 +4,11 @@ ComfyUI imports this folder as a package. Everything ComfyUI-facing lives in `no
 itself is in `echodistill_core/`, which never imports ComfyUI.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+# pytest also imports this file, as a plain module, when it collects the repository; only a package
+# import (ComfyUI's) can reach the nodes, and only that one should.
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

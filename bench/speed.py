@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import ConceptDataset  # noqa: E402
 from echodistill_core.demo import demo_concept_images  # noqa: E402
-from echodistill_core.sampling import generate_student, generate_teacher, initial_noise  # noqa: E402
+from echodistill_core.sampling import generate_student, generate_teacher, initial_noise, timesteps_for  # noqa: E402
 from echodistill_core.tiny import tiny_pair  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
@@ -38,6 +38,17 @@ def median_seconds(function, repeats: int, warmup: int = 2) -> float:
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(first, second, repeats: int) -> tuple[float, float]:
+    first(), second()
+    times = ([], [])
+    for _ in range(repeats):
+        for function, bucket in zip((first, second), times):
+            start = time.perf_counter()
+            function()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -63,8 +74,6 @@ def main() -> None:
         trainer.step = config.echo_start_step  # the last quarter of a run adds the echo
         echo_iteration = median_seconds(trainer.train_step, args.repeats)
         student_sampling = median_seconds(lambda: generate_student(student, text, prompts, seeds), args.repeats)
-        teacher_sampling = median_seconds(lambda: generate_teacher(teacher, text, prompts, seeds, steps=25),
-                                          max(3, args.repeats // 3))
         cond, uncond = text(prompts), text([""])
         noise = initial_noise(teacher, seeds)
         both = torch.cat([uncond.expand_as(cond), cond])
@@ -72,10 +81,13 @@ def main() -> None:
         @torch.no_grad()
         def bare_teacher_calls():
             text(prompts), text([""])
-            for _ in range(25):
-                teacher.unet(torch.cat([noise, noise]), torch.full((2 * args.batch,), 500), both)
+            for timestep in timesteps_for(teacher, 25):
+                teacher.unet(torch.cat([noise, noise]), torch.full((2 * args.batch,), timestep), both)
 
-        bare = median_seconds(bare_teacher_calls, max(3, args.repeats // 3))
+        # Interleaved, so that drift in the machine's speed hits both alike.
+        teacher_sampling, bare = paired_median_seconds(
+            lambda: generate_teacher(teacher, text, prompts, seeds, steps=25), bare_teacher_calls,
+            max(5, args.repeats // 2))
 
     echo_fraction = 1 - config.echo_start
     mixed_iteration = (1 - echo_fraction) * iteration + echo_fraction * echo_iteration

@@ -14,8 +14,11 @@ $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
+	$(PY) -c "import torch; print(torch.__version__)" > $(VENV)/torch-version
+	echo "torch==$$(cat $(VENV)/torch-version)" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -r requirements.txt pytest
+	$(PY) -c "import torch, sys; v = open('$(VENV)/torch-version').read().strip(); \
+	  sys.exit(0 if torch.__version__ == v else f'a dependency replaced torch {v} with {torch.__version__}')"
 	touch $@
 
 demo: $(VENV)/installed

@@ -271,3 +271,10 @@ def test_a_state_from_other_settings_is_refused(pair):
     state = make_trainer(pair, steps=2).state_dict()
     with pytest.raises(ValueError, match="other settings \\(student_lr\\)"):
         make_trainer(pair, steps=4, student_lr=0.5).load_state_dict(state)
+
+
+def test_r1_penalty_trains_with_the_discriminators(pair):
+    plain, regularised = make_trainer(pair, steps=2), make_trainer(pair, steps=2, r1_gamma=10.0)
+    plain.train()
+    regularised.train()
+    assert regularised.history[0]["discriminator"] > plain.history[0]["discriminator"]

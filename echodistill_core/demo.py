@@ -60,3 +60,11 @@ def demo_concept_images(size: int = 32, count: int = 5) -> list[torch.Tensor]:
         center = (0.5 + 0.15 * math.cos(angle), 0.5 + 0.15 * math.sin(angle))
         images.append(heart(size, center, radius))
     return images
+
+
+def bundled_model(role: str, device: str = "cpu") -> tuple[DiffusionModel, TextConditioner]:
+    """The bundled tiny "teacher" or "student" (a random tiny one while none is shipped)."""
+    if (BUNDLED / role).is_dir():
+        return load_diffusers_folder(BUNDLED / role, device=device)
+    teacher, student, text = default_models(device)
+    return (teacher if role == "teacher" else student), text

@@ -121,10 +121,11 @@ def _check_same_text_encoder(text: TextConditioner, student_text: TextConditione
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     teacher_config, student_config = text.text_encoder.config, student_text.text_encoder.config
     differing = [key for key in keys if getattr(teacher_config, key) != getattr(student_config, key)]
-    if differing or len(text.tokenizer) != len(student_text.tokenizer):
+    vocabularies = (text.tokenizer.vocab_size, student_text.tokenizer.vocab_size)  # without added tokens
+    if differing or vocabularies[0] != vocabularies[1]:
         detail = ", ".join(
             f"{key} {getattr(teacher_config, key)} vs {getattr(student_config, key)}" for key in differing
-        ) or f"tokenizers of {len(text.tokenizer)} vs {len(student_text.tokenizer)} tokens"
+        ) or f"tokenizers of {vocabularies[0]} vs {vocabularies[1]} tokens"
         raise IncompatiblePairError(
             f"teacher and student text encoders differ ({detail}); EchoDistill trains one shared text "
             "encoder, so an SD 2.1 teacher needs an SD 2.x-family student such as SD-Turbo, and an "

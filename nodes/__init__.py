@@ -1,9 +1,23 @@
 """The ComfyUI face of EchoDistill: node declarations that delegate to `echodistill_core`.
 
-The nodes themselves (Load Teacher / Student, Concept Images, EchoDistill Train, One-Step
-Personalized Sample, Teacher Sample, Save / Load Personalized) are the ComfyUI node-pack issue's
-work; until they land the pack registers no nodes, so ComfyUI loads it without error.
+All contact with ComfyUI goes through `comfy.py`; node ids are saved in workflow files, so they are
+prefixed with the pack name and never renamed.
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from .loaders import LoadStudent, LoadTeacher
+from .results import LoadPersonalized, SavePersonalized
+from .sampling import OneStepSample, TeacherSample
+from .training import ConceptImages, EchoDistillTrain
+
+NODES = {
+    "EchoDistillLoadTeacher": (LoadTeacher, "Load Teacher (EchoDistill)"),
+    "EchoDistillLoadStudent": (LoadStudent, "Load Student (EchoDistill)"),
+    "EchoDistillConceptImages": (ConceptImages, "Concept Images (EchoDistill)"),
+    "EchoDistillTrain": (EchoDistillTrain, "EchoDistill Train"),
+    "EchoDistillOneStepSample": (OneStepSample, "One-Step Personalized Sample"),
+    "EchoDistillTeacherSample": (TeacherSample, "Teacher Sample (EchoDistill)"),
+    "EchoDistillSavePersonalized": (SavePersonalized, "Save Personalized (EchoDistill)"),
+    "EchoDistillLoadPersonalized": (LoadPersonalized, "Load Personalized (EchoDistill)"),
+}
+NODE_CLASS_MAPPINGS = {node_id: node for node_id, (node, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

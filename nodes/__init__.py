@@ -7,11 +7,12 @@ prefixed with the pack name and never renamed.
 from .loaders import LoadStudent, LoadTeacher
 from .results import LoadPersonalized, SavePersonalized
 from .sampling import OneStepSample, TeacherSample
-from .training import ConceptImages, EchoDistillTrain
+from .training import ConceptImages, DemoConceptImages, EchoDistillTrain
 
 NODES = {
     "EchoDistillLoadTeacher": (LoadTeacher, "Load Teacher (EchoDistill)"),
     "EchoDistillLoadStudent": (LoadStudent, "Load Student (EchoDistill)"),
+    "EchoDistillDemoConceptImages": (DemoConceptImages, "Demo Concept Images (EchoDistill)"),
     "EchoDistillConceptImages": (ConceptImages, "Concept Images (EchoDistill)"),
     "EchoDistillTrain": (EchoDistillTrain, "EchoDistill Train"),
     "EchoDistillOneStepSample": (OneStepSample, "One-Step Personalized Sample"),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..echodistill_core.config import PRESETS
 from ..echodistill_core.data import ConceptDataset
+from ..echodistill_core.demo import demo_concept_images
 from ..echodistill_core.plots import loss_plot
 from ..echodistill_core.trainer import EchoDistillTrainer
 from . import comfy
@@ -17,6 +18,23 @@ from .sockets import CATEGORY, CONCEPT, ONE_STEP_MODEL, PERSONALIZED_TEACHER, ST
 
 log = logging.getLogger("echodistill")
 NO_STATE = "none (start fresh)"
+
+
+class DemoConceptImages:
+    CATEGORY = CATEGORY
+    FUNCTION = "images"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Five drawings of the demo concept (a yellow heart), for trying the pack without photos.",)
+    DESCRIPTION = "The demo concept's images, drawn by code: try EchoDistill on the bundled tiny models."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 32, "min": 16, "max": 1024, "step": 8,
+                                              "tooltip": "Image size in px (the bundled tiny models use 32)."})}}
+
+    def images(self, size):
+        return (torch.stack([image.permute(1, 2, 0) for image in demo_concept_images(size)]),)
 
 
 class ConceptImages:

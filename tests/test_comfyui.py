@@ -1,0 +1,182 @@
+"""Against a real ComfyUI: set COMFYUI_DIR to a checkout (and COMFYUI_PYTHON to the interpreter of its
+environment, default this one); skipped otherwise. The server runs headless on the CPU, on loopback,
+with the pack loaded from a temporary custom_nodes folder and temporary input/output folders."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to run against a real ComfyUI")
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        packs = root / "custom_nodes"
+        packs.mkdir()
+        (packs / "comfyui-echodistill").symlink_to(ROOT)
+        config = root / "extra_model_paths.yaml"
+        config.write_text(  # is_default: saved files land here, not in the checkout's own models folder
+            f"tests:\n  base_path: {root}\n  is_default: true\n  custom_nodes: {packs}\n"
+            "  loras: models/loras\n  embeddings: models/embeddings\n  echodistill: models/echodistill\n"
+            "  checkpoints: models/checkpoints\n  diffusers: models/diffusers\n")
+        support = root / "support"
+        support.mkdir()
+        # PyPI's torchvision is a CUDA build that fails to import beside a CPU torch (comfyui.md).
+        (support / "sitecustomize.py").write_text(
+            "import sys, types\n"
+            "for name in ('torchvision._meta_registrations', 'torchvision._autograd_registrations'):\n"
+            "    sys.modules.setdefault(name, types.ModuleType(name))\n")
+        self.log = root / "server.log"
+        environment = {**os.environ, "PYTHONPATH": str(support), "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(
+            [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+             "--port", str(self.port), "--disable-auto-launch", "--extra-model-paths-config", str(config),
+             "--output-directory", str(root / "output"), "--input-directory", str(root / "input")],
+            cwd=COMFYUI_DIR, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=environment)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                time.sleep(1)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read()
+            return json.loads(text) if text else None
+
+    def queue(self, prompt: dict) -> str:
+        try:
+            return self.post("/prompt", {"prompt": prompt})["prompt_id"]
+        except urllib.error.HTTPError as error:
+            raise AssertionError(error.read().decode()) from error
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry["status"].get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(0.5)
+        raise TimeoutError(prompt_id)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("comfyui"))
+    yield running
+    running.stop()
+
+
+def api_prompt(workflow: dict) -> dict:
+    """A UI-format workflow as the API-format prompt the frontend would queue."""
+    import make_workflows
+
+    pack = make_workflows.pack_nodes()
+    prompt = {}
+    for node in workflow["nodes"]:
+        _, widgets, _ = make_workflows.signature(node["type"], pack)
+        inputs = {name: value for name, value in zip(widgets, node["widgets_values"])
+                  if name not in ("control_after_generate", "upload")}
+        for socket_input in node["inputs"]:
+            if socket_input["link"] is not None:
+                link = next(l for l in workflow["links"] if l[0] == socket_input["link"])
+                inputs[socket_input["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def tiny_workflow(steps: int, name: str) -> dict:
+    prompt = api_prompt(json.loads((ROOT / "workflows" / "1_personalize_tiny_models.json").read_text()))
+    prompt["5"]["inputs"].update(steps=steps, preview_every=2)
+    prompt["6"]["inputs"]["batch_size"] = prompt["8"]["inputs"]["batch_size"] = 1
+    prompt["8"]["inputs"]["steps"] = 5
+    prompt["11"]["inputs"]["name"] = name
+    return prompt
+
+
+def test_the_pack_loads_without_import_errors(server):
+    lines = server.log.read_text().splitlines()
+    loaded = [line for line in lines if line.strip().endswith("custom_nodes/comfyui-echodistill")]
+    assert loaded and "IMPORT FAILED" not in loaded[0]
+    assert not [line for line in lines if "IMPORT FAILED" in line and "echodistill" in line]
+    info = server.get("/object_info/EchoDistillTrain")["EchoDistillTrain"]
+    assert info["category"] == "EchoDistill" and "teacher" in info["input"]["required"]
+    assert len([k for k in server.get("/object_info") if k.startswith("EchoDistill")]) == 9
+    templates = server.get("/workflow_templates")
+    assert any("1_personalize_tiny_models" in str(v) for v in templates.values())
+
+
+def test_workflow_one_runs_to_success(server):
+    entry = server.wait(server.queue(tiny_workflow(steps=6, name="wf1")))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+    assert len(images) == 3  # student sample, teacher sample, loss plot
+    loras = server.root / "models" / "loras"
+    assert (loras / "wf1.safetensors").is_file()
+    assert (server.root / "models" / "embeddings" / "wf1.safetensors").is_file()
+
+
+def test_other_workflows_validate(server):
+    """Workflows 2 and 3 need real models; without them ComfyUI must refuse only the model choices."""
+    for name in ("2_personalize_sd_turbo_with_sd21_teacher.json", "3_use_saved_result_with_stock_nodes.json"):
+        prompt = api_prompt(json.loads((ROOT / "workflows" / name).read_text()))
+        with pytest.raises(AssertionError) as refused:
+            server.queue(prompt)
+        errors = json.loads(str(refused.value))["node_errors"]
+        for node_errors in errors.values():
+            for error in node_errors["errors"]:
+                assert error["extra_info"]["input_name"] in ("model", "ckpt_name", "lora_name", "image"), error
+
+
+def test_cancel_then_resume_matches_an_uninterrupted_run(server):
+    straight = server.wait(server.queue(tiny_workflow(steps=40, name="straight")))
+    assert straight["status"]["status_str"] == "success"
+    interrupted = tiny_workflow(steps=40, name="resumed")
+    interrupted["5"]["inputs"]["seed"] = 42  # same settings as the straight run
+    interrupted["1"]["inputs"]["precision"] = "fp32"  # a new graph signature, so ComfyUI does not reuse the cache
+    prompt_id = server.queue(interrupted)
+    states = server.root / "output" / "echodistill_states"
+    time.sleep(8)
+    server.post("/interrupt", {})
+    entry = server.wait(prompt_id)
+    assert entry["status"]["status_str"] == "error"
+    saved = sorted(states.glob("*.safetensors"))
+    assert len(saved) == 1, "cancel must keep exactly one resumable state"
+    interrupted["5"]["inputs"]["resume_state"] = saved[0].name
+    resumed = server.wait(server.queue(interrupted))
+    assert resumed["status"]["status_str"] == "success", json.dumps(resumed["status"])[-2000:]
+    loras = server.root / "models" / "loras"
+    first, second = load_file(str(loras / "straight.safetensors")), load_file(str(loras / "resumed.safetensors"))
+    assert first.keys() == second.keys()
+    for key in first:
+        assert (first[key].float() - second[key].float()).abs().max() < 1e-3, key

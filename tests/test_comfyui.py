@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -29,6 +29,7 @@ class Server:
             self.port = probe.getsockname()[1]
         packs = root / "custom_nodes"
         packs.mkdir()
+        (root / "input").mkdir()
         (packs / "comfyui-echodistill").symlink_to(ROOT)
         config = root / "extra_model_paths.yaml"
         config.write_text(  # is_default: saved files land here, not in the checkout's own models folder
@@ -180,3 +181,79 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(server):
     assert first.keys() == second.keys()
     for key in first:
         assert (first[key].float() - second[key].float()).abs().max() < 1e-3, key
+
+
+def sd2_layout_folder(folder: Path) -> None:
+    """A diffusers folder in SD 2.1-base's exact layout and shapes, with random fp16 weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from echodistill_core.tokenizer import build_clip_tokenizer
+
+    def random(module):
+        generator = torch.Generator().manual_seed(0)
+        for parameter in module.parameters():
+            parameter.data = (torch.randn(parameter.shape, generator=generator) * 0.02).half()
+        return module
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+            projection_dim=512, hidden_act="gelu", vocab_size=49408))
+    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        random(module.to_empty(device="cpu")).save_pretrained(folder / name)
+    # Published SD 2.x folders were written by transformers 4, with a "text_model." prefix that
+    # ComfyUI uses to recognise OpenCLIP-H; transformers 5 writes the keys without it.
+    weights = folder / "text_encoder" / "model.safetensors"
+    save_file({f"text_model.{key}": value for key, value in load_file(str(weights)).items()}, str(weights))
+    build_clip_tokenizer(pad_token="!").save_pretrained(folder / "tokenizer")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  prediction_type="epsilon").save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+
+
+def test_stock_nodes_apply_the_saved_lora_and_embedding_with_no_unloaded_keys(server):
+    """SD 2.x layout (random weights): DiffusersLoader -> LoraLoader -> CLIPTextEncode("embedding:...")."""
+    import torch
+
+    from echodistill_core.config import EchoDistillConfig
+    from echodistill_core.export import save_embedding, save_student_lora
+    from echodistill_core.loading import load_diffusers_folder
+    from echodistill_core.personalization import Personalization
+
+    folder = server.root / "models" / "diffusers" / "sd2-layout-random"
+    sd2_layout_folder(folder)
+    model, text = load_diffusers_folder(folder, dtype=torch.float16)
+    for parameterisation in ("custom_diffusion", "lora"):
+        config = EchoDistillConfig(token="<edtest>", class_word="dog", parameterisation=parameterisation)
+        personalization = Personalization.create(config, model, model, text)
+        for parameter in personalization.student_adapters.parameters():
+            parameter.data += 0.01 * torch.randn_like(parameter)
+        name = f"sd2_{parameterisation}"
+        save_student_lora(server.root / "models" / "loras" / f"{name}.safetensors", personalization, model.unet, name)
+        save_embedding(server.root / "models" / "embeddings" / f"{name}.safetensors", personalization)
+        prompt = {
+            "1": {"class_type": "DiffusersLoader", "inputs": {"model_path": "sd2-layout-random"}},
+            "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name":
+                  f"{name}.safetensors", "strength_model": 1.0, "strength_clip": 1.0}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": f"a photo of embedding:{name} dog"}},
+            "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
+                  "latent_image": ["5", 0], "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler_ancestral",
+                  "scheduler": "sgm_uniform", "denoise": 1.0}},
+            "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+            "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+        }
+        log_before = len(server.log.read_text())
+        entry = server.wait(server.queue(prompt), timeout=900)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+        log = server.log.read_text()[log_before:]
+        assert "lora key not loaded" not in log, log[-3000:]
+        assert f"embedding:{name} does not exist" not in log, log[-3000:]  # the embedding was found

@@ -10,7 +10,8 @@ Both are differentiable with respect to their input and have no trainable parame
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,9 @@ class TeacherUNetFeatures(nn.Module):
         t = t.to(latents.device)
         z_t = teacher.schedule.add_noise(latents, eps, t).to(unet.dtype)
         adapters = self._adapters[0]
-        with adapters.disabled() if adapters is not None else nullcontext():
+        # Checkpointed blocks recompute in the backward pass, when the adapters are enabled again: the
+        # recomputation would read the adapted teacher. So this pass keeps its activations.
+        with adapters.disabled() if adapters is not None else nullcontext(), _checkpointing_off(unet):
             embedding = unet.time_embedding(unet.time_proj(t).to(unet.dtype))
             hidden = unet.conv_in(z_t)
             pooled = []
@@ -59,6 +62,18 @@ class TeacherUNetFeatures(nn.Module):
                 hidden = unet.mid_block(hidden, embedding, encoder_hidden_states=c.to(unet.dtype))
                 pooled.append(hidden.mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1).float()
+
+
+@contextmanager
+def _checkpointing_off(module: nn.Module) -> Iterator[None]:
+    checkpointed = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False)]
+    for submodule in checkpointed:
+        submodule.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for submodule in checkpointed:
+            submodule.gradient_checkpointing = True
 
 
 class ImageBackbone(nn.Module):

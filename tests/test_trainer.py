@@ -278,3 +278,14 @@ def test_r1_penalty_trains_with_the_discriminators(pair):
     plain.train()
     regularised.train()
     assert regularised.history[0]["discriminator"] > plain.history[0]["discriminator"]
+
+
+def test_gradient_checkpointing_trains_exactly_like_storing_activations():
+    runs = []
+    for checkpointing in (False, True):
+        trainer = make_trainer(tiny_pair("v_prediction", "sample", image_size=SIZE), steps=2,
+                               gradient_checkpointing=checkpointing)
+        trainer.train()
+        runs.append(learned(trainer))
+    for name, tensor in runs[0].items():
+        torch.testing.assert_close(runs[1][name], tensor, rtol=1e-4, atol=1e-5, msg=name)

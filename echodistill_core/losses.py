@@ -19,14 +19,15 @@ REAL, FAKE = 1, 0  # discriminator classes
 # Step 1: the teacher learns the concept (and, in the echo stage, from the student's best samples).
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid region only; `mask` [B, 1, H, W] broadcasts over channels."""
+    """Per-sample mean squared error over the valid region [B]; `mask` [B, 1, H, W] spans the channels."""
     squared = (prediction.float() - target.float()) ** 2 * mask
-    return squared.sum() / (mask.expand_as(squared).sum() + 1e-8)
+    return squared.flatten(1).sum(1) / (mask.expand_as(squared).flatten(1).sum(1) + 1e-8)
 
 
 def teacher_diffusion_loss(teacher: DiffusionModel, x0: torch.Tensor, c: torch.Tensor, eps: torch.Tensor,
                            t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_T: z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; masked MSE to the eps / v / x0 target."""
+    """L_T per sample [B]: z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; masked MSE to the eps / v / x0
+    target (each sample normalised by its own valid area, as in Custom Diffusion)."""
     z_t = teacher.schedule.add_noise(x0, eps, t)
     output = teacher.unet(z_t.to(teacher.unet.dtype), t, c.to(teacher.unet.dtype)).sample
     return masked_mse(output, teacher.schedule.target(x0, eps, t), mask)

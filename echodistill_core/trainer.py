@@ -167,15 +167,19 @@ class EchoDistillTrainer:
 
     def _teacher_step(self, z_real, prompts, eps, mask) -> dict[str, float]:
         t = self._timesteps(self.config.teacher_timesteps, len(z_real))
-        loss_real = L.teacher_diffusion_loss(self.teacher, z_real, self.text(prompts), eps, t, mask)
-        loss, report = loss_real, {"teacher": loss_real}
-        if self.in_echo_stage:  # the echo: the student's best samples become teacher training data
+        x0, report = z_real, {}
+        if self.in_echo_stage:  # the echo: the student's best samples join the teacher's batch
             x_echo, echo_prompts = self._echo_samples()
-            t_echo = self._timesteps(self.config.teacher_timesteps, len(x_echo))
-            loss_echo = L.teacher_diffusion_loss(self.teacher, x_echo, self.text(echo_prompts),
-                                                 self._noise(x_echo), t_echo, torch.ones_like(x_echo[:, :1]))
-            loss = loss_real + self.config.echo_beta * loss_echo
-            report |= {"echo": loss_echo, "echo_kept": float(len(x_echo))}
+            x0, prompts = torch.cat([z_real, x_echo]), prompts + echo_prompts
+            eps = torch.cat([eps, self._noise(x_echo)])
+            t = torch.cat([t, self._timesteps(self.config.teacher_timesteps, len(x_echo))])
+            mask = torch.cat([mask, torch.ones_like(x_echo[:, :1])])
+            report["echo_kept"] = float(len(x_echo))
+        per_sample = L.teacher_diffusion_loss(self.teacher, x0, self.text(prompts), eps, t, mask)
+        loss = report["teacher"] = per_sample[: len(z_real)].mean()
+        if self.in_echo_stage:
+            report["echo"] = per_sample[len(z_real):].mean()
+            loss = loss + self.config.echo_beta * report["echo"]
         self._optimize("teacher", loss)
         return report
 

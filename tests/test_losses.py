@@ -9,12 +9,12 @@ from echodistill_core import losses as L
 from echodistill_core.tiny import tiny_model
 
 
-def test_masked_mse_counts_only_the_valid_region():
-    prediction = torch.zeros(1, 2, 2, 2)
-    target = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[1.0, 1.0], [1.0, 1.0]]]])
-    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    # only the top-left pixel of both channels counts: (1^2 + 1^2) / 2
-    assert L.masked_mse(prediction, target, mask).item() == pytest.approx(1.0)
+def test_masked_mse_counts_only_the_valid_region_of_each_sample():
+    prediction = torch.zeros(2, 2, 2, 2)
+    target = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[1.0, 1.0], [1.0, 1.0]]]] * 2)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [0.0, 0.0]]]])
+    # sample 0: the top-left pixel of both channels, (1 + 1) / 2; sample 1: the top row, (1 + 9 + 1 + 1) / 4
+    assert L.masked_mse(prediction, target, mask).tolist() == pytest.approx([1.0, 3.0])
 
 
 def test_teacher_diffusion_loss_is_mse_to_the_v_target():
@@ -24,9 +24,9 @@ def test_teacher_diffusion_loss_is_mse_to_the_v_target():
     abar = teacher.schedule.alphas_cumprod[t].view(2, 1, 1, 1)
     z_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
-    expected = ((teacher.unet(z_t, t, c).sample - v) ** 2).mean()
+    expected = ((teacher.unet(z_t, t, c).sample - v) ** 2).flatten(1).mean(1)
     loss = L.teacher_diffusion_loss(teacher, x0, c, eps, t, torch.ones(2, 1, 8, 8))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.tolist() == pytest.approx(expected.tolist(), rel=1e-5)
 
 
 def test_latent_alignment_is_half_the_mean_squared_difference():

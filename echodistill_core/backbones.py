@@ -40,26 +40,26 @@ class TeacherUNetFeatures(nn.Module):
 
     def forward(self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         teacher = self._teacher[0]
-        unet = teacher.unet
+        unet, dtype = teacher.unet, teacher.dtype
         t = torch.randint(self.timesteps[0], self.timesteps[1] + 1, (len(latents),), generator=generator)
         eps = torch.randn(latents.shape, generator=generator).to(latents)
         t = t.to(latents.device)
-        z_t = teacher.schedule.add_noise(latents, eps, t).to(unet.dtype)
+        z_t = teacher.schedule.add_noise(latents, eps, t).to(dtype)
         adapters = self._adapters[0]
         # Checkpointed blocks recompute in the backward pass, when the adapters are enabled again: the
         # recomputation would read the adapted teacher. So this pass keeps its activations.
         with adapters.disabled() if adapters is not None else nullcontext(), _checkpointing_off(unet):
-            embedding = unet.time_embedding(unet.time_proj(t).to(unet.dtype))
+            embedding = unet.time_embedding(unet.time_proj(t).to(dtype))
             hidden = unet.conv_in(z_t)
             pooled = []
             for block in unet.down_blocks:
                 if getattr(block, "has_cross_attention", False):
-                    hidden, _ = block(hidden_states=hidden, temb=embedding, encoder_hidden_states=c.to(unet.dtype))
+                    hidden, _ = block(hidden_states=hidden, temb=embedding, encoder_hidden_states=c.to(dtype))
                 else:
                     hidden, _ = block(hidden_states=hidden, temb=embedding)
                 pooled.append(hidden.mean(dim=(2, 3)))
             if unet.mid_block is not None:
-                hidden = unet.mid_block(hidden, embedding, encoder_hidden_states=c.to(unet.dtype))
+                hidden = unet.mid_block(hidden, embedding, encoder_hidden_states=c.to(dtype))
                 pooled.append(hidden.mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1).float()
 

@@ -29,7 +29,7 @@ def teacher_diffusion_loss(teacher: DiffusionModel, x0: torch.Tensor, c: torch.T
     """L_T per sample [B]: z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; masked MSE to the eps / v / x0
     target (each sample normalised by its own valid area, as in Custom Diffusion)."""
     z_t = teacher.schedule.add_noise(x0, eps, t)
-    output = teacher.unet(z_t.to(teacher.unet.dtype), t, c.to(teacher.unet.dtype)).sample
+    output = teacher.unet(z_t.to(teacher.dtype), t, c.to(teacher.dtype)).sample
     return masked_mse(output, teacher.schedule.target(x0, eps, t), mask)
 
 

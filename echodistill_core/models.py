@@ -41,6 +41,11 @@ class DiffusionModel:
         return self.unet.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's weight dtype (diffusers' own `unet.dtype` walks every parameter on each call)."""
+        return self.unet.conv_in.weight.dtype
+
+    @property
     def in_pixel_space(self) -> bool:
         return self.vae is None
 
@@ -61,15 +66,14 @@ class DiffusionModel:
 
     def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """One network evaluation at z_t, converted to the clean sample it implies."""
-        dtype = self.unet.dtype
-        output = self.unet(z_t.to(dtype), t.to(z_t.device), cond.to(dtype)).sample.to(z_t.dtype)
+        output = self.unet(z_t.to(self.dtype), t.to(z_t.device), cond.to(self.dtype)).sample.to(z_t.dtype)
         return self.schedule.to_x0(output, z_t, t)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], [B, 3, H, W] -> latents (the mean of the VAE posterior, scaled)."""
         if self.vae is None:
             return images
-        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        posterior = self.vae.encode(images.to(self.vae.encoder.conv_in.weight.dtype)).latent_dist
         return (posterior.mean * self.vae.config.scaling_factor).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,7 @@ class DiffusionModel:
         if self.vae is None:
             return latents
         scaled = latents / self.vae.config.scaling_factor
-        return self.vae.decode(scaled.to(self.vae.dtype)).sample.to(latents.dtype)
+        return self.vae.decode(scaled.to(self.vae.decoder.conv_in.weight.dtype)).sample.to(latents.dtype)
 
 
 class IncompatiblePairError(ValueError):

@@ -1,0 +1,187 @@
+"""A procedural text-to-image world at 32x32: coloured shapes on coloured backgrounds.
+
+Every image is drawn by code from known attributes (shape, colour, size, background, position), so a
+generated image can be checked against its prompt without any pretrained network. The bundled tiny
+teacher, student and judge are trained on this world only. The shapes of `NOVEL_SHAPES` are never
+used in training; they render the "new concept" of the demos.
+
+Colour, size and background are measured from pixels (`measure`); shape is left to the small trained
+judge (`judge.py`), since it is hard to read reliably from noisy generated pixels by hand.
+Captions must fit the tiny tokenizer's 16 tokens (14 word pieces between BOS and EOS), which is why
+the words are short and the longer templates are used only for captions that fit.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TINY_ASSETS = Path(__file__).parent / "assets" / "tiny"
+TEACHER_FOLDER = TINY_ASSETS / "teacher"  # trained by tools/train_tiny_teacher.py
+STUDENT_FOLDER = TINY_ASSETS / "student"  # distilled by tools/distill_tiny_student.py
+TEACHER_GUIDANCE = 3.0  # the CFG scale the bundled teacher follows prompts best with
+
+IMAGE_SIZE = 32
+SUPERSAMPLE = 4  # shapes are drawn on a 4x finer grid and averaged: anti-aliased edges
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring")
+NOVEL_SHAPES = ("star", "heart")
+COLORS = {  # object colours, RGB in [0, 1]: bright and far from every background
+    "red": (0.90, 0.10, 0.10),
+    "green": (0.10, 0.75, 0.15),
+    "blue": (0.15, 0.30, 1.00),
+    "yellow": (0.95, 0.90, 0.10),
+    "white": (0.95, 0.95, 0.95),
+    "pink": (1.00, 0.45, 0.75),
+}
+BACKGROUNDS = {  # background colours: dark or muted
+    "black": (0.05, 0.05, 0.05),
+    "gray": (0.45, 0.45, 0.45),
+    "brown": (0.40, 0.22, 0.08),
+    "teal": (0.00, 0.40, 0.40),
+}
+SIZES = {"small": 5.0, "big": 10.0}  # half-width of the shape in pixels
+SIZE_THRESHOLD = 15  # measured extent (pixels) between the two sizes
+ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
+
+TEMPLATES = (  # the first always fits in 16 tokens and is the evaluation template
+    "a {size} {color} {shape} on {background}",
+    "{size} {color} {shape} on {background}",
+    "a photo of a {size} {color} {shape} on {background}",
+    "a {size} {color} {shape} on a {background} background",
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attributes and captions
+
+def sample_attributes(generator: torch.Generator) -> dict:
+    """Random attributes: a shape of the training vocabulary, its colour, size, background and centre."""
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    attributes = {name: pick(options) for name, options in ATTRIBUTES.items()}
+    margin = SIZES[attributes["size"]] + 1
+    x, y = (margin + torch.rand(2, generator=generator) * (IMAGE_SIZE - 2 * margin)).tolist()
+    return dict(attributes, x=x, y=y)
+
+
+def evaluation_set(count: int, seed: int = 1234) -> tuple[list[str], list[dict]]:
+    """`count` fixed (prompts, attributes) for measuring how well a model follows prompts."""
+    generator = torch.Generator().manual_seed(seed)
+    attributes = [sample_attributes(generator) for _ in range(count)]
+    return [caption(item) for item in attributes], attributes
+
+
+def caption(attributes: dict, template: int = 0) -> str:
+    return TEMPLATES[template].format(**attributes)
+
+
+def random_caption(attributes: dict, tokenizer, generator: torch.Generator) -> str:
+    """A caption from a random template among those that fit the tokenizer without truncation."""
+    fitting = [text for text in (caption(attributes, index) for index in range(len(TEMPLATES)))
+               if len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length]
+    return fitting[int(torch.randint(len(fitting), (1,), generator=generator))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering
+
+def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-test on coordinates normalised by the half-width (u to the right, v downwards)."""
+    radius = (u**2 + v**2).sqrt()
+    if shape == "circle":
+        return radius <= 1
+    if shape == "square":
+        return torch.maximum(u.abs(), v.abs()) <= 0.85
+    if shape == "triangle":  # apex up
+        return (v <= 0.85) & (u.abs() <= (v + 1) / 1.85)
+    if shape == "cross":  # an upright plus sign
+        return ((u.abs() <= 0.3) & (v.abs() <= 1)) | ((v.abs() <= 0.3) & (u.abs() <= 1))
+    if shape == "ring":
+        return (radius <= 1) & (radius >= 0.55)
+    if shape == "star":  # five points, one up
+        sector = 2 * math.pi / 5
+        angle = torch.remainder(torch.atan2(u, -v) + sector / 2, sector) - sector / 2
+        px, py = radius * torch.cos(angle), radius * torch.sin(angle).abs()
+        inner = 0.45
+        qx, qy = inner * math.cos(sector / 2), inner * math.sin(sector / 2)
+        return (qx - 1) * py - qy * (px - 1) >= 0
+    if shape == "heart":
+        x, y = 1.15 * u, -1.15 * v + 0.15
+        return (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES + NOVEL_SHAPES}")
+
+
+def render(attributes: dict) -> torch.Tensor:
+    """[3, 32, 32] image in [-1, 1] of `attributes` (any shape, including `NOVEL_SHAPES`).
+
+    Missing x/y centre the shape; colours may be names or RGB triples in [0, 1].
+    """
+    size = SIZES[attributes["size"]]
+    x, y = attributes.get("x", IMAGE_SIZE / 2), attributes.get("y", IMAGE_SIZE / 2)
+    fine = (torch.arange(IMAGE_SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    v, u = torch.meshgrid((fine - y) / size, (fine - x) / size, indexing="ij")
+    inside = _shape_mask(attributes["shape"], u, v).float()[None, None]
+    alpha = F.avg_pool2d(inside, SUPERSAMPLE)[0]
+    color, background = (_rgb(attributes[key], table) for key, table in
+                         (("color", COLORS), ("background", BACKGROUNDS)))
+    image = background * (1 - alpha) + color * alpha
+    return image * 2 - 1
+
+
+def _rgb(value, table: dict) -> torch.Tensor:
+    rgb = table[value] if isinstance(value, str) else value
+    return torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1)
+
+
+def sample(generator: torch.Generator) -> tuple[torch.Tensor, str, dict]:
+    """One random (image [3, 32, 32] in [-1, 1], evaluation-template caption, attributes)."""
+    attributes = sample_attributes(generator)
+    return render(attributes), caption(attributes), attributes
+
+
+def sample_batch(count: int, generator: torch.Generator) -> tuple[torch.Tensor, list[dict]]:
+    """[count, 3, 32, 32] images and their attributes."""
+    attributes = [sample_attributes(generator) for _ in range(count)]
+    return torch.stack([render(item) for item in attributes]), attributes
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measuring attributes from pixels
+
+def _nearest(rgb: torch.Tensor, table: dict) -> list[str]:
+    """Name of the nearest palette colour for each row of [B, 3] colours in [0, 1]."""
+    names = list(table)
+    palette = torch.tensor([table[name] for name in names])
+    return [names[index] for index in torch.cdist(rgb, palette).argmin(dim=1).tolist()]
+
+
+def measure(images: torch.Tensor) -> list[dict]:
+    """Background, colour and size read from the pixels of [B, 3, 32, 32] images in [-1, 1].
+
+    Background: median of the one-pixel border. Colour: median of the pixels farthest from the
+    background (over 60 % of the largest distance). Size: the extent, in pixels, of the rows or
+    columns holding at least two object pixels (pixels nearer the object colour than the background).
+    """
+    pixels = ((images.float().clamp(-1, 1) + 1) / 2).flatten(2)  # [B, 3, H*W]
+    side = images.shape[-1]
+    border = torch.zeros(side, side, dtype=torch.bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    background = pixels[:, :, border.flatten()].median(dim=2).values  # [B, 3]
+    distance = (pixels - background[:, :, None]).norm(dim=1)  # [B, H*W]
+    results = []
+    for index in range(len(images)):
+        strong = distance[index] >= 0.6 * distance[index].max()
+        color = pixels[index][:, strong].median(dim=1).values
+        mask = (distance[index] >= 0.5 * (color - background[index]).norm()).view(side, side)
+        extent = max(int((mask.sum(dim=0) >= 2).sum()), int((mask.sum(dim=1) >= 2).sum()))
+        results.append(dict(
+            background=_nearest(background[index : index + 1], BACKGROUNDS)[0],
+            color=_nearest(color[None], COLORS)[0],
+            size="small" if extent < SIZE_THRESHOLD else "big",
+        ))
+    return results

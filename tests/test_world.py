@@ -1,0 +1,85 @@
+"""The tiny world, its judge and metrics (the bundled tiny models and their tests are still to come)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from echodistill_core import world
+from echodistill_core.judge import attribute_accuracy, concept_fidelity, frechet_distance, load_judge
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return load_judge()
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return world.sample_batch(96, torch.Generator().manual_seed(7))
+
+
+def test_sampling_is_seeded_and_in_range():
+    image, caption, attributes = world.sample(torch.Generator().manual_seed(3))
+    again, _, _ = world.sample(torch.Generator().manual_seed(3))
+    assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
+    assert torch.equal(image, again)
+    assert caption == world.caption(attributes)
+    assert all(attributes[name] in caption for name in world.ATTRIBUTES)
+
+
+def test_captions_fit_the_tiny_tokenizer():
+    from echodistill_core.tiny import tiny_text
+
+    tokenizer = tiny_text().tokenizer
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        text = world.random_caption(world.sample_attributes(generator), tokenizer, generator)
+        assert len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length
+
+
+def test_novel_shapes_render_but_stay_out_of_the_vocabulary(judge):
+    assert not set(world.NOVEL_SHAPES) & set(world.SHAPES)
+    assert not set(world.NOVEL_SHAPES) & set(judge.classes["shape"])
+    for shape in world.NOVEL_SHAPES:
+        image = world.render(dict(shape=shape, color="red", size="big", background="black"))
+        assert world.measure(image[None])[0] == dict(background="black", color="red", size="big")
+
+
+def test_measurement_is_exact_on_rendered_images(rendered, judge):
+    images, attributes = rendered
+    accuracy = attribute_accuracy(images, attributes, judge)
+    assert accuracy["color"] == accuracy["size"] == accuracy["background"] == 1.0
+    assert accuracy["shape"] >= 0.95
+
+
+def test_a_wrong_background_is_a_miss(rendered, judge):
+    _, attributes = rendered
+    wrong = [dict(item, background="gray" if item["background"] != "gray" else "teal") for item in attributes]
+    images = torch.stack([world.render(item) for item in wrong])
+    accuracy = attribute_accuracy(images, attributes, judge)
+    assert accuracy["background"] == 0.0
+    assert accuracy["color"] == accuracy["size"] == 1.0
+
+
+def test_fidelity_and_frechet_distance_on_known_inputs(rendered, judge):
+    images, _ = rendered
+    assert concept_fidelity(judge, images[:1], images[:1]) == pytest.approx(1.0, abs=1e-5)
+    star = world.render(dict(shape="star", color="yellow", size="big", background="teal"))[None]
+    circle = world.render(dict(shape="circle", color="yellow", size="big", background="teal"))[None]
+    assert concept_fidelity(judge, star, circle) < concept_fidelity(judge, star, star)
+    same = frechet_distance(judge, images, images)
+    other, _ = world.sample_batch(96, torch.Generator().manual_seed(8))
+    noise = torch.rand_like(images) * 2 - 1
+    assert same == pytest.approx(0.0, abs=1e-3)
+    assert frechet_distance(judge, images, other) < frechet_distance(judge, images, noise)

@@ -1,0 +1,160 @@
+"""Distill the bundled tiny teacher into a one-step student.
+
+1. Dataset: random world prompts with one noise each (seeded), and the teacher's DDIM + CFG sample
+   from that noise (`generate_teacher`'s sampler). Cached in a file, since this is the dear part.
+2. Student: initialised from the teacher's UNet, trained to map the noise to the teacher's sample in
+   ONE evaluation at the terminal timestep (as `generate_student` samples it). Pairs are augmented by
+   horizontal flips of noise and sample together (the world and the teacher are mirror-symmetric).
+   Optionally, a "touch-up" term as in the EchoDistill student step: the student's sample from fresh
+   noise is re-noised, the teacher denoises it in one guided evaluation, and the student regresses
+   onto that, weighted by abar_t.
+The student shares the teacher's text encoder (frozen, copied into its folder) and is saved with an
+Euler scheduler config (trailing spacing) and the teacher's prediction type.
+
+    python tools/distill_tiny_student.py --pairs 1200 --steps 700
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from diffusers import EulerDiscreteScheduler  # noqa: E402
+
+from echodistill_core import world  # noqa: E402
+from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
+from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
+from echodistill_core.models import DiffusionModel  # noqa: E402
+from echodistill_core.sampling import generate_student, guided_x0, initial_noise, teacher_sample  # noqa: E402
+
+
+def student_scheduler(prediction_type: str) -> EulerDiscreteScheduler:
+    """SD-Turbo's scheduler configuration: SD's betas, Euler, trailing timestep spacing."""
+    return EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  prediction_type=prediction_type, timestep_spacing="trailing")
+
+
+@torch.no_grad()
+def make_dataset(teacher: DiffusionModel, text, count: int, steps: int, guidance: float, seed: int,
+                 batch: int = 50) -> dict:
+    """`count` (noise, prompt, teacher sample) triples; noise from seeds seed, seed + 1, ..."""
+    generator = torch.Generator().manual_seed(seed)
+    attributes = [world.sample_attributes(generator) for _ in range(count)]
+    prompts = [world.random_caption(item, text.tokenizer, generator) for item in attributes]
+    seeds = list(range(seed, seed + count))
+    noise = initial_noise(teacher, seeds)
+    uncond, samples, start = text([""]), [], time.time()
+    for index in range(0, count, batch):
+        part = slice(index, index + batch)
+        sample = teacher_sample(teacher, text(prompts[part]), uncond, noise[part], steps, guidance)
+        samples.append(sample.clamp(-1, 1))
+        print(f"  dataset {index + len(samples[-1])}/{count} {time.time() - start:.0f}s", flush=True)
+    return dict(noise=noise, prompts=prompts, attributes=attributes, samples=torch.cat(samples), steps=steps,
+                guidance=guidance)
+
+
+def flip_pairs(noise: torch.Tensor, samples: torch.Tensor, generator: torch.Generator):
+    """Mirror a random half of the (noise, sample) pairs left-right."""
+    flip = (torch.rand(len(noise), generator=generator) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(flip, noise.flip(-1), noise), torch.where(flip, samples.flip(-1), samples)
+
+
+def touch_up_loss(student: DiffusionModel, teacher: DiffusionModel, cond, uncond, noise, guidance, generator):
+    """abar-weighted regression of the student's sample onto the teacher's guided denoising of it."""
+    terminal = torch.full((len(noise),), student.schedule.terminal_timestep, dtype=torch.long)
+    x_s = student.predict_x0(noise, terminal, cond)
+    t = torch.randint(teacher.schedule.num_train_timesteps, (len(noise),), generator=generator)
+    with torch.no_grad():
+        renoised = teacher.schedule.add_noise(x_s, torch.randn(x_s.shape, generator=generator), t)
+        x_t = guided_x0(teacher, renoised, t, cond, uncond, guidance)
+    weight = teacher.schedule.abar(t, x_s)
+    return (weight * (x_s - x_t).square()).mean()
+
+
+def evaluate(student: DiffusionModel, text, judge, count: int = 200) -> dict:
+    prompts, attributes = world.evaluation_set(count)
+    images = generate_student(student, text, prompts, list(range(count)))
+    return attribute_accuracy(comfy_to_world(images), attributes, judge)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="echodistill_core/assets/tiny/teacher")
+    parser.add_argument("--out", default="echodistill_core/assets/tiny/student")
+    parser.add_argument("--dataset", default="/tmp/echodistill_tiny_pairs.pt", help="cache of teacher pairs")
+    parser.add_argument("--pairs", type=int, default=1200)
+    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale for the targets")
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--touch-up-batch", type=int, default=0, help="0 turns the touch-up term off")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--seed", type=int, default=100000, help="first noise seed of the dataset")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    teacher, text = load_diffusers_folder(args.teacher)
+    judge = load_judge()
+    dataset_file = Path(args.dataset)
+    if dataset_file.exists():
+        dataset = torch.load(dataset_file)
+    else:
+        dataset = make_dataset(teacher, text, args.pairs, args.teacher_steps, args.guidance, args.seed)
+        torch.save(dataset, dataset_file)
+    print(f"{len(dataset['prompts'])} pairs, teacher DDIM {dataset['steps']} steps, CFG {dataset['guidance']}; "
+          f"teacher accuracy on them: {attribute_accuracy(dataset['samples'], dataset['attributes'], judge)}")
+
+    unet = copy.deepcopy(teacher.unet).train().requires_grad_(True)
+    student = DiffusionModel(unet=unet, schedule=teacher.schedule, name="tiny-student")
+    ema = DiffusionModel(unet=copy.deepcopy(unet).eval().requires_grad_(False), schedule=teacher.schedule,
+                         name="tiny-student")
+    print("student before distillation:", evaluate(student, text, judge), flush=True)
+    with torch.no_grad():
+        conds = torch.cat([text(dataset["prompts"][i : i + 100]) for i in range(0, len(dataset["prompts"]), 100)])
+        uncond = text([""])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    terminal = torch.full((args.batch,), teacher.schedule.terminal_timestep, dtype=torch.long)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        index = torch.randint(len(conds), (args.batch,), generator=generator)
+        noise, target = flip_pairs(dataset["noise"][index], dataset["samples"][index], generator)
+        loss = F.mse_loss(student.predict_x0(noise, terminal, conds[index]), target)
+        if args.touch_up_batch:
+            fresh = torch.randint(len(conds), (args.touch_up_batch,), generator=generator)
+            noise = torch.randn((args.touch_up_batch, *student.latent_shape()), generator=generator)
+            loss = loss + touch_up_loss(student, teacher, conds[fresh], uncond, noise, args.guidance, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for ema_param, param in zip(ema.unet.parameters(), unet.parameters()):
+                ema_param.lerp_(param, 1 - min(args.ema, (1 + step) / (10 + step)))
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        if step % 200 == 0 or step == args.steps:
+            print(f"  one-step accuracy (200 prompts): {evaluate(ema, text, judge)}", flush=True)
+
+    ema.unet.to(torch.float16), text.text_encoder.to(torch.float16)
+    save_diffusers_folder(args.out, ema, text, student_scheduler(teacher.schedule.prediction_type))
+    loaded, loaded_text = load_diffusers_folder(args.out)
+    print(f"saved {args.out} after {time.time() - start:.0f}s; reloaded:", evaluate(loaded, loaded_text, judge))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Train the bundled tiny teacher from scratch: a pixel-space UNet and a CLIP text encoder, jointly.
+
+The teacher learns the procedural world of `echodistill_core.world` at 32x32 with v-prediction on SD's
+noise schedule; 10 % of the prompts are replaced by "" so that classifier-free guidance works. The
+weights kept are an exponential moving average. The result is a diffusers folder that
+`echodistill_core.loading.load_diffusers_folder` reads.
+
+    python tools/train_tiny_teacher.py --steps 1300 --batch 16 --ema 0.995
+    python tools/train_tiny_teacher.py --resume echodistill_core/assets/tiny/teacher --steps 900 \
+        --batch 16 --ema 0.995 --lr 5e-4 --seed 1   # a second stage, from the first one's weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
+
+from echodistill_core import world  # noqa: E402
+from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
+from echodistill_core.models import DiffusionModel, TextConditioner  # noqa: E402
+from echodistill_core.sampling import generate_teacher  # noqa: E402
+from echodistill_core.schedule import NoiseSchedule  # noqa: E402
+from echodistill_core.tiny import TINY_TEXT_WIDTH, tiny_text  # noqa: E402
+
+
+def build_unet(channels: tuple[int, ...], layers_per_block: int, seed: int) -> UNet2DConditionModel:
+    """The tiny UNet layout at 32 px: attention only in the 16x16 block."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE, in_channels=3, out_channels=3, block_out_channels=channels,
+        layers_per_block=layers_per_block, cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
+    )
+
+
+def teacher_scheduler(prediction_type: str) -> DDIMScheduler:
+    """SD's DDIM configuration: scaled linear betas 0.00085-0.012 over 1000 steps."""
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1)
+
+
+def training_batch(count: int, tokenizer, generator: torch.Generator, drop: float):
+    """World images and captions from varied templates; a fraction `drop` of the captions is ""."""
+    images, attributes = world.sample_batch(count, generator)
+    prompts = [world.random_caption(item, tokenizer, generator) for item in attributes]
+    dropped = torch.rand(count, generator=generator) < drop
+    return images, ["" if drop_it else prompt for prompt, drop_it in zip(prompts, dropped)]
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1 - decay)
+
+
+def pixel_accuracy(model: DiffusionModel, text: TextConditioner, count: int, guidance: float) -> dict:
+    """Colour, size and background accuracy of 25-step samples, measured from pixels (no judge)."""
+    prompts, attributes = world.evaluation_set(count)
+    images = generate_teacher(model, text, prompts, list(range(count)), guidance_scale=guidance)
+    measured = world.measure(images.permute(0, 3, 1, 2) * 2 - 1)
+    return {key: sum(m[key] == a[key] for m, a in zip(measured, attributes)) / count
+            for key in ("color", "size", "background")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="echodistill_core/assets/tiny/teacher")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--drop", type=float, default=0.1, help="fraction of empty prompts (for CFG)")
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--prediction", default="v_prediction", choices=("v_prediction", "sample"))
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-guidance", type=float, default=3.0)
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="of saved weights")
+    parser.add_argument("--resume", help="continue from this teacher folder instead of starting afresh")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.resume:
+        model, text = load_diffusers_folder(args.resume)
+        unet = model.unet.train().requires_grad_(True)
+    else:
+        text, unet = tiny_text(args.seed), build_unet(tuple(args.channels), args.layers_per_block, args.seed)
+    text.text_encoder.train().requires_grad_(True)
+    unet.train().requires_grad_(True)
+    scheduler = teacher_scheduler(args.prediction)
+    schedule = NoiseSchedule.from_scheduler_config(scheduler.config)
+    ema_unet, ema_encoder = copy.deepcopy(unet).eval(), copy.deepcopy(text.text_encoder).eval()
+    ema_model = DiffusionModel(unet=ema_unet, schedule=schedule, name="tiny-teacher")
+    ema_text = TextConditioner(text.tokenizer, ema_encoder)
+    params = list(unet.parameters()) + list(text.text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    count = sum(p.numel() for p in params)
+    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, total {count / 1e6:.2f} M parameters")
+
+    generator = torch.Generator().manual_seed(args.seed)
+    start, running = time.time(), 0.0
+    for step in range(1, args.steps + 1):
+        lr_scale = min(1.0, step / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * max(lr_scale, 0.05)
+        images, prompts = training_batch(args.batch, text.tokenizer, generator, args.drop)
+        eps = torch.randn(images.shape, generator=generator)
+        t = torch.randint(schedule.num_train_timesteps, (args.batch,), generator=generator)
+        z_t = schedule.add_noise(images, eps, t)
+        output = unet(z_t, t, text(prompts)).sample
+        loss = torch.nn.functional.mse_loss(output, schedule.target(images, eps, t))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        update_ema(ema_unet, unet, decay)
+        update_ema(ema_encoder, text.text_encoder, decay)
+        running += loss.item()
+        if step % 50 == 0:
+            print(f"step {step} loss {running / 50:.4f} {time.time() - start:.0f}s", flush=True)
+            running = 0.0
+        if args.eval_every and step % args.eval_every == 0:
+            print(f"  pixel accuracy (32 prompts, cfg {args.eval_guidance}):",
+                  pixel_accuracy(ema_model, ema_text, 32, args.eval_guidance), flush=True)
+
+    out = Path(args.out)
+    dtype = getattr(torch, args.dtype)
+    ema_unet.to(dtype), ema_encoder.to(dtype)
+    save_diffusers_folder(out, ema_model, ema_text, scheduler)
+    model, loaded_text = load_diffusers_folder(out)
+    print(f"saved {out} after {time.time() - start:.0f}s; reloaded pixel accuracy (64 prompts):",
+          pixel_accuracy(model, loaded_text, 64, args.eval_guidance))
+
+
+if __name__ == "__main__":
+    main()

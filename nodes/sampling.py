@@ -25,12 +25,23 @@ def _check_token(prompt: str, token: str) -> None:
                          f"'a photo of a {token} ...'")
 
 
-class OneStepSample:
+class _Sample:
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("IMAGE",)
+
+    def sample(self, model, prompt, seed, batch_size, steps, **options):
+        _check_token(prompt, model.token)
+        with model.applied():
+            images = self.generate(model.base.model, model.text, [prompt] * batch_size,
+                                   [seed + i for i in range(batch_size)], steps=steps, **options)
+        return (images,)
+
+
+class OneStepSample(_Sample):
     OUTPUT_TOOLTIPS = ("The student's images.",)
     DESCRIPTION = "Draw the personalized subject with the one-step student: one network evaluation per image."
+    generate = staticmethod(generate_student)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -38,20 +49,14 @@ class OneStepSample:
             "default": 1, "min": 1, "max": 4, "tooltip": "1 is the one-step model; 2-4 refine with Euler "
             "ancestral steps."})
 
-    def sample(self, model, prompt, seed, batch_size, steps):
-        _check_token(prompt, model.token)
-        with model.applied():
-            images = generate_student(model.base.model, model.text, [prompt] * batch_size,
-                                      [seed + i for i in range(batch_size)], steps=steps)
-        return (images,)
 
-
-class TeacherSample:
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE",)
+class TeacherSample(_Sample):
     OUTPUT_TOOLTIPS = ("The teacher's images.",)
     DESCRIPTION = "Draw the personalized subject with the multi-step teacher (DDIM with CFG), to compare."
+
+    @staticmethod
+    def generate(model, text, prompts, seeds, steps, cfg):
+        return generate_teacher(model, text, prompts, seeds, steps=steps, guidance_scale=cfg)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -60,10 +65,3 @@ class TeacherSample:
         inputs["required"]["cfg"] = ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
                                                "tooltip": "Classifier-free guidance scale."})
         return inputs
-
-    def sample(self, model, prompt, seed, batch_size, steps, cfg):
-        _check_token(prompt, model.token)
-        with model.applied():
-            images = generate_teacher(model.base.model, model.text, [prompt] * batch_size,
-                                      [seed + i for i in range(batch_size)], steps=steps, guidance_scale=cfg)
-        return (images,)

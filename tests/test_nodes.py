@@ -62,12 +62,16 @@ def run(pack, node_id, **inputs):
     return getattr(node, node.FUNCTION)(**inputs)
 
 
+def bundled_pair(pack):
+    teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", precision="auto", memory="balanced")
+    student, = run(pack, "EchoDistillLoadStudent", model="tiny one-step student (bundled)", precision="auto",
+                   memory="balanced")
+    return teacher, student
+
+
 def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
     with torch.inference_mode():  # as ComfyUI runs every prompt
-        teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", precision="auto",
-                       memory="balanced")
-        student, = run(pack, "EchoDistillLoadStudent", model="tiny one-step student (bundled)",
-                       precision="auto", memory="balanced")
+        teacher, student = bundled_pair(pack)
         photos = torch.rand(3, 40, 40, 3)  # IMAGE batches: [B, H, W, 3] in 0..1, inference tensors
         concept, = run(pack, "EchoDistillConceptImages", images=photos[:2], token="<toy>", class_word="toy",
                        initializer_word="")
@@ -110,10 +114,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
     with pytest.raises(ValueError, match="plain file name"):
         comfy.safe_file_name("../../etc/passwd")
     with torch.inference_mode():
-        teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", precision="auto",
-                       memory="balanced")
-        student, = run(pack, "EchoDistillLoadStudent", model="tiny one-step student (bundled)",
-                       precision="auto", memory="balanced")
+        teacher, student = bundled_pair(pack)
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
                        class_word="cup", initializer_word="")
         one_step, _, _ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
@@ -131,10 +132,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
 def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
     training = sys.modules["echodistill_pack.nodes.training"]
     with torch.inference_mode():
-        teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", precision="auto",
-                       memory="balanced")
-        student, = run(pack, "EchoDistillLoadStudent", model="tiny one-step student (bundled)",
-                       precision="auto", memory="balanced")
+        teacher, student = bundled_pair(pack)
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(3, 32, 32, 3), token="<cup>",
                        class_word="cup", initializer_word="")
         settings = dict(teacher=teacher, student=student, concept=concept, steps=4,

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--sample-steps", type=int, default=0, help="0: 1 for the student, 25 for the teacher")
     sample.add_argument("--out", required=True, type=Path, help="PNG file for the image grid")
 
-    demo = commands.add_parser("demo", help="personalize the bundled tiny models to a demo concept")
+    demo = commands.add_parser("demo", help="personalize the tiny default models to a demo concept")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     demo.add_argument("--steps", type=int, default=PRESETS["tiny"].steps, help="optimisation steps")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -1,0 +1,375 @@
+#!/usr/bin/env node
+// Browser test of the EchoDistill pack in a real ComfyUI frontend (headless Chromium, playwright-core).
+//
+//   node workflows.mjs <comfyui-url> <workflows-folder> <screenshot-folder>
+//
+// For every *.json workflow in the folder: loads it into the graph with the frontend's own
+// app.loadGraphData, checks that no node type is missing (the frontend's missing-node list, the
+// "Some Nodes Are Missing" dialog, node.has_errors, LiteGraph.registered_node_types), and converts
+// it with app.graphToPrompt, checking that every class_type of the API prompt is in /object_info.
+// The workflow whose file name starts with "1_" is also run from the UI (the Run button); the test
+// waits for its /history entry to say "success" and checks the live loss view of EchoDistillTrain
+// (canvas.echodistill-losses inside the node's DOM widget) is drawn, with screenshots mid-run and
+// after. Exit code 0 when all checks pass; the last line printed is a JSON summary.
+//
+// Environment: CHROMIUM (default /usr/bin/chromium), ECHODISTILL_RUN_TIMEOUT (seconds, default 900),
+// ECHODISTILL_RUN_WORKFLOW (file-name prefix of the workflow to run, default "1_").
+
+import { readFileSync, readdirSync, mkdirSync, writeFileSync } from "node:fs";
+import { join, basename } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, workflowsDir, outDir] = process.argv.slice(2);
+if (!url || !workflowsDir || !outDir) {
+  console.error("usage: node workflows.mjs <comfyui-url> <workflows-folder> <screenshot-folder>");
+  process.exit(2);
+}
+const base = url.replace(/\/+$/, "");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const RUN_TIMEOUT = 1000 * Number(process.env.ECHODISTILL_RUN_TIMEOUT || 900);
+const RUN_PREFIX = process.env.ECHODISTILL_RUN_WORKFLOW ?? "1_";
+const BACKGROUND = [0x18, 0x18, 0x1c]; // the loss view's fill colour (web/echodistill.js)
+mkdirSync(outDir, { recursive: true });
+
+const results = { url: base, workflows: {}, run: null, screenshots: [], consoleErrors: [], pageErrors: [], failures: [] };
+const log = (...parts) => console.log("[browser-test]", ...parts);
+const fail = (message) => { results.failures.push(message); log("FAIL:", message); };
+const check = (condition, message) => { if (!condition) fail(message); return !!condition; };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function http(path, options = {}) {
+  const response = await fetch(base + path, options);
+  if (!response.ok) throw new Error(`${options.method || "GET"} ${path}: HTTP ${response.status}`);
+  const text = await response.text();
+  return text ? JSON.parse(text) : null;
+}
+
+// Settings the test needs, stored on the server before the page loads (the server may have a fresh
+// user folder). TutorialCompleted hides the first-run template dialog. The two canvas settings are
+// their defaults for the "legacy" navigation mode: stored, they keep frontend 1.27's
+// Comfy.Canvas.NavigationMode onChange from writing a not-yet-registered setting at start-up
+// ("Cannot read properties of undefined (reading 'id')"), a frontend bug unrelated to the pack.
+const SETTINGS = {
+  "Comfy.TutorialCompleted": true,
+  "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+  "Comfy.Canvas.MouseWheelScroll": "zoom",
+  "Comfy.Workflow.ShowMissingNodesWarning": true,
+};
+
+async function main() {
+  for (const [id, value] of Object.entries(SETTINGS)) {
+    await http(`/settings/${encodeURIComponent(id)}`, { method: "POST", body: JSON.stringify(value) });
+  }
+  const objectInfo = await http("/object_info");
+  const extensions = await http("/extensions");
+  check(extensions.some((path) => /echodistill\.js$/.test(path)), `/extensions does not list echodistill.js: ${extensions}`);
+
+  const files = readdirSync(workflowsDir).filter((name) => name.endsWith(".json")).sort();
+  check(files.length > 0, `no workflows in ${workflowsDir}`);
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--no-first-run"],
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, deviceScaleFactor: 1 });
+    const page = await context.newPage();
+    page.on("console", (message) => {
+      if (message.type() !== "error") return;
+      const location = message.location()?.url || "";
+      results.consoleErrors.push({ text: message.text().slice(0, 500), location });
+    });
+    page.on("pageerror", (error) => results.pageErrors.push((error.stack || String(error)).slice(0, 1500)));
+    page.on("response", (response) => {
+      if (response.status() >= 400 && /echodistill/i.test(response.url()))
+        fail(`HTTP ${response.status()} for ${response.url()}`);
+    });
+
+    await page.goto(base + "/", { waitUntil: "load" });
+    // Ready when the frontend has registered the node definitions (stock and pack): loading a graph
+    // earlier reports every node type as missing.
+    const expected = Object.keys(objectInfo).filter((type) => type.startsWith("EchoDistill")).concat(["PreviewImage"]);
+    await page.waitForFunction((types) => {
+      const app = window.app ?? window.comfyAPI?.app?.app;
+      const registered = window.LiteGraph?.registered_node_types ?? {};
+      return app?.graph && app?.canvas && app.extensions?.length && types.every((type) => type in registered);
+    }, expected, { timeout: 120000 });
+    const loaded = await page.evaluate(() => {
+      const app = (window.app = window.app ?? window.comfyAPI.app.app);
+      // A probe extension: the frontend hands afterConfigureGraph the node types it could not find.
+      window.__probe = { missing: null, events: [] };
+      app.registerExtension({
+        name: "echodistill.browser-test-probe",
+        afterConfigureGraph(missingNodeTypes) { window.__probe.missing = [...(missingNodeTypes ?? [])]; },
+      });
+      const api = window.comfyAPI.api.api;
+      for (const type of ["execution_start", "execution_success", "execution_error", "execution_interrupted",
+                          "echodistill.progress", "echodistill.cancelled"]) {
+        api.addEventListener(type, ({ detail }) => window.__probe.events.push({ type, detail, time: Date.now() }));
+      }
+      const queuePrompt = api.queuePrompt.bind(api);  // keep the prompt id the server answers with
+      api.queuePrompt = async (...args) => {
+        const response = await queuePrompt(...args);
+        window.__probe.queued = response;
+        return response;
+      };
+      return {
+        frontend: window.__COMFYUI_FRONTEND_VERSION__ ?? null,
+        extensions: app.extensions.map((e) => e.name).filter((name) => /echodistill/i.test(name)),
+        registered: Object.keys(LiteGraph.registered_node_types).filter((type) => type.startsWith("EchoDistill")),
+      };
+    });
+    results.frontend = loaded.frontend;
+    results.registeredEchoDistillTypes = loaded.registered;
+    log(`UI loaded (frontend ${loaded.frontend}); extensions ${loaded.extensions.join(", ")}; `
+        + `${loaded.registered.length} EchoDistill node types registered`);
+    check(loaded.extensions.includes("echodistill.liveview"), "the echodistill.liveview extension is not registered");
+    const packTypes = Object.keys(objectInfo).filter((type) => type.startsWith("EchoDistill"));
+    const unregistered = packTypes.filter((type) => !loaded.registered.includes(type));
+    check(!unregistered.length, `pack node types in /object_info but not registered in the frontend: ${unregistered}`);
+
+    for (const file of files) {
+      const workflow = JSON.parse(readFileSync(join(workflowsDir, file), "utf8"));
+      const result = await loadAndConvert(page, file, workflow, objectInfo);
+      results.workflows[file] = result;
+      if (RUN_PREFIX && file.startsWith(RUN_PREFIX)) {
+        results.run = await runFromUi(page, file, workflow);
+      }
+    }
+    if (RUN_PREFIX && !results.run) fail(`no workflow file starts with "${RUN_PREFIX}"`);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function closeDialogs(page) {
+  for (let i = 0; i < 3; i++) {
+    const open = await page.locator(".p-dialog").count();
+    if (!open) return;
+    await page.keyboard.press("Escape");
+    await sleep(300);
+  }
+}
+
+async function dialogTexts(page) {
+  return page.evaluate(() => [...document.querySelectorAll(".p-dialog")]
+    .filter((dialog) => dialog.offsetParent !== null || dialog.getClientRects().length)
+    .map((dialog) => dialog.innerText.trim().replace(/\s+/g, " ").slice(0, 400)));
+}
+
+async function loadAndConvert(page, file, workflow, objectInfo) {
+  await closeDialogs(page);
+  await page.evaluate(() => { window.__probe.missing = null; });
+  const errorsBefore = results.pageErrors.length;
+  await page.evaluate(([w, name]) => window.app.loadGraphData(w, true, true, name), [workflow, basename(file, ".json")]);
+  await page.waitForFunction(() => window.__probe.missing !== null, null, { timeout: 30000 });
+  await sleep(800);  // dialogs open asynchronously
+  const state = await page.evaluate(() => {
+    const app = window.app;
+    const nodes = app.graph.nodes.map((node) => {
+      const combos = (node.widgets ?? []).filter((w) => w.type === "combo" && Array.isArray(w.options?.values))
+        .filter((w) => !w.options.values.includes(w.value)).map((w) => `${w.name}=${JSON.stringify(w.value)}`);
+      return { id: node.id, type: node.type, registered: node.type in LiteGraph.registered_node_types,
+               hasErrors: !!node.has_errors, invalidCombos: combos };
+    });
+    return { nodes, missing: window.__probe.missing };
+  });
+  const dialogs = await dialogTexts(page);
+  const result = { nodes: state.nodes.length, missingNodeTypes: state.missing, dialogs, invalidComboValues: {} };
+  check(state.nodes.length === workflow.nodes.length,
+        `${file}: ${state.nodes.length} nodes in the graph, ${workflow.nodes.length} in the file`);
+  check(!state.missing.length, `${file}: the frontend reports missing node types ${JSON.stringify(state.missing)}`);
+  const unregistered = state.nodes.filter((n) => !n.registered).map((n) => `${n.id}:${n.type}`);
+  check(!unregistered.length, `${file}: node types not registered in LiteGraph: ${unregistered}`);
+  const broken = state.nodes.filter((n) => n.hasErrors).map((n) => `${n.id}:${n.type}`);
+  check(!broken.length, `${file}: nodes with has_errors: ${broken}`);
+  check(!dialogs.some((text) => /missing/i.test(text)), `${file}: a missing-nodes dialog is open: ${dialogs}`);
+  for (const node of state.nodes) if (node.invalidCombos.length) result.invalidComboValues[`${node.id}:${node.type}`] = node.invalidCombos;
+  if (file.startsWith(RUN_PREFIX)) {
+    check(!Object.keys(result.invalidComboValues).length,
+          `${file}: combo values not offered by the server: ${JSON.stringify(result.invalidComboValues)}`);
+  }
+  if (results.pageErrors.length > errorsBefore) result.pageErrors = results.pageErrors.slice(errorsBefore);
+
+  const prompt = await page.evaluate(async () => {
+    const { output } = await window.app.graphToPrompt();
+    return output;
+  });
+  const classTypes = Object.values(prompt).map((entry) => entry.class_type);
+  const unknown = [...new Set(classTypes.filter((type) => !(type in objectInfo)))];
+  result.promptNodes = classTypes.length;
+  result.classTypes = [...new Set(classTypes)].sort();
+  check(classTypes.length > 0, `${file}: graphToPrompt gave an empty prompt`);
+  check(!unknown.length, `${file}: graphToPrompt class_types missing from /object_info: ${unknown}`);
+  // Every link of the prompt points to a node of the prompt.
+  for (const [id, entry] of Object.entries(prompt)) {
+    for (const [name, value] of Object.entries(entry.inputs)) {
+      if (Array.isArray(value) && value.length === 2 && typeof value[1] === "number")
+        check(String(value[0]) in prompt, `${file}: node ${id} input ${name} links to absent node ${value[0]}`);
+    }
+  }
+  log(`${file}: ${state.nodes.length} nodes, prompt of ${classTypes.length}, `
+      + `missing types ${JSON.stringify(state.missing)}, dialogs ${JSON.stringify(dialogs)}`
+      + (Object.keys(result.invalidComboValues).length ? `, unavailable choices ${JSON.stringify(result.invalidComboValues)}` : ""));
+  await closeDialogs(page);
+  return result;
+}
+
+// Pixels of the loss canvas: how many differ from the background, overall and in the plot band
+// (between the legend row at the top and the status line at the bottom, where only curves draw).
+async function lossCanvas(page, nodeId) {
+  return page.evaluate(([id, background]) => {
+    const node = window.app.graph.getNodeById(id);
+    const widget = node?.widgets?.find((w) => w.name === "losses");
+    const canvas = widget?.element;
+    if (!canvas) return { found: false };
+    const domWidget = canvas.closest(".dom-widget");
+    const rect = canvas.getBoundingClientRect();
+    const { width, height } = canvas;
+    const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+    const dpr = window.devicePixelRatio || 1;
+    const top = Math.round(26 * dpr), bottom = height - Math.round(20 * dpr);
+    let differ = 0, plot = 0;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const i = 4 * (y * width + x);
+        const d = Math.abs(pixels[i] - background[0]) + Math.abs(pixels[i + 1] - background[1]) + Math.abs(pixels[i + 2] - background[2]);
+        if (d > 24) { differ++; if (y >= top && y < bottom) plot++; }
+      }
+    }
+    const run = node.echodistill?.run;
+    return {
+      found: true, className: canvas.className, inDomWidget: !!domWidget, connected: canvas.isConnected,
+      visible: rect.width > 0 && rect.height > 0 && !!domWidget && getComputedStyle(domWidget).display !== "none",
+      size: [width, height], rect: [Math.round(rect.x), Math.round(rect.y), Math.round(rect.width), Math.round(rect.height)],
+      nonBackgroundPixels: differ, plotPixels: plot,
+      run: run ? { step: run.step, total: run.total, points: run.points.length, cancelled: run.cancelled ?? null,
+                   losses: Object.keys(run.points.at(-1)?.losses ?? {}) } : null,
+    };
+  }, [nodeId, BACKGROUND]);
+}
+
+async function screenshot(page, name, locator = null) {
+  const path = join(outDir, name);
+  await (locator ?? page).screenshot({ path });
+  results.screenshots.push(path);
+  log(`screenshot ${path}`);
+  return path;
+}
+
+async function runFromUi(page, file, workflow) {
+  const run = { workflow: file };
+  await page.evaluate(([w, name]) => window.app.loadGraphData(w, true, true, name), [workflow, basename(file, ".json")]);
+  await sleep(800);
+  await closeDialogs(page);
+  const trainId = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "EchoDistillTrain")?.id ?? null);
+  if (!check(trainId !== null, `${file}: no EchoDistillTrain node`)) return run;
+  // The Train node in the middle of the view at 100 %, so its DOM widget is on screen.
+  await page.evaluate((id) => {
+    const canvas = window.app.canvas;
+    canvas.ds.scale = 1;
+    canvas.centerOnNode(window.app.graph.getNodeById(id));
+    canvas.setDirty(true, true);
+  }, trainId);
+  await sleep(500);
+  const before = await lossCanvas(page, trainId);
+  run.before = before;
+  check(before.found, `${file}: the Train node has no "losses" DOM widget with a canvas`);
+  check(before.className === "echodistill-losses", `${file}: the losses widget element is not canvas.echodistill-losses`);
+  check(before.inDomWidget && before.connected, `${file}: the loss canvas is not attached inside a .dom-widget element`);
+
+  await page.evaluate(() => { window.__probe.events = []; window.__probe.queued = null; });
+  const started = Date.now();
+  const button = page.locator("button.p-splitbutton-button[aria-label='Run']");
+  if (await button.count()) {
+    await button.first().click();
+    run.queuedWith = "Run button";
+  } else {
+    await page.evaluate(() => window.app.queuePrompt(0, 1));
+    run.queuedWith = "app.queuePrompt(0, 1)";
+  }
+  await page.waitForFunction(() => window.__probe.queued, null, { timeout: 60000 });
+  const queued = await page.evaluate(() => window.__probe.queued);
+  run.promptId = queued.prompt_id;
+  const nodeErrors = queued.node_errors && Object.keys(queued.node_errors).length ? queued.node_errors : null;
+  if (!check(run.promptId && !nodeErrors, `${file}: the server refused the prompt: ${JSON.stringify(queued).slice(0, 1500)}`)) return run;
+  log(`${file}: queued with the ${run.queuedWith}, prompt ${run.promptId}`);
+
+  // Mid-run: once a few progress messages have arrived (or later), screenshot the graph.
+  let midShot = null;
+  let entry = null;
+  while (Date.now() - started < RUN_TIMEOUT) {
+    const progress = await page.evaluate(() => window.__probe.events.filter((e) => e.type === "echodistill.progress").map((e) => e.detail).at(-1) ?? null);
+    if (!midShot && progress && progress.step >= Math.min(10, progress.total) && progress.step < progress.total) {
+      await page.evaluate(() => window.app.canvas.setDirty(true, true));
+      await sleep(300);
+      run.mid = await lossCanvas(page, trainId);
+      run.mid.progress = progress;
+      midShot = await screenshot(page, "1_mid_run.png");
+      await screenshot(page, "1_mid_run_loss_view.png", page.locator("canvas.echodistill-losses").first());
+      log(`${file}: mid-run at step ${progress.step}/${progress.total}, losses ${JSON.stringify(progress.losses)}`);
+    }
+    const history = await http(`/history/${run.promptId}`);
+    entry = history[run.promptId];
+    if (entry && ["success", "error"].includes(entry.status?.status_str)) break;
+    entry = null;
+    await sleep(1000);
+  }
+  run.seconds = Math.round((Date.now() - started) / 1000);
+  if (!check(entry, `${file}: no finished /history entry after ${RUN_TIMEOUT / 1000} s`)) return run;
+  run.status = entry.status.status_str;
+  const messages = entry.status.messages ?? [];
+  check(run.status === "success", `${file}: the run ended with ${run.status}: ${JSON.stringify(messages).slice(-2000)}`);
+  const events = await page.evaluate(() => window.__probe.events.map((e) => ({ type: e.type, prompt: e.detail?.prompt_id, node: e.detail?.node })));
+  run.progressMessages = events.filter((e) => e.type === "echodistill.progress").length;
+  run.executionSuccessSeen = events.some((e) => e.type === "execution_success" && e.prompt === run.promptId);
+  check(run.progressMessages > 0, `${file}: the browser received no echodistill.progress message`);
+  check(midShot, `${file}: no mid-run screenshot (progress never reached step 10 before the end)`);
+  run.images = Object.values(entry.outputs ?? {}).flatMap((output) => output.images ?? []).length;
+
+  await sleep(1500);  // let the frontend show the output images
+  await page.evaluate(() => window.app.canvas.setDirty(true, true));
+  run.after = await lossCanvas(page, trainId);
+  const after = run.after;
+  check(after.found && after.inDomWidget && after.connected, `${file}: after the run the loss canvas is not inside the Train node's DOM widget`);
+  check(after.visible, `${file}: the loss canvas is not visible on screen (rect ${after.rect})`);
+  check(after.run && after.run.total > 0 && after.run.step === after.run.total,
+        `${file}: the live view ends at step ${after.run?.step} of ${after.run?.total}`);
+  check(after.run && after.run.points >= 2, `${file}: the live view holds ${after.run?.points} points`);
+  check(after.plotPixels > 200 && after.plotPixels > 5 * (before.plotPixels || 0) ,
+        `${file}: the loss curves are not drawn: ${after.plotPixels} non-background pixels in the plot band (before the run ${before.plotPixels})`);
+  await screenshot(page, "1_after_run_loss_view.png", page.locator("canvas.echodistill-losses").first());
+  await screenshot(page, "1_after_run_train_node.png");
+  await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
+  await sleep(800);
+  await screenshot(page, "1_after_run_fit_view.png");
+  log(`${file}: ${run.status} in ${run.seconds} s; ${run.progressMessages} progress messages; loss view `
+      + `${after.plotPixels} curve pixels (${before.plotPixels} before), step ${after.run?.step}/${after.run?.total}`);
+  return run;
+}
+
+let crashed = null;
+try {
+  await main();
+} catch (error) {
+  crashed = error;
+  fail(`test crashed: ${error.stack || error}`);
+}
+// Console errors and page errors from the pack's extension fail the test; the frontend's own
+// (404 for an absent user.css, the blocked release check of an offline machine, ...) are reported.
+const fromPack = (text) => /echodistill/i.test(text) && !/browser-test-probe/.test(text);
+for (const error of results.pageErrors) if (fromPack(error)) fail(`page error from the pack: ${error}`);
+for (const error of results.consoleErrors) if (fromPack(error.location) || fromPack(error.text)) fail(`console error from the pack: ${error.text} (${error.location})`);
+results.ok = results.failures.length === 0;
+writeFileSync(join(outDir, "results.json"), JSON.stringify(results, null, 2));
+if (results.consoleErrors.length) log(`console errors (${results.consoleErrors.length}):`, results.consoleErrors.map((e) => `${e.text} [${e.location}]`).join(" | "));
+if (results.pageErrors.length) log(`page errors (${results.pageErrors.length}):`, results.pageErrors.join(" | "));
+log(results.ok ? "PASS" : `FAILED: ${results.failures.length} check(s)`);
+console.log(JSON.stringify({ ok: results.ok, failures: results.failures, screenshots: results.screenshots,
+  workflows: Object.fromEntries(Object.entries(results.workflows).map(([k, v]) => [k, { nodes: v.nodes, promptNodes: v.promptNodes, missingNodeTypes: v.missingNodeTypes, unavailableChoices: v.invalidComboValues }])),
+  run: results.run && { workflow: results.run.workflow, status: results.run.status, seconds: results.run.seconds, promptId: results.run.promptId,
+    progressMessages: results.run.progressMessages, curvePixelsBefore: results.run.before?.plotPixels, curvePixelsAfter: results.run.after?.plotPixels },
+  consoleErrors: results.consoleErrors.length, pageErrors: results.pageErrors.length }));
+process.exit(results.ok ? 0 : 1);

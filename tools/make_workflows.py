@@ -120,7 +120,7 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
          "widgets": {"prompt": prompt, **SAMPLE, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
         {"id": 9, "type": "PreviewImage", "pos": [1580, 320], "inputs": {"images": (8, 0)}},
         {"id": 10, "type": "PreviewImage", "pos": [1200, 620], "inputs": {"images": (5, 2)}},
-        {"id": 11, "type": "EchoDistillSavePersonalized", "pos": [780, 640], "widgets": {"name": save_name},
+        {"id": 11, "type": "EchoDistillSavePersonalized", "pos": [780, 860], "widgets": {"name": save_name},
          "inputs": {"model": (5, 0)}},
     ]
 

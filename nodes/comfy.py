@@ -69,8 +69,8 @@ class Progress:
     """ComfyUI's progress bar with previews; every update also raises if the user pressed Cancel."""
 
     def __init__(self, total: int, node_id: str | None = None):
-        self.total, self.node_id = total, node_id
-        self.bar = comfy_utils.ProgressBar(total) if comfy_utils is not None else None
+        self.total = total
+        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if comfy_utils is not None else None
 
     def update(self, step: int, preview=None) -> None:
         if self.bar is None:

@@ -1,0 +1,134 @@
+"""Single-file checkpoints: safe reading, family detection, the errors for every bad input."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from echodistill_core.checkpoints import load_single_file, read_checkpoint
+from echodistill_core.families import FAMILIES, CheckpointError, check_pair, check_role, detect_family
+
+UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def minimal(layout: str, width: int = 8) -> dict[str, torch.Tensor]:
+    """The fewest keys that make a file of `layout`: a UNet conv, cross-attention and a text encoder."""
+    state = {UNET_KEY: torch.zeros(4, 4, 3, 3),
+             "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(4, width)}
+    text = {
+        "sd1": {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(10, width)},
+        "sd2": {"cond_stage_model.model.token_embedding.weight": torch.zeros(10, width)},
+        "sgm": {"conditioner.embedders.0.model.token_embedding.weight": torch.zeros(10, width)},
+    }[layout]
+    return state | text
+
+
+class Evil:
+    """A pickle that would create a file if it were ever executed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_code_is_refused_and_never_run(tmp_path):
+    marker, path = tmp_path / "pwned", tmp_path / "model.ckpt"
+    torch.save({"state_dict": {UNET_KEY: torch.zeros(1)}, "payload": Evil(marker)}, path)
+    with pytest.raises(CheckpointError, match="model.ckpt.*never executes a pickle"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_weights_only_pickle_is_read(tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": minimal("sd1"), "global_step": 3}, path)
+    state = read_checkpoint(path)
+    assert set(state) == set(minimal("sd1"))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_truncated_and_empty_files_name_the_file(tmp_path, suffix):
+    path = tmp_path / f"cut{suffix}"
+    if suffix == ".safetensors":
+        save_file(minimal("sd2"), path)
+    else:
+        torch.save(minimal("sd2"), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"cut{suffix} is corrupt or truncated.*download it again"):
+        read_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        read_checkpoint(path)
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.safetensors")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a checkpoint file"):
+        read_checkpoint(tmp_path / "notes.txt")
+
+
+def test_a_lora_is_not_a_checkpoint():
+    lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}
+    with pytest.raises(CheckpointError, match="no UNet.*models/loras"):
+        detect_family(lora)
+
+
+def test_unet_without_text_encoder_is_an_unknown_architecture():
+    with pytest.raises(CheckpointError, match="no text encoder this pack knows"):
+        detect_family({UNET_KEY: torch.zeros(1)})
+
+
+def test_a_broken_merge_is_refused():
+    state = minimal("sd2") | {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                              torch.zeros(4, 6)}
+    with pytest.raises(CheckpointError, match="width 6 but its text encoder gives 8"):
+        detect_family(state)
+
+
+def test_sdxl_refiner_is_refused_with_a_reason():
+    state = minimal("sgm") | {"model.diffusion_model.label_emb.0.0.weight": torch.zeros(4, 4)}
+    with pytest.raises(CheckpointError, match="SDXL refiner"):
+        detect_family(state)
+
+
+def test_ambiguous_sd2_layout_follows_role_marker_and_choice():
+    sd2 = minimal("sd2")
+    assert detect_family(sd2).name == "sd2-512"
+    assert detect_family(sd2 | {"v_pred": torch.tensor([])}).name == "sd2-768-v"
+    assert detect_family(sd2, role="student").name == "sd-turbo"
+    assert detect_family(minimal("sgm")).name == "sd-turbo"  # as Stability publishes SD-Turbo
+    assert detect_family(minimal("sgm"), choice="SD 2.x 512 (epsilon)").name == "sd2-512"
+    with pytest.raises(CheckpointError, match="cannot be SD 1.x"):
+        detect_family(sd2, choice="sd1")
+
+
+def test_roles_and_pairs_are_checked():
+    with pytest.raises(CheckpointError, match="multi-step model.*Turbo"):
+        check_role(FAMILIES["sd2-768-v"], "student")
+    with pytest.raises(CheckpointError, match="one-step model"):
+        check_role(FAMILIES["sd-turbo"], "teacher")
+    check_pair(FAMILIES["sd2-768-v"], FAMILIES["sd-turbo"])
+    with pytest.raises(CheckpointError, match="SD 1.x teacher.*cannot share one text encoder.*SD 2.x"):
+        check_pair(FAMILIES["sd1"], FAMILIES["sd-turbo"])
+
+
+def test_sdxl_is_recognised_but_refused_for_training(tmp_path):
+    state = {UNET_KEY: torch.zeros(1),
+             "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(3, 4),
+             "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(3, 4)}
+    assert detect_family(state).name == "sdxl"
+    assert detect_family(state, role="student").name == "sdxl-turbo"
+    save_file(state, tmp_path / "xl.safetensors")
+    with pytest.raises(CheckpointError, match="SDXL.*not yet supported"):
+        load_single_file(tmp_path / "xl.safetensors")
+
+
+def test_weights_that_do_not_fit_the_family_are_refused(tmp_path):
+    save_file(minimal("sd2"), tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match="odd.safetensors was taken for SD 2.x 512.*do not fit"):
+        load_single_file(tmp_path / "odd.safetensors")

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
 
 from echodistill_core import world  # noqa: E402
+from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
 from echodistill_core.models import DiffusionModel, TextConditioner  # noqa: E402
 from echodistill_core.sampling import generate_teacher  # noqa: E402
@@ -35,13 +36,15 @@ from echodistill_core.tiny import TINY_TEXT_WIDTH, tiny_text  # noqa: E402
 
 
 def build_unet(channels: tuple[int, ...], layers_per_block: int, seed: int) -> UNet2DConditionModel:
-    """The tiny UNet layout at 32 px: attention only in the 16x16 block."""
+    """The tiny UNet layout at 32 px: no attention at full resolution, cross-attention below it."""
     torch.manual_seed(seed)
+    levels = len(channels)
     return UNet2DConditionModel(
         sample_size=world.IMAGE_SIZE, in_channels=3, out_channels=3, block_out_channels=channels,
-        layers_per_block=layers_per_block, cross_attention_dim=TINY_TEXT_WIDTH, attention_head_dim=(2, 4),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=32,
+        layers_per_block=layers_per_block, cross_attention_dim=TINY_TEXT_WIDTH,
+        attention_head_dim=tuple(max(1, width // 16) for width in channels),
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",), norm_num_groups=32,
     )
 
 
@@ -66,13 +69,18 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         ema_param.lerp_(param, 1 - decay)
 
 
+def save_ema(folder: Path, model: DiffusionModel, text: TextConditioner, scheduler, dtype: torch.dtype) -> None:
+    """Save copies of the EMA weights in `dtype`; training goes on with the float32 originals."""
+    unet, encoder = copy.deepcopy(model.unet).to(dtype), copy.deepcopy(text.text_encoder).to(dtype)
+    save_diffusers_folder(folder, DiffusionModel(unet=unet, schedule=model.schedule, name=model.name),
+                          TextConditioner(text.tokenizer, encoder), scheduler)
+
+
 def pixel_accuracy(model: DiffusionModel, text: TextConditioner, count: int, guidance: float) -> dict:
-    """Colour, size and background accuracy of 25-step samples, measured from pixels (no judge)."""
+    """Attribute accuracy of 25-step samples: colour, size, background from pixels, shape by the judge."""
     prompts, attributes = world.evaluation_set(count)
     images = generate_teacher(model, text, prompts, list(range(count)), guidance_scale=guidance)
-    measured = world.measure(images.permute(0, 3, 1, 2) * 2 - 1)
-    return {key: sum(m[key] == a[key] for m, a in zip(measured, attributes)) / count
-            for key in ("color", "size", "background")}
+    return attribute_accuracy(comfy_to_world(images), attributes, load_judge())
 
 
 def main() -> None:
@@ -84,10 +92,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--drop", type=float, default=0.1, help="fraction of empty prompts (for CFG)")
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 96])
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--prediction", default="v_prediction", choices=("v_prediction", "sample"))
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--save-every", type=int, default=500, help="also save the EMA weights every N steps")
     parser.add_argument("--eval-guidance", type=float, default=3.0)
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="of saved weights")
     parser.add_argument("--resume", help="continue from this teacher folder instead of starting afresh")
@@ -139,11 +148,11 @@ def main() -> None:
         if args.eval_every and step % args.eval_every == 0:
             print(f"  pixel accuracy (32 prompts, cfg {args.eval_guidance}):",
                   pixel_accuracy(ema_model, ema_text, 32, args.eval_guidance), flush=True)
+        if args.save_every and step % args.save_every == 0:
+            save_ema(Path(args.out), ema_model, ema_text, scheduler, getattr(torch, args.dtype))
 
     out = Path(args.out)
-    dtype = getattr(torch, args.dtype)
-    ema_unet.to(dtype), ema_encoder.to(dtype)
-    save_diffusers_folder(out, ema_model, ema_text, scheduler)
+    save_ema(out, ema_model, ema_text, scheduler, getattr(torch, args.dtype))
     model, loaded_text = load_diffusers_folder(out)
     print(f"saved {out} after {time.time() - start:.0f}s; reloaded pixel accuracy (64 prompts):",
           pixel_accuracy(model, loaded_text, 64, args.eval_guidance))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, ConceptImageError
 from .demo import DEMO_CLASS_WORD, DEMO_PROMPTS, default_models, demo_concept_images
-from .loading import load_diffusers_folder
+from .loading import load_model
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .trainer import EchoDistillTrainer
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, type=Path, help="diffusers folder of the multi-step teacher")
-    parser.add_argument("--student", required=True, type=Path, help="diffusers folder of the one-step student")
+    parser.add_argument("--teacher", required=True, type=Path, help="the multi-step teacher: a diffusers folder or a checkpoint file")
+    parser.add_argument("--student", required=True, type=Path, help="the one-step student: a diffusers folder or a checkpoint file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -93,8 +93,8 @@ def _device(name: str) -> str:
 
 def _load_pair(args):
     device = _device(args.device)
-    teacher, text = load_diffusers_folder(args.teacher, device=device)
-    student, student_text = load_diffusers_folder(args.student, device=device)
+    teacher, text = load_model(args.teacher, role="teacher", device=device)
+    student, student_text = load_model(args.student, role="student", device=device)
     return teacher, student, text, student_text
 
 

@@ -1,4 +1,5 @@
-"""Load a diffusers-format folder (the bundled tiny models, or `models/diffusers/<name>`) offline.
+"""Load a diffusers-format folder (the bundled tiny models, or `models/diffusers/<name>`) offline,
+or, through `load_model`, a folder or a single-file checkpoint alike.
 
 A folder holds `unet/`, `scheduler/`, `text_encoder/`, `tokenizer/` and optionally `vae/`, as
 `save_pretrained` writes them. Nothing is fetched from a hub: `local_files_only=True` throughout.
@@ -13,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .checkpoints import load_single_file
 from .models import DiffusionModel, TextConditioner
 from .schedule import NoiseSchedule
 from .tokenizer import check_tokenizer
@@ -55,6 +57,15 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
             module.requires_grad_(False).eval().to(device)
     model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=folder.name)
     return model, TextConditioner(tokenizer=tokenizer, text_encoder=text_encoder)
+
+
+def load_model(path: str | Path, role: str | None = None, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> tuple[DiffusionModel, TextConditioner]:
+    """A diffusers folder or a single-file checkpoint (its family detected, see `checkpoints.py`)."""
+    if Path(path).is_dir():
+        return load_diffusers_folder(path, dtype=dtype, device=device)
+    model, text, _ = load_single_file(path, role=role, dtype=dtype, device=device)
+    return model, text
 
 
 def save_diffusers_folder(folder: str | Path, model: DiffusionModel, text: TextConditioner,

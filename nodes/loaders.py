@@ -1,4 +1,4 @@
-"""Load Teacher / Load Student: the bundled tiny models first, then the user's diffusers folders."""
+"""Load Teacher / Load Student: the bundled tiny models, the user's diffusers folders and single-file checkpoints."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 
 import torch
 
+from ..echodistill_core.checkpoints import load_single_file
 from ..echodistill_core.demo import bundled_model
+from ..echodistill_core.families import FAMILIES
 from ..echodistill_core.loading import load_diffusers_folder
 from . import comfy
 from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
 BUNDLED = {"teacher": "tiny teacher (bundled)", "student": "tiny one-step student (bundled)"}
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MEMORY = ["balanced", "low memory (gradient checkpointing)"]
+AUTO_FAMILY = "auto-detect"
+FAMILY_CHOICES = [AUTO_FAMILY] + [family.label for family in FAMILIES.values() if family.trainable]
 
 
 def model_choices(role: str) -> list[str]:
@@ -21,28 +24,25 @@ def model_choices(role: str) -> list[str]:
         [f"checkpoints/{name}" for name in comfy.model_names("checkpoints")]
 
 
-def load(role: str, choice: str, precision: str, memory: str) -> LoadedModel:
+def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
     device = comfy.torch_device()
     dtype = PRECISIONS[precision] or (torch.float16 if device.type == "cuda" else torch.float32)
-    checkpointing = memory != MEMORY[0]
     with torch.inference_mode(False):  # weights made here must be usable for training later
         if choice == BUNDLED[role]:
             model, text = bundled_model(role, device=str(device))
-            return LoadedModel(model, text, choice, tiny=True, gradient_checkpointing=checkpointing)
+            return LoadedModel(model, text, choice, tiny=True)
         kind, _, name = choice.partition("/")
-        if kind == "checkpoints":
-            raise ValueError(
-                f"{name} is a single-file checkpoint; EchoDistill loads diffusers folders for now. Put the "
-                "model as a diffusers folder in models/diffusers (SD 2.1 for the teacher, SD-Turbo for the "
-                "student) or use the bundled tiny models"
-            )
-        path = comfy.model_path("diffusers", name)
+        path = comfy.model_path(kind, name)
         if path is None:
-            raise ValueError(f"{choice} is not in ComfyUI's models/diffusers folder any more; refresh the page")
+            raise ValueError(f"{choice} is not in ComfyUI's models/{kind} folder any more; refresh the page")
+        if kind == "checkpoints":
+            model, text, found = load_single_file(path, role=role, family=None if family == AUTO_FAMILY else family,
+                                                  dtype=dtype, device=device)
+            return LoadedModel(model, text, choice, family=found.name)
         model, text = load_diffusers_folder(path, dtype=dtype, device=device)
         if role == "student":
             _check_one_step(path, name)
-        return LoadedModel(model, text, choice, gradient_checkpointing=checkpointing)
+        return LoadedModel(model, text, choice)
 
 
 def _check_one_step(path, name: str) -> None:
@@ -64,19 +64,23 @@ class _Loader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (model_choices(cls.ROLE), {"tooltip": f"The {cls.ROLE}: the bundled tiny model (runs on a "
-                                                "CPU in minutes), or a diffusers folder from models/diffusers."}),
+                      "CPU in minutes), a diffusers folder from models/diffusers, or a checkpoint file from "
+                      "models/checkpoints. " + cls.EXAMPLE}),
+            "family": (FAMILY_CHOICES, {"default": AUTO_FAMILY, "tooltip": "Which model family a checkpoint "
+                       "file is. auto-detect reads it from the weights; SD 2.1-base, SD 2.1 (768, v) and SD-Turbo "
+                       "look alike, so set it if the detected one is wrong. A student is taken as Turbo. "
+                       "Ignored for the bundled models and diffusers folders."}),
             "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Precision of the frozen weights. "
                           "auto: fp16 on a GPU, fp32 on a CPU. What trains is always fp32."}),
-            "memory": (MEMORY, {"default": MEMORY[0], "tooltip": "low memory recomputes activations in the "
-                       "backward pass (gradient checkpointing): slower, much less memory."}),
         }}
 
-    def load(self, model, precision, memory):
-        return (load(self.ROLE, model, precision, memory),)
+    def load(self, model, family, precision):
+        return (load(self.ROLE, model, family, precision),)
 
 
 class LoadTeacher(_Loader):
     ROLE = "teacher"
+    EXAMPLE = "For SD-Turbo as the student: SD 2.1 or SD 2.1-base."
     RETURN_TYPES = (TEACHER,)
     RETURN_NAMES = ("teacher",)
     OUTPUT_TOOLTIPS = ("The multi-step teacher with its text encoder, which the student shares.",)
@@ -85,6 +89,7 @@ class LoadTeacher(_Loader):
 
 class LoadStudent(_Loader):
     ROLE = "student"
+    EXAMPLE = "A one-step model of the teacher's family: SD-Turbo for SD 2.1."
     RETURN_TYPES = (STUDENT,)
     RETURN_NAMES = ("student",)
     OUTPUT_TOOLTIPS = ("The one-step student, to be personalized.",)

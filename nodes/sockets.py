@@ -27,6 +27,7 @@ class LoadedModel:
     name: str
     tiny: bool = False
     gradient_checkpointing: bool = False
+    family: str = ""  # a checkpoint file's family (echodistill_core.families); "" for folders and bundled
 
 
 @dataclass

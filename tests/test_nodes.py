@@ -63,9 +63,9 @@ def run(pack, node_id, **inputs):
 
 
 def bundled_pair(pack):
-    teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", precision="auto", memory="balanced")
+    teacher, = run(pack, "EchoDistillLoadTeacher", model="tiny teacher (bundled)", family="auto-detect", precision="auto")
     student, = run(pack, "EchoDistillLoadStudent", model="tiny one-step student (bundled)", precision="auto",
-                   memory="balanced")
+                   family="auto-detect")
     return teacher, student
 
 
@@ -124,9 +124,9 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
         with pytest.raises(ValueError, match="empty|no concept"):
             run(pack, "EchoDistillConceptImages", images=torch.rand(0, 32, 32, 3), token="<cup>", class_word="cup",
                 initializer_word="")
-        with pytest.raises(ValueError, match="single-file checkpoint"):
-            sys.modules["echodistill_pack.nodes.loaders"].load("student", "checkpoints/sd.safetensors", "auto",
-                                                                "balanced")
+        with pytest.raises(ValueError, match="not in ComfyUI's models/checkpoints folder any more"):
+            sys.modules["echodistill_pack.nodes.loaders"].load("student", "checkpoints/gone.safetensors",
+                                                                "auto-detect", "auto")
 
 
 def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):

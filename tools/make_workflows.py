@@ -104,9 +104,9 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
                 prompt: str, save_name: str) -> list[dict]:
     return [
         {"id": 1, "type": "EchoDistillLoadTeacher", "pos": [40, 40],
-         "widgets": {"model": teacher, "precision": "auto", "memory": "balanced"}},
+         "widgets": {"model": teacher, "family": "auto-detect", "precision": "auto"}},
         {"id": 2, "type": "EchoDistillLoadStudent", "pos": [40, 240],
-         "widgets": {"model": student, "precision": "auto", "memory": "balanced"}},
+         "widgets": {"model": student, "family": "auto-detect", "precision": "auto"}},
         images,
         {"id": 4, "type": "EchoDistillConceptImages", "pos": [400, 440], "size": [320, 260],
          "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": ""},
@@ -133,7 +133,7 @@ def main(folder: Path = ROOT / "workflows") -> None:
             {"id": 3, "type": "EchoDistillDemoConceptImages", "pos": [40, 440], "widgets": {"size": 32}},
             "<heart>", "toy", {"steps": 300}, "a photo of a <heart> toy on a green background", "tiny_heart"),
         "2_personalize_sd_turbo_with_sd21_teacher.json": personalize(
-            "diffusers/stable-diffusion-2-1", "diffusers/sd-turbo",
+            "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
             {"id": 3, "type": "LoadImage", "pos": [40, 440], "widgets": {"image": "my_dog.png", "upload": "image"}},
             "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "preview_every": 50},
             "a photo of a <my-dog> dog on the beach", "my_dog"),

@@ -6,13 +6,13 @@ of the method and `losses.py` for its losses.
 
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset
-from .loading import load_diffusers_folder
+from .loading import load_diffusers_folder, load_model
 from .models import DiffusionModel, TextConditioner, check_pair
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .trainer import EchoDistillTrainer, StepReport
 
 __all__ = [
-    "PRESETS", "EchoDistillConfig", "ConceptDataset", "load_diffusers_folder", "DiffusionModel", "TextConditioner",
+    "PRESETS", "EchoDistillConfig", "ConceptDataset", "load_diffusers_folder", "load_model", "DiffusionModel", "TextConditioner",
     "check_pair", "Personalization", "generate_student", "generate_teacher", "EchoDistillTrainer", "StepReport",
 ]

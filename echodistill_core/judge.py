@@ -5,8 +5,9 @@ classifies an image's shape, colour, size and background, and its penultimate la
 embedding for concept fidelity (cosine similarity, like CLIP-I/DINO scores) and a Fréchet distance
 (like FID). It is trained by `tools/train_judge.py` on world images only, never on `NOVEL_SHAPES`.
 
-Prompt following is scored per attribute: shape by the judge, colour, size and background from the
-pixels (`world.measure`), which needs no trained network at all.
+Prompt following is scored per attribute from the pixels (`world.measure`, no trained network), and
+a shape counts only when the judge agrees with the pixel template match: neither alone gives a
+blob credit for a shape.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ def comfy_to_world(images: torch.Tensor) -> torch.Tensor:
 
 
 def measure_attributes(images: torch.Tensor, judge: Judge) -> list[dict]:
-    """Shape by the judge; colour, size and background from the pixels. Images [B, 3, 32, 32] in [-1, 1]."""
-    shapes = [item["shape"] for item in judge.predict(images)]
-    return [dict(pixels, shape=shape) for pixels, shape in zip(world.measure(images), shapes)]
+    """Every attribute from the pixels; the shape is "unclear" unless the judge names the same one.
+
+    Images [B, 3, 32, 32] in [-1, 1].
+    """
+    opinions = judge.predict(images)
+    return [dict(pixels, shape=pixels["shape"] if pixels["shape"] == opinion["shape"] else "unclear")
+            for pixels, opinion in zip(world.measure(images), opinions)]
 
 
 def attribute_accuracy(images: torch.Tensor, attributes: list[dict], judge: Judge) -> dict[str, float]:

@@ -5,8 +5,10 @@ generated image can be checked against its prompt without any pretrained network
 teacher, student and judge are trained on this world only. The shapes of `NOVEL_SHAPES` are never
 used in training; they render the "new concept" of the demos.
 
-Colour, size and background are measured from pixels (`measure`); shape is left to the small trained
-judge (`judge.py`), since it is hard to read reliably from noisy generated pixels by hand.
+Every attribute is measured from pixels (`measure`): background, colour and size directly, shape by
+matching the object's coverage against every training shape drawn at both sizes and every position
+(`match_shape`). The small trained judge (`judge.py`) adds a second opinion on shape and the image
+embedding the fidelity metrics need.
 Captions must fit the tiny tokenizer's 16 tokens (14 word pieces between BOS and EOS), which is why
 the words are short and the longer templates are used only for captions that fit.
 """
@@ -14,6 +16,7 @@ the words are short and the longer templates are used only for captions that fit
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -161,11 +164,12 @@ def _nearest(rgb: torch.Tensor, table: dict) -> list[str]:
 
 
 def measure(images: torch.Tensor) -> list[dict]:
-    """Background, colour and size read from the pixels of [B, 3, 32, 32] images in [-1, 1].
+    """Background, colour, size and shape read from the pixels of [B, 3, 32, 32] images in [-1, 1].
 
     Background: median of the one-pixel border. Colour: median of the pixels farthest from the
     background (over 60 % of the largest distance). Size: the extent, in pixels, of the rows or
     columns holding at least two object pixels (pixels nearer the object colour than the background).
+    Shape: `match_shape` on the object's coverage, "unclear" when no training shape fits.
     """
     pixels = ((images.float().clamp(-1, 1) + 1) / 2).flatten(2)  # [B, 3, H*W]
     side = images.shape[-1]
@@ -179,9 +183,47 @@ def measure(images: torch.Tensor) -> list[dict]:
         color = pixels[index][:, strong].median(dim=1).values
         mask = (distance[index] >= 0.5 * (color - background[index]).norm()).view(side, side)
         extent = max(int((mask.sum(dim=0) >= 2).sum()), int((mask.sum(dim=1) >= 2).sum()))
+        contrast = color - background[index]
+        coverage = ((pixels[index] - background[index][:, None]) * contrast[:, None]).sum(0) / contrast.square().sum()
         results.append(dict(
             background=_nearest(background[index : index + 1], BACKGROUNDS)[0],
             color=_nearest(color[None], COLORS)[0],
             size="small" if extent < SIZE_THRESHOLD else "big",
+            shape=match_shape(coverage.clamp(0, 1).view(side, side)),
         ))
     return results
+
+
+SHAPE_FIT = 0.35  # the largest unexplained fraction of the object's coverage that still names a shape
+
+
+def match_shape(coverage: torch.Tensor) -> str:
+    """The training shape whose drawing best explains a [32, 32] coverage map (1 = object, 0 = background).
+
+    Every shape of `SHAPES` at both sizes and every whole-pixel position is a template; the best one
+    (least squared difference) names the shape if it leaves at most `SHAPE_FIT` of the coverage
+    unexplained, and "unclear" otherwise (a blob, two objects, an empty image).
+    """
+    templates, labels = _shape_templates()
+    flat = coverage.flatten().float()
+    errors = (templates - flat).square().sum(dim=1)
+    best = int(errors.argmin())
+    mass = flat.square().sum().clamp(min=1e-6)
+    return labels[best] if errors[best] / mass <= SHAPE_FIT else "unclear"
+
+
+@lru_cache(maxsize=1)
+def _shape_templates() -> tuple[torch.Tensor, list[str]]:
+    """[T, 32*32] coverage of every training shape, size and whole-pixel position, and each one's shape."""
+    templates, labels = [], []
+    for shape in SHAPES:
+        for half in SIZES.values():
+            fine = (torch.arange(IMAGE_SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+            v, u = torch.meshgrid((fine - IMAGE_SIZE / 2) / half, (fine - IMAGE_SIZE / 2) / half, indexing="ij")
+            centred = F.avg_pool2d(_shape_mask(shape, u, v).float()[None, None], SUPERSAMPLE)[0, 0]
+            reach = int(IMAGE_SIZE / 2 - half - 1)
+            for dy in range(-reach, reach + 1):
+                for dx in range(-reach, reach + 1):
+                    templates.append(torch.roll(centred, (dy, dx), dims=(0, 1)).flatten())
+                    labels.append(shape)
+    return torch.stack(templates), labels

@@ -1,4 +1,4 @@
-"""The tiny world, its judge and metrics (the bundled tiny models and their tests are still to come)."""
+"""The tiny world, its judge and metrics."""
 
 import os
 
@@ -53,7 +53,20 @@ def test_novel_shapes_render_but_stay_out_of_the_vocabulary(judge):
     assert not set(world.NOVEL_SHAPES) & set(judge.classes["shape"])
     for shape in world.NOVEL_SHAPES:
         image = world.render(dict(shape=shape, color="red", size="big", background="black"))
-        assert world.measure(image[None])[0] == dict(background="black", color="red", size="big")
+        measured = world.measure(image[None])[0]
+        assert {key: measured[key] for key in ("background", "color", "size")} == dict(
+            background="black", color="red", size="big")
+        assert measured["shape"] != "star"  # not a shape the world's metrics can name
+
+
+def test_a_blob_is_no_shape():
+    """An ellipse is what an undertrained model draws for every shape: it must not score as one."""
+    centre = torch.arange(32) + 0.5
+    v, u = torch.meshgrid((centre - 16) / 9, (centre - 14) / 5, indexing="ij")
+    alpha = (u**2 + v**2 <= 1).float()
+    red, black = torch.tensor(world.COLORS["red"]).view(3, 1, 1), torch.tensor(world.BACKGROUNDS["black"]).view(3, 1, 1)
+    blob = (black * (1 - alpha) + red * alpha) * 2 - 1
+    assert world.measure(blob[None])[0]["shape"] == "unclear"
 
 
 def test_measurement_is_exact_on_rendered_images(rendered, judge):
@@ -61,6 +74,8 @@ def test_measurement_is_exact_on_rendered_images(rendered, judge):
     accuracy = attribute_accuracy(images, attributes, judge)
     assert accuracy["color"] == accuracy["size"] == accuracy["background"] == 1.0
     assert accuracy["shape"] >= 0.95
+    noisy = images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    assert [item["shape"] for item in world.measure(noisy)] == [item["shape"] for item in attributes]
 
 
 def test_a_wrong_background_is_a_miss(rendered, judge):

@@ -105,7 +105,7 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     )
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(device)
-    model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=path.stem)
+    model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=path.name, family=found.name)
     return model, TextConditioner(build_clip_tokenizer(pad_token=found.pad_token), text_encoder), found
 
 

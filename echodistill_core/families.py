@@ -192,12 +192,14 @@ def check_role(family: Family, role: str | None, source: str = "the checkpoint")
         )
 
 
-def check_pair(teacher: Family, student: Family) -> None:
-    """Teacher and student share one text encoder, so their families must use the same one."""
-    if teacher.text_encoder != student.text_encoder:
-        partners = [f.label for f in FAMILIES.values() if not f.one_step and f.text_encoder == student.text_encoder]
-        raise CheckpointError(
-            f"a {teacher.label} teacher ({teacher.text_encoder}) and a {student.label} student "
-            f"({student.text_encoder}) cannot share one text encoder; pair the {student.label} student with "
-            f"a {' or '.join(partners)} teacher"
-        )
+def pair_problem(teacher: Family, student: Family, teacher_name: str = "", student_name: str = "") -> str | None:
+    """Why two families cannot be trained together (they share one text encoder), or None if they can."""
+    if teacher.text_encoder == student.text_encoder:
+        return None
+    partners = [f.label for f in FAMILIES.values() if not f.one_step and f.text_encoder == student.text_encoder]
+    named = (f" {teacher_name}", f" {student_name}") if teacher_name else ("", "")
+    return (
+        f"the {teacher.label} teacher{named[0]} ({teacher.text_encoder}) and the {student.label} "
+        f"student{named[1]} ({student.text_encoder}) cannot share one text encoder; pair the "
+        f"{student.label} student with an {' or '.join(partners)} teacher"
+    )

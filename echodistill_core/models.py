@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from .families import FAMILIES, pair_problem
 from .schedule import NoiseSchedule
 from .text import encode_prompts
 
@@ -35,6 +36,7 @@ class DiffusionModel:
     schedule: NoiseSchedule
     vae: AutoencoderKL | None = None
     name: str = "model"
+    family: str = ""  # the checkpoint family (families.py) when loaded from a single file
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +93,10 @@ class IncompatiblePairError(ValueError):
 def check_pair(teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
                student_text: TextConditioner | None = None) -> None:
     """Refuse a pair that cannot share one text encoder or one latent space, saying what fits."""
+    if teacher.family and student.family:
+        problem = pair_problem(FAMILIES[teacher.family], FAMILIES[student.family], teacher.name, student.name)
+        if problem:
+            raise IncompatiblePairError(problem)
     width = text.width
     for role, model in (("teacher", teacher), ("student", student)):
         cross = model.unet.config.cross_attention_dim

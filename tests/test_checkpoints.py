@@ -1,13 +1,14 @@
 """Single-file checkpoints: safe reading, family detection, the errors for every bad input."""
 
 import os
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from echodistill_core.checkpoints import load_single_file, read_checkpoint
-from echodistill_core.families import FAMILIES, CheckpointError, check_pair, check_role, detect_family
+from echodistill_core.families import FAMILIES, CheckpointError, check_role, detect_family, pair_problem
 
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 
@@ -112,9 +113,10 @@ def test_roles_and_pairs_are_checked():
         check_role(FAMILIES["sd2-768-v"], "student")
     with pytest.raises(CheckpointError, match="one-step model"):
         check_role(FAMILIES["sd-turbo"], "teacher")
-    check_pair(FAMILIES["sd2-768-v"], FAMILIES["sd-turbo"])
-    with pytest.raises(CheckpointError, match="SD 1.x teacher.*cannot share one text encoder.*SD 2.x"):
-        check_pair(FAMILIES["sd1"], FAMILIES["sd-turbo"])
+    assert pair_problem(FAMILIES["sd2-768-v"], FAMILIES["sd-turbo"]) is None
+    problem = pair_problem(FAMILIES["sd1"], FAMILIES["sd-turbo"], "v1-5.safetensors", "sd_turbo.safetensors")
+    assert re.search("SD 1.x teacher v1-5.safetensors.*sd_turbo.safetensors.*cannot share one text encoder.*"
+                     "with an SD 2.x 512 .epsilon. or SD 2.x 768 .v-prediction. teacher", problem), problem
 
 
 def test_sdxl_is_recognised_but_refused_for_training(tmp_path):

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .families import CheckpointError, Family, check_role, detect_family
 from .models import DiffusionModel, TextConditioner
 from .schedule import NoiseSchedule
-from .tokenizer import build_clip_tokenizer
+from .tokenizer import FULL_NUM_MERGES, build_clip_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -92,13 +92,13 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     try:
         unet = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **options)
         vae = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **options)
-        text_encoder = create_diffusers_clip_model_from_ldm(
-            CLIPTextModel, _with_open_clip_prefix(state_dict), subfolder="text_encoder", **options
-        )
+        text_encoder = _text_encoder(state_dict, Path(folder), dtype, path.name)
     except (ValueError, RuntimeError, KeyError) as error:
+        if isinstance(error, CheckpointError):
+            raise
         raise CheckpointError(
-            f"{path.name} was taken for {found.label} but its weights do not fit that architecture ({error}). "
-            "If it is another model, choose its family in the loader"
+            f"{path.name} was taken for {found.label} but its weights do not fit that architecture "
+            f"({_first_problem(error)}). If it is another model, choose its family in the loader"
         ) from error
     schedule = NoiseSchedule.from_scheduler_config(
         json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
@@ -106,16 +106,45 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(device)
     model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=path.name, family=found.name)
-    return model, TextConditioner(build_clip_tokenizer(pad_token=found.pad_token), text_encoder), found
+    return model, TextConditioner(_tokenizer(text_encoder, found), text_encoder), found
 
 
-def _with_open_clip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SD-Turbo's text encoder under SD 2's prefix, the one diffusers converts as OpenCLIP-H.
+def _first_problem(error: Exception) -> str:
+    """The first of torch's load_state_dict complaints, and how many more there are."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    problems = [line for line in lines if "mismatch" in line or line.startswith(("Missing", "Unexpected"))]
+    if not problems:
+        return lines[0] if lines else type(error).__name__
+    more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return problems[0].rstrip(".") + more
 
-    Turbo files keep it under `conditioner.embedders.0.model.`, which diffusers takes for an SDXL
-    refiner's OpenCLIP-bigG. Only the names change; no tensor is copied.
+
+def _text_encoder(state_dict: dict[str, torch.Tensor], folder: Path, dtype: torch.dtype, name: str) -> CLIPTextModel:
+    """The text encoder, converted by diffusers' own key maps and loaded strictly.
+
+    (diffusers' loader for it is lenient: a missing key would silently keep its random value.)
+    SD-Turbo files keep OpenCLIP-H under `conditioner.embedders.0.model.`; it converts as SD 2's.
     """
-    sgm, sd2 = "conditioner.embedders.0.model.", "cond_stage_model.model."
-    if not any(key.startswith(sgm) for key in state_dict):
-        return state_dict
-    return {(sd2 + key[len(sgm):] if key.startswith(sgm) else key): value for key, value in state_dict.items()}
+    model = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder", local_files_only=True))
+    open_clip = next((prefix for prefix in ("cond_stage_model.model.", "conditioner.embedders.0.model.")
+                      if prefix + "token_embedding.weight" in state_dict), None)
+    if open_clip:
+        converted = convert_open_clip_checkpoint(model, state_dict, prefix=open_clip)
+    else:
+        converted = convert_ldm_clip_checkpoint(state_dict)
+    converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    result = model.load_state_dict(converted, strict=False)
+    missing = [key for key in result.missing_keys if not key.endswith("position_ids")]
+    if missing:
+        raise CheckpointError(
+            f"{name} lacks {len(missing)} text encoder weights (e.g. {missing[0]}): the file is incomplete or "
+            "not the family it looks like; download it again or choose its family"
+        )
+    return model.to(dtype)
+
+
+def _tokenizer(text_encoder: CLIPTextModel, family: Family):
+    """CLIP's tokenizer with the family's padding, cut to the text encoder's vocabulary (all of it for
+    the real models; the tests' shrunk models have the first merges only)."""
+    merges = min(text_encoder.config.vocab_size - 2 * 256 - 2, FULL_NUM_MERGES)
+    return build_clip_tokenizer(merges, pad_token=family.pad_token)

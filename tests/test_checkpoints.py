@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from echodistill_core.checkpoints import load_single_file, read_checkpoint
+from echodistill_core.models import IncompatiblePairError, check_pair
+from ldm_layout import tiny_family_models, write_config_folder, write_single_file
 from echodistill_core.families import FAMILIES, CheckpointError, check_role, detect_family, pair_problem
 
 UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
@@ -130,7 +132,78 @@ def test_sdxl_is_recognised_but_refused_for_training(tmp_path):
         load_single_file(tmp_path / "xl.safetensors")
 
 
+# Files in the published key layouts, with shrunk shapes (tests/ldm_layout.py).
+
+SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "beta_end": 0.012, "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+
+
+def layout_file(folder, layout, name="model.safetensors", **options):
+    """A shrunk checkpoint of `layout`, its config folder, and the models it holds."""
+    unet, vae, text_encoders, _ = tiny_family_models(layout)
+    path = write_single_file(folder / name, layout, unet, vae, text_encoders, **options)
+    config = write_config_folder(folder / f"{layout}-config", unet, vae, text_encoders, SCHEDULER)
+    return path, config, (unet, vae, text_encoders)
+
+
+@pytest.mark.parametrize("layout, extra, role, family", [
+    ("sd1", None, None, "sd1"),
+    ("sd2", None, None, "sd2-512"),
+    ("sd2", {"v_pred": torch.tensor([])}, None, "sd2-768-v"),
+    ("sd2", None, "student", "sd-turbo"),
+    ("sgm_sd2", None, None, "sd-turbo"),
+    ("sdxl", None, None, "sdxl"),
+    ("sdxl", None, "student", "sdxl-turbo"),
+])
+def test_family_detection_on_published_layouts(tmp_path, layout, extra, role, family):
+    path, _, _ = layout_file(tmp_path, layout, extra=extra)
+    assert detect_family(read_checkpoint(path), role=role).name == family
+
+
+@pytest.mark.parametrize("layout, role", [("sd1", "teacher"), ("sd2", "teacher"), ("sgm_sd2", "student")])
+def test_a_single_file_loads_every_weight_exactly(tmp_path, layout, role):
+    path, config, (unet, vae, (text_encoder,)) = layout_file(tmp_path, layout)
+    model, text, family = load_single_file(path, role=role, config=config)
+    for loaded, original in ((model.unet, unet), (model.vae, vae), (text.text_encoder, text_encoder)):
+        expected = original.state_dict()
+        assert loaded.state_dict().keys() == expected.keys()
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+    assert len(text.tokenizer) == text_encoder.config.vocab_size
+    assert text.tokenizer.pad_token == ("!" if layout != "sd1" else "<|endoftext|>")
+    assert model.family == family.name and not any(p.requires_grad for p in model.unet.parameters())
+
+
+def test_a_weights_only_ckpt_loads_like_its_safetensors(tmp_path):
+    path, config, _ = layout_file(tmp_path, "sd2")
+    torch.save({"state_dict": read_checkpoint(path), "global_step": 1}, tmp_path / "model.ckpt")
+    from_ckpt, _, _ = load_single_file(tmp_path / "model.ckpt", role="teacher", config=config)
+    from_safetensors, _, _ = load_single_file(path, role="teacher", config=config)
+    for key, value in from_ckpt.unet.state_dict().items():
+        assert torch.equal(value, from_safetensors.unet.state_dict()[key]), key
+
+
+def test_missing_text_encoder_weights_are_not_left_random(tmp_path):
+    path, config, _ = layout_file(tmp_path, "sgm_sd2")
+    state = read_checkpoint(path)
+    del state["conditioner.embedders.0.model.transformer.resblocks.1.mlp.c_fc.weight"]
+    save_file(state, tmp_path / "cut.safetensors")
+    with pytest.raises(CheckpointError, match="cut.safetensors lacks 1 text encoder weights.*mlp.fc1"):
+        load_single_file(tmp_path / "cut.safetensors", role="student", config=config)
+
+
 def test_weights_that_do_not_fit_the_family_are_refused(tmp_path):
-    save_file(minimal("sd2"), tmp_path / "odd.safetensors")
-    with pytest.raises(CheckpointError, match="odd.safetensors was taken for SD 2.x 512.*do not fit"):
-        load_single_file(tmp_path / "odd.safetensors")
+    path, _, _ = layout_file(tmp_path, "sd2", name="odd.safetensors")
+    _, sd1_config, _ = layout_file(tmp_path, "sd1")
+    with pytest.raises(CheckpointError, match="odd.safetensors was taken for SD 2.x 512.*do not fit.*family"):
+        load_single_file(path, config=sd1_config)
+
+
+def test_training_refuses_a_pair_from_two_families(tmp_path):
+    sd1, sd1_config, _ = layout_file(tmp_path, "sd1", name="v1-5.safetensors")
+    turbo, turbo_config, _ = layout_file(tmp_path, "sgm_sd2", name="sd_turbo.safetensors")
+    teacher, text, _ = load_single_file(sd1, role="teacher", config=sd1_config)
+    student, student_text, _ = load_single_file(turbo, role="student", config=turbo_config)
+    with pytest.raises(IncompatiblePairError, match="SD 1.x teacher v1-5.safetensors.*SD-Turbo student "
+                                                    "sd_turbo.safetensors.*cannot share one text encoder"):
+        check_pair(teacher, student, text, student_text)

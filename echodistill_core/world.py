@@ -166,32 +166,50 @@ def _nearest(rgb: torch.Tensor, table: dict) -> list[str]:
 def measure(images: torch.Tensor) -> list[dict]:
     """Background, colour, size and shape read from the pixels of [B, 3, 32, 32] images in [-1, 1].
 
+    Background and colour as `_object_colours` finds them. Size: the extent, in pixels, of the rows
+    or columns holding at least two object pixels (coverage over one half). Shape: `match_shape` on
+    the object's coverage, "unclear" when no training shape fits.
+    """
+    background, color, coverage = _object_colours(images)
+    results = []
+    for index in range(len(images)):
+        mask = coverage[index] >= 0.5
+        extent = max(int((mask.sum(dim=0) >= 2).sum()), int((mask.sum(dim=1) >= 2).sum()))
+        results.append(dict(
+            background=_nearest(background[index : index + 1], BACKGROUNDS)[0],
+            color=_nearest(color[index : index + 1], COLORS)[0],
+            size="small" if extent < SIZE_THRESHOLD else "big",
+            shape=match_shape(coverage[index]),
+        ))
+    return results
+
+
+def object_coverage(images: torch.Tensor) -> torch.Tensor:
+    """[B, 32, 32] in [0, 1]: how much of each pixel is the object rather than the background."""
+    return _object_colours(images)[2]
+
+
+def _object_colours(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Background [B, 3], object colour [B, 3] (both RGB in [0, 1]) and the object's coverage [B, H, W].
+
     Background: median of the one-pixel border. Colour: median of the pixels farthest from the
-    background (over 60 % of the largest distance). Size: the extent, in pixels, of the rows or
-    columns holding at least two object pixels (pixels nearer the object colour than the background).
-    Shape: `match_shape` on the object's coverage, "unclear" when no training shape fits.
+    background (over 60 % of the largest distance). Coverage: each pixel's position between the two
+    colours, projected on the line that joins them.
     """
     pixels = ((images.float().clamp(-1, 1) + 1) / 2).flatten(2)  # [B, 3, H*W]
     side = images.shape[-1]
     border = torch.zeros(side, side, dtype=torch.bool)
     border[[0, -1], :] = border[:, [0, -1]] = True
     background = pixels[:, :, border.flatten()].median(dim=2).values  # [B, 3]
-    distance = (pixels - background[:, :, None]).norm(dim=1)  # [B, H*W]
-    results = []
-    for index in range(len(images)):
-        strong = distance[index] >= 0.6 * distance[index].max()
-        color = pixels[index][:, strong].median(dim=1).values
-        mask = (distance[index] >= 0.5 * (color - background[index]).norm()).view(side, side)
-        extent = max(int((mask.sum(dim=0) >= 2).sum()), int((mask.sum(dim=1) >= 2).sum()))
-        contrast = color - background[index]
-        coverage = ((pixels[index] - background[index][:, None]) * contrast[:, None]).sum(0) / contrast.square().sum()
-        results.append(dict(
-            background=_nearest(background[index : index + 1], BACKGROUNDS)[0],
-            color=_nearest(color[None], COLORS)[0],
-            size="small" if extent < SIZE_THRESHOLD else "big",
-            shape=match_shape(coverage.clamp(0, 1).view(side, side)),
-        ))
-    return results
+    offset = pixels - background[:, :, None]
+    distance = offset.norm(dim=1)  # [B, H*W]
+    color = torch.stack([
+        pixels[index][:, distance[index] >= 0.6 * distance[index].max()].median(dim=1).values
+        for index in range(len(images))
+    ])
+    contrast = color - background
+    coverage = (offset * contrast[:, :, None]).sum(1) / contrast.square().sum(1, keepdim=True).clamp(min=1e-6)
+    return background, color, coverage.clamp(0, 1).view(-1, side, side)
 
 
 SHAPE_FIT = 0.35  # the largest unexplained fraction of the object's coverage that still names a shape

@@ -1,8 +1,9 @@
 """The demo concept and the default models: what runs on a fresh machine with nothing downloaded.
 
-The concept is a yellow "heart" glyph, a shape the tiny world's models have never seen, drawn by code
-at different places and sizes. The models are the bundled tiny pair when present
-(`assets/tiny/teacher`, `assets/tiny/student`), else a tiny random pair built from configs.
+The concept is a pink heart, a shape the tiny world's models have never seen (`world.NOVEL_SHAPES`),
+drawn by the world's own renderer at different places and both sizes on black. The models are the
+bundled tiny pair when present (`assets/tiny/teacher`, `assets/tiny/student`), else a tiny random
+pair built from configs.
 """
 
 from __future__ import annotations
@@ -11,24 +12,32 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from . import world
 from .loading import load_diffusers_folder
 from .models import DiffusionModel, TextConditioner
 from .tiny import tiny_pair
 
 BUNDLED = Path(__file__).parent / "assets" / "tiny"
+DEMO_TOKEN = "<heart>"
 DEMO_CLASS_WORD = "toy"
-DEMO_PROMPTS = (
-    "a photo of a {}",
-    "a photo of a {} on a green background",
-    "a photo of a small {}",
-    "a photo of a {} in the snow",
+DEMO_CONCEPT = dict(shape="heart", color="pink", background="black")
+DEMO_PROMPTS = (  # new contexts in the world's own words: other backgrounds, the other size
+    "a {} on teal",
+    "a small {} on gray",
+    "a big {} on brown",
+    "a {} on black",
 )
+
+
+def bundled_models_present() -> bool:
+    return (BUNDLED / "teacher").is_dir() and (BUNDLED / "student").is_dir()
 
 
 def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
     """(teacher, student, shared text encoder): bundled tiny models if shipped, else random tiny ones."""
-    if (BUNDLED / "teacher").is_dir() and (BUNDLED / "student").is_dir():
+    if bundled_models_present():
         teacher, text = load_diffusers_folder(BUNDLED / "teacher", device=device)
         student, _ = load_diffusers_folder(BUNDLED / "student", device=device)
         return teacher, student, text
@@ -38,27 +47,18 @@ def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel,
     return teacher, student, text
 
 
-def heart(size: int, center: tuple[float, float], radius: float,
-          colour=(1.0, 0.85, 0.1), background=(0.2, 0.3, 0.8)) -> torch.Tensor:
-    """A filled heart (the implicit curve (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0) on a flat background,
-    [3, size, size] in 0..1."""
-    coordinates = (torch.arange(size) + 0.5) / size
-    y, x = torch.meshgrid(coordinates, coordinates, indexing="ij")
-    x = (x - center[0]) / radius * 1.2
-    y = -(y - center[1]) / radius * 1.2 + 0.2
-    inside = (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0
-    image = torch.tensor(background).view(3, 1, 1).expand(3, size, size).clone()
-    return torch.where(inside, torch.tensor(colour).view(3, 1, 1), image)
-
-
-def demo_concept_images(size: int = 32, count: int = 5) -> list[torch.Tensor]:
-    """`count` views of the heart at different places and sizes."""
+def demo_concept_images(size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
+    """`count` views of the pink heart on black, around the centre, small and big: [3, size, size] in 0..1."""
     images = []
     for index in range(count):
         angle = 2 * math.pi * index / count
-        radius = 0.22 + 0.06 * (index % 3)
-        center = (0.5 + 0.15 * math.cos(angle), 0.5 + 0.15 * math.sin(angle))
-        images.append(heart(size, center, radius))
+        attributes = dict(DEMO_CONCEPT, size="big" if index % 2 == 0 else "small")
+        reach = world.IMAGE_SIZE / 2 - world.SIZES[attributes["size"]] - 1.5
+        x, y = (world.IMAGE_SIZE / 2 + reach * math.cos(angle), world.IMAGE_SIZE / 2 + reach * math.sin(angle))
+        image = (world.render(dict(attributes, x=x, y=y)) + 1) / 2
+        if size != world.IMAGE_SIZE:
+            image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0].clamp(0, 1)
+        images.append(image)
     return images
 
 

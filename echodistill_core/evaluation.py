@@ -39,16 +39,34 @@ CONCEPT_PROMPTS = (  # (template for the subject, the attributes it names)
 SILHOUETTE_BOX = 16  # silhouettes are compared at this size after cropping to their extent
 
 
+def read_prompt_file(text: str) -> tuple[tuple[str, dict], ...]:
+    """Concept prompts from lines "a {} on teal | background=teal" ({} is the subject; attributes optional)."""
+    prompts = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        template, _, named = line.partition("|")
+        if "{}" not in template:
+            raise ValueError(f"prompt line {line!r} has no {{}} where the subject goes")
+        attributes = dict(item.split("=", 1) for item in named.split())
+        unknown = set(attributes) - {"background", "color", "size"}
+        if unknown:
+            raise ValueError(f"prompt line {line!r} names {sorted(unknown)}; only background, color and size are measured")
+        prompts.append((template.strip(), attributes))
+    return tuple(prompts)
+
+
 @dataclass(frozen=True)
 class EvaluationSet:
     """The prompts and seeds every model is judged on."""
     subject: str  # "<token> <class word>"
     seeds_per_prompt: int = 8
     plain_count: int = 64
+    concept_prompts: tuple[tuple[str, dict], ...] = CONCEPT_PROMPTS
 
     def concept(self) -> tuple[list[str], list[dict], list[int]]:
         prompts, attributes, seeds = [], [], []
-        for template, named in CONCEPT_PROMPTS:
+        for template, named in self.concept_prompts:
             for seed in range(self.seeds_per_prompt):
                 prompts.append(template.format(self.subject))
                 attributes.append(named)

@@ -63,3 +63,14 @@ def test_silhouettes_tell_shapes_apart_at_any_place_and_size():
         other = world.render(dict(CONCEPT, shape=shape, size="small", x=20, y=12))[None]
         assert silhouette_similarity(other, heart_big) < same - 0.05, shape
     assert silhouette_similarity(torch.full_like(heart_big, -1), heart_big) == 0.0
+
+
+def test_prompt_files_name_only_what_can_be_measured():
+    from echodistill_core.evaluation import read_prompt_file
+
+    prompts = read_prompt_file("# my concept\na {} on teal | background=teal\n\na big {} | size=big\na {} at night\n")
+    assert prompts == (("a {} on teal", {"background": "teal"}), ("a big {}", {"size": "big"}), ("a {} at night", {}))
+    with pytest.raises(ValueError, match="no {} where the subject goes"):
+        read_prompt_file("a dog on teal")
+    with pytest.raises(ValueError, match="only background, color and size"):
+        read_prompt_file("a {} | shape=star")

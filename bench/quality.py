@@ -1,0 +1,117 @@
+"""Does EchoDistill personalize the one-step student better than the obvious alternatives? (issue 3)
+
+Five methods, the same models, concept, optimisation steps and seed:
+1. Textual Inversion on the student alone;
+2. Custom Diffusion (the diffusion loss) directly on the one-step student;
+3. Custom Diffusion on the teacher alone, then the plain student with the learned token;
+4. EchoDistill without the echo stage;
+5. full EchoDistill.
+Each student is judged in ONE step by `echodistill_core.evaluation` (concept fidelity, silhouette,
+prompt fidelity, quality kept); the teachers of 4 and 5 in 25 steps, to show what the echo does.
+
+    python bench/quality.py                       # the bundled tiny models and the demo concept
+    python bench/quality.py --concept photos/ --class-word toy --prompts prompts.txt --steps 300
+
+The prompt file holds lines such as "a {} on teal | background=teal" ({} is the subject). Output: a
+markdown table, then one JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from echodistill_core.baselines import BASELINES, personalize_one_model  # noqa: E402
+from echodistill_core.config import PRESETS  # noqa: E402
+from echodistill_core.data import ConceptDataset, to_tensor  # noqa: E402
+from echodistill_core.demo import DEMO_CLASS_WORD, DEMO_TOKEN, default_models, demo_concept_images  # noqa: E402
+from echodistill_core.evaluation import (  # noqa: E402
+    CONCEPT_PROMPTS, EvaluationSet, evaluate, plain_samples, read_prompt_file, samplers,
+)
+from echodistill_core.judge import load_judge  # noqa: E402
+from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
+
+METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
+METRICS = ("concept_fidelity", "concept_silhouette", "prompt_fidelity", "kept_accuracy", "kept_fd")
+
+
+def concept_images(folder: Path | None, size: int) -> list[torch.Tensor]:
+    """The concept's photos as [3, size, size] in 0..1 (the demo concept when no folder is given)."""
+    if folder is None:
+        return demo_concept_images(size)
+    from PIL import Image
+
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    images = [(to_tensor(Image.open(path).convert("RGB")) + 1) / 2 for path in files]
+    return [torch.nn.functional.interpolate(image[None], size=(size, size), mode="area")[0] for image in images]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concept", type=Path, help="folder of concept images (default: the demo heart)")
+    parser.add_argument("--class-word", default=DEMO_CLASS_WORD)
+    parser.add_argument("--token", default=DEMO_TOKEN)
+    parser.add_argument("--prompts", type=Path, help="prompt file (default: the built-in concept prompts)")
+    parser.add_argument("--steps", type=int, default=PRESETS["tiny"].steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds-per-prompt", type=int, default=8)
+    parser.add_argument("--plain", type=int, default=64, help="plain world prompts for quality kept")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    teacher, student, text = default_models()
+    size = teacher.image_size()
+    images = concept_images(args.concept, size)
+    config = PRESETS["tiny"].replace(token=args.token, class_word=args.class_word, steps=args.steps, seed=args.seed)
+    concept = ConceptDataset(images, config.token, config.class_word, size)
+    prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
+    evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts)
+    judge, references = load_judge(), torch.stack(images) * 2 - 1
+    untouched = {role: plain_samples(sample, evaluation)
+                 for role, sample in samplers(teacher, student, text, config.guidance_scale).items()}
+
+    results: dict[str, dict] = {}
+    for method in args.methods:
+        start = time.time()
+        if method in BASELINES:
+            personalization = personalize_one_model(method, teacher, student, text, concept, config)
+        else:
+            trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"))
+            trainer.train()
+            personalization = trainer.personalization
+        seconds = time.time() - start
+        personalized = samplers(teacher, student, text, config.guidance_scale, personalization)
+        results[method] = {"student": evaluate(personalized["student"], references, evaluation, judge,
+                                               untouched["student"]), "seconds": round(seconds, 1)}
+        if method.startswith("echodistill"):
+            results[method]["teacher"] = evaluate(personalized["teacher"], references, evaluation, judge,
+                                                  untouched["teacher"])
+        print(f"{method}: {results[method]}", file=sys.stderr, flush=True)
+
+    print(table(results))
+    print(json.dumps({"steps": args.steps, "seed": args.seed, "methods": results}))
+
+
+def table(results: dict[str, dict]) -> str:
+    """Markdown: one row per method's 1-step student, then the 25-step teachers with and without the echo."""
+    header = "| model | " + " | ".join(METRICS) + " | train s |\n|" + " --- |" * (len(METRICS) + 2)
+    rows = [f"| {method} student, 1 step | " + " | ".join(f"{result['student'][m]:.3f}" for m in METRICS)
+            + f" | {result['seconds']} |" for method, result in results.items()]
+    rows += [f"| {method} teacher, 25 steps | " + " | ".join(f"{result['teacher'][m]:.3f}" for m in METRICS) + " | |"
+             for method, result in results.items() if "teacher" in result]
+    return "\n".join([header, *rows])
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,14 @@ def test_full_tokenizer_matches_clip():
         assert tokenizer(prompt).input_ids == ids
 
 
+@pytest.mark.parametrize("pad_token, pad_id", [("<|endoftext|>", 49407), ("!", 0)])
+def test_padding_follows_the_family(pad_token, pad_id):
+    """SD 1.x pads with the end token, SD 2.x (OpenCLIP) with "!", id 0, to CLIP's 77 positions."""
+    ids = build_clip_tokenizer(pad_token=pad_token)("a photo of a dog", padding="max_length").input_ids
+    assert len(ids) == 77 and ids[:7] == CLIP_REFERENCE["a photo of a dog"]
+    assert set(ids[7:]) == {pad_id}
+
+
 def test_small_tokenizer_agrees_with_clip_on_the_words_it_knows():
     small, full = build_clip_tokenizer(1000), build_clip_tokenizer()
     assert len(small) == 1514

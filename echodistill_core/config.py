@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+VAE_DECODES = ("plain", "checkpointed", "tiled")
+ROLLBACKS = ("device", "host", "off")
+# Settings a saved state may be resumed with changed: the run's length, feedback, and memory (after an
+# out-of-memory error the advice is a smaller memory preset, which may lower the batch size).
+RESUMABLE_CHANGES = ("steps", "preview_every", "batch_size", "gradient_checkpointing", "vae_decode", "offload",
+                     "rollback")
+
 NEW_CONTEXTS = (
     "on the beach", "in the snow", "in red", "on a wooden table", "in the jungle", "at night",
     "on a green background", "in a city street", "under water", "on top of a mountain",
@@ -64,17 +71,26 @@ class EchoDistillConfig:
     echo_keep: float = 0.5  # the fraction of each echo batch the discriminators rank most real
     echo_contexts: tuple[str, ...] = NEW_CONTEXTS
 
-    # Feedback and memory.
+    # Feedback.
     preview_every: int = 50
     preview_prompt: str = ""  # empty: "a photo of a <token> <class word>"
     preview_seed: int = 0
-    gradient_checkpointing: bool = False
+
+    # Memory: how an iteration runs, not what it computes (memory.py's presets set these and batch_size).
+    gradient_checkpointing: bool = False  # both UNets recompute activations in the backward pass
+    vae_decode: str = "plain"  # decoding with gradient: plain, checkpointed or tiled (DiffusionModel.decode)
+    offload: bool = False  # the frozen text encoder and VAE wait on the CPU between uses
+    rollback: str = "device"  # where the snapshot that undoes a failed step lives: device, host or off
 
     def __post_init__(self) -> None:
         if self.parameterisation not in ("custom_diffusion", "lora"):
             raise ValueError(f"parameterisation must be custom_diffusion or lora, not {self.parameterisation!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.vae_decode not in VAE_DECODES:
+            raise ValueError(f"vae_decode must be one of {VAE_DECODES}, not {self.vae_decode!r}")
+        if self.rollback not in ROLLBACKS:
+            raise ValueError(f"rollback must be one of {ROLLBACKS}, not {self.rollback!r}")
         if not 0.0 <= self.echo_start <= 1.0 or not 0.0 < self.echo_keep <= 1.0:
             raise ValueError("echo_start must be in [0, 1] and echo_keep in (0, 1]")
         for name in ("teacher_timesteps", "renoise_timesteps", "discriminator_timesteps"):

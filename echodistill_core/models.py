@@ -7,14 +7,19 @@ schedule of its scheduler and an optional VAE (no VAE means the model works in p
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from .config import VAE_DECODES
 from .families import FAMILIES, pair_problem
 from .schedule import NoiseSchedule
 from .text import encode_prompts
+
+DECODE_TILE_LATENTS = 32  # "tiled" decoding: 32 x 32 latent tiles (256 px for SD), overlapping by a quarter
 
 
 @dataclass
@@ -78,12 +83,42 @@ class DiffusionModel:
         posterior = self.vae.encode(images.to(self.vae.encoder.conv_in.weight.dtype)).latent_dist
         return (posterior.mean * self.vae.config.scaling_factor).to(images.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1] (unclamped, differentiable)."""
+    def decode(self, latents: torch.Tensor, mode: str = "plain") -> torch.Tensor:
+        """Latents -> images in [-1, 1] (unclamped, differentiable).
+
+        `mode` sets what decoding with gradient keeps for the backward pass (without gradient all three
+        cost the same): "plain" every activation (at 512 px several GB); "checkpointed" only each decoder
+        block's input, recomputing the block in the backward pass (the same images and gradients);
+        "tiled" decodes overlapping tiles of `DECODE_TILE_LATENTS` latents, each checkpointed the same
+        way, so that one recomputed block is a tile's (an approximation: tiles are blended at their seams).
+        """
+        if mode not in VAE_DECODES:
+            raise ValueError(f"decode mode must be one of {VAE_DECODES}, not {mode!r}")
         if self.vae is None:
             return latents
         scaled = latents / self.vae.config.scaling_factor
-        return self.vae.decode(scaled.to(self.vae.decoder.conv_in.weight.dtype)).sample.to(latents.dtype)
+        with _decoder_settings(self.vae, checkpointed=mode != "plain", tiled=mode == "tiled"):
+            images = self.vae.decode(scaled.to(self.vae.decoder.conv_in.weight.dtype)).sample
+        return images.to(latents.dtype)
+
+
+@contextmanager
+def _decoder_settings(vae: AutoencoderKL, checkpointed: bool, tiled: bool) -> Iterator[None]:
+    """Set the shared VAE's checkpointing and tiling for one decode, and put back what was there."""
+    switch_checkpointing = checkpointed and not vae.decoder.gradient_checkpointing
+    tiling = (vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size)
+    if switch_checkpointing:
+        vae.enable_gradient_checkpointing()
+    if tiled:
+        vae.use_tiling = True
+        vae.tile_latent_min_size = DECODE_TILE_LATENTS
+        vae.tile_sample_min_size = DECODE_TILE_LATENTS * 2 ** (len(vae.config.block_out_channels) - 1)
+    try:
+        yield
+    finally:
+        if switch_checkpointing:
+            vae.disable_gradient_checkpointing()
+        vae.use_tiling, vae.tile_latent_min_size, vae.tile_sample_min_size = tiling
 
 
 class IncompatiblePairError(ValueError):

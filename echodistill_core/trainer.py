@@ -7,7 +7,10 @@
     4. student step      adversarial + w * (latent + feature + colour) alignment to x_T
     5. discriminators    each head learns real concept images from sg(x_s)
 
-All randomness comes from one generator, so a run is reproducible and resumes exactly.
+All randomness comes from one generator, so a run is reproducible and resumes exactly. The config's
+memory settings (memory.py's presets) decide gradient checkpointing, how the VAE decodes with
+gradient, whether the text encoder and VAE wait on the CPU between uses, and where the snapshot that
+undoes a failed step lives.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from torch import nn
 
 from . import losses as L
 from .backbones import ImageBackbone, TeacherUNetFeatures
-from .config import EchoDistillConfig
+from .config import RESUMABLE_CHANGES, EchoDistillConfig
 from .data import ConceptDataset, random_choice
 from .discriminators import Discriminator
+from .memory import Offload
 from .models import DiffusionModel, TextConditioner, check_pair
 from .personalization import Personalization
 from .sampling import generate_student
@@ -79,9 +83,12 @@ class EchoDistillTrainer:
         self.feature_network = feature_network
         if feature_network is None:
             log.info("feature loss skipped: no feature network supplied (give an image backbone to use it)")
-        if config.gradient_checkpointing:
-            teacher.unet.enable_gradient_checkpointing()
-            student.unet.enable_gradient_checkpointing()
+        for unet in (teacher.unet, student.unet):
+            if config.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
+        self.offload = Offload([text.text_encoder, teacher.vae, student.vae], teacher.device, config.offload)
 
         def adamw(groups):
             return torch.optim.AdamW(groups, betas=config.adam_betas, weight_decay=config.weight_decay)
@@ -144,24 +151,26 @@ class EchoDistillTrainer:
         config, teacher, student = self.config, self.teacher, self.student
         batch = self.concept.sample(config.batch_size, self.generator)
         images = batch.images.to(teacher.device)
-        with torch.no_grad():
-            z_real = teacher.encode(images)
-        mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
-        eps = self._noise(z_real)
-        losses = self._teacher_step(z_real, batch.prompts, eps, mask)  # 1
+        with self.offload.using(self.text.text_encoder, teacher.vae):
+            with torch.no_grad():
+                z_real = teacher.encode(images)
+                uncond = self._uncond_embedding()
+            mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
+            eps = self._noise(z_real)
+            losses = self._teacher_step(z_real, batch.prompts, eps, mask)  # 1
+            with torch.no_grad():
+                c = self.text(batch.prompts)  # sg(c), with the token as just updated
 
-        with torch.no_grad():
-            c = self.text(batch.prompts)  # sg(c), with the token as just updated
-        x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)  # 2
-        images_s = student.decode(x_s)
+        with self.offload.using(student.vae):
+            x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)  # 2
+            images_s = student.decode(x_s, config.vae_decode)
 
-        t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))  # 3
-        eps_renoise = eps if config.shared_noise else self._noise(z_real)
-        x_T, w = L.teacher_target(teacher, x_s, c, self._uncond_embedding(), eps_renoise, t_renoise,
-                                  config.guidance_scale)
+            t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))  # 3
+            eps_renoise = eps if config.shared_noise else self._noise(z_real)
+            x_T, w = L.teacher_target(teacher, x_s, c, uncond, eps_renoise, t_renoise, config.guidance_scale)
 
-        fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
-        losses |= self._student_step(x_s, images_s, x_T, w, fake_features)  # 4
+            fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
+            losses |= self._student_step(x_s, images_s, x_T, w, fake_features)  # 4
         losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)  # 5
         return losses
 
@@ -239,7 +248,7 @@ class EchoDistillTrainer:
         c = self.text(prompts)
         shape = torch.empty(len(prompts), *self.student.latent_shape(), device=self.student.device)
         x_echo = self._student_x0(self._noise(shape), c)
-        images = self.student.decode(x_echo)
+        images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
         score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
         keep = max(1, round(config.echo_keep * len(prompts)))
         chosen = score.topk(keep).indices.tolist()
@@ -253,11 +262,11 @@ class EchoDistillTrainer:
                 f"{self.step} is kept. Lower the learning rates or use fp32 / bf16 instead of fp16"
             )
         optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # gradients take no memory between steps
 
     # The run.
     def train(self, callback: Callable[[StepReport], None] | None = None,
@@ -265,9 +274,10 @@ class EchoDistillTrainer:
         """Run until `config.steps`; True when finished, False when `should_cancel` stopped it.
 
         Any error inside a step (a non-finite loss, out of memory, an interruption) restores the state
-        of the last completed step before it propagates, so `state_dict()` is always resumable.
+        of the last completed step before it propagates, so `state_dict()` is always resumable (unless
+        the config's rollback is off).
         """
-        with self.applied():
+        with self.applied(), self.offload.parked():
             while self.step < self.config.steps:
                 if should_cancel is not None and should_cancel():
                     return False
@@ -280,11 +290,17 @@ class EchoDistillTrainer:
         return True
 
     def _guarded_step(self) -> dict[str, float]:
-        snapshot = _cloned(self._trainable_state())
+        snapshot = None
+        if self.config.rollback != "off":
+            snapshot = _cloned(self._trainable_state(), "cpu" if self.config.rollback == "host" else None)
         try:
             losses = self.train_step()
         except BaseException as error:
-            self._load_trainable_state(snapshot)
+            if snapshot is not None:
+                self._load_trainable_state(snapshot)
+            else:
+                log.warning("rollback is off (memory preset), so the trainable state may hold part of step %d",
+                            self.step + 1)
             if _is_out_of_memory(error):
                 raise TrainingOutOfMemoryError(
                     OUT_OF_MEMORY_ADVICE.format(step=self.step + 1, step_done=self.step)) from error
@@ -301,7 +317,8 @@ class EchoDistillTrainer:
     def preview(self) -> torch.Tensor:
         """The student's one-step image of the validation prompt and seed, [H, W, 3] in [0, 1]."""
         applied = isinstance(self.text.text_encoder.get_input_embeddings(), PlaceholderEmbedding)
-        with nullcontext() if applied else self.applied():
+        on_device = self.offload.using(self.text.text_encoder, self.student.vae)
+        with nullcontext() if applied else self.applied(), on_device:
             return generate_student(self.student, self.text, [self.preview_prompt()], [self.config.preview_seed])[0]
 
     # State: everything needed to continue exactly.
@@ -340,10 +357,10 @@ class EchoDistillTrainer:
         if state.get("format") != STATE_FORMAT:
             raise ResultFileError(f"not an EchoDistill training state ({state.get('format')!r})")
         saved, mine = EchoDistillConfig.from_dict(state["config"]).to_dict(), self.config.to_dict()
-        changed = [key for key in saved if saved[key] != mine[key] and key not in ("steps", "preview_every")]
+        changed = [key for key in saved if saved[key] != mine[key] and key not in RESUMABLE_CHANGES]
         if changed:
             raise ValueError(f"the saved state was trained with other settings ({', '.join(changed)}); "
-                             "resume with the same settings (only steps and preview_every may change)")
+                             f"resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} may change)")
         self.history[:] = [dict(entry) for entry in state["history"]]
         self._load_trainable_state(_cloned(state))
 
@@ -355,13 +372,14 @@ class EchoDistillTrainer:
         self.load_state_dict(load_tree(path))
 
 
-def _cloned(tree):
+def _cloned(tree, device: str | None = None):
+    """A copy of every tensor in `tree`, on `device` (None: where each one is)."""
     if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
+        return tree.detach().to(device, copy=True)
     if isinstance(tree, dict):
-        return {key: _cloned(value) for key, value in tree.items()}
+        return {key: _cloned(value, device) for key, value in tree.items()}
     if isinstance(tree, list):
-        return [_cloned(value) for value in tree]
+        return [_cloned(value, device) for value in tree]
     return tree
 
 

@@ -26,7 +26,6 @@ class LoadedModel:
     text: TextConditioner
     name: str
     tiny: bool = False
-    gradient_checkpointing: bool = False
     family: str = ""  # a checkpoint file's family (echodistill_core.families); "" for folders and bundled
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from ..echodistill_core.config import PRESETS
 from ..echodistill_core.data import ConceptDataset
 from ..echodistill_core.demo import demo_concept_images
+from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import loss_plot
 from ..echodistill_core.trainer import EchoDistillTrainer
 from . import comfy
@@ -97,6 +98,11 @@ class EchoDistillTrain:
             "parameterisation": (["custom_diffusion", "lora"], {"default": "custom_diffusion", "tooltip":
                                  "custom_diffusion: the paper's (trains cross-attention keys/values). lora: "
                                  "less memory."}),
+            "memory": (list(MEMORY_PRESETS), {"default": DEFAULT_MEMORY_PRESET, "tooltip": "Your GPU's memory, "
+                       "for SD 2.1 + SD-Turbo at 512 px. 8 GB: batch 1, text encoder and VAE parked in CPU "
+                       "memory; 12 GB: the paper's batch of 2 with gradient checkpointing; 24 GB: faster, no "
+                       "checkpointing; unlimited: keep everything. Load the models in bf16 (fp16 on older GPUs). "
+                       "The bundled tiny models ignore it."}),
             "echo": ("BOOLEAN", {"default": True, "tooltip": "In the last quarter, the teacher also learns from "
                                  "the student's best samples (the echo)."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": 2**31 - 1, "tooltip": "The same seed repeats a run."}),
@@ -119,16 +125,20 @@ class EchoDistillTrain:
         saved = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
         return [NO_STATE] + saved
 
-    def train(self, teacher, student, concept, steps, parameterisation, echo, seed, preview_every,
+    def train(self, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
               preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, node_id=None):
         preset = preset if preset != "auto" else ("tiny" if teacher.tiny else "paper")
-        config = PRESETS[preset].replace(
+        memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
+        config = memory.apply(PRESETS[preset].replace(
             token=concept.token, class_word=concept.class_word, initializer_word=concept.initializer_word,
             steps=steps, parameterisation=parameterisation, echo=echo, seed=seed, preview_every=preview_every,
-            gradient_checkpointing=teacher.gradient_checkpointing or student.gradient_checkpointing,
             **({"teacher_lr": teacher_lr} if teacher_lr > 0 else {}),
             **({"student_lr": student_lr} if student_lr > 0 else {}),
-        )
+        ))
+        wanted = memory.weight_dtype(teacher.model.device)
+        if wanted is not None and teacher.model.dtype == torch.float32:
+            log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
+                        "choose that precision in Load Teacher and Load Student", memory.name, wanted)
         with torch.inference_mode(False), torch.enable_grad():
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
             dataset = ConceptDataset(images, config.token, config.class_word, teacher.model.image_size(),

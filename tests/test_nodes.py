@@ -80,8 +80,10 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
         assert len(concept.images) == 3
         one_step, personal_teacher, plot = run(pack, "EchoDistillTrain", teacher=teacher, student=student,
                                                concept=concept, steps=2, parameterisation="custom_diffusion",
-                                               echo=True, seed=1, preview_every=1)
+                                               memory="8 GB", echo=True, seed=1, preview_every=1)
         assert plot.shape[0] == 1 and plot.shape[-1] == 3 and len(one_step.history) == 2
+        config = one_step.personalization.config  # the tiny models ignore the memory preset
+        assert config.batch_size == 4 and not config.offload and not config.gradient_checkpointing
         images, = run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a photo of a <toy> toy",
                       seed=3, batch_size=2, steps=1)
         size = teacher.model.image_size()
@@ -118,7 +120,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
                        class_word="cup", initializer_word="")
         one_step, _, _ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
-                             steps=1, parameterisation="lora", echo=False, seed=0, preview_every=0)
+                             steps=1, parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0)
         with pytest.raises(ValueError, match="does not mention the concept's token <cup>"):
             run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a cup", seed=0, batch_size=1, steps=1)
         with pytest.raises(ValueError, match="empty|no concept"):
@@ -136,7 +138,7 @@ def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(3, 32, 32, 3), token="<cup>",
                        class_word="cup", initializer_word="")
         settings = dict(teacher=teacher, student=student, concept=concept, steps=4,
-                        parameterisation="custom_diffusion", echo=True, seed=5, preview_every=0)
+                        parameterisation="custom_diffusion", memory="12 GB", echo=True, seed=5, preview_every=0)
         straight, _, _ = run(pack, "EchoDistillTrain", **settings)
 
         class CancelAtStepTwo(comfy.Progress):

@@ -18,6 +18,7 @@ from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, ConceptImageError
 from .demo import DEMO_CLASS_WORD, DEMO_PROMPTS, default_models, demo_concept_images
 from .loading import load_model
+from .memory import MEMORY_PRESETS
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .trainer import EchoDistillTrainer
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--class-word", required=True, help="what the concept is, e.g. dog")
     train.add_argument("--initializer-word", default="", help="word the token starts from (default: the class word)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="starting settings")
+    presets = "; ".join(f"{preset.name}: {preset.summary}" for preset in MEMORY_PRESETS.values())
+    train.add_argument("--memory", choices=list(MEMORY_PRESETS), default="unlimited",
+                       help=f"fit the GPU's memory (SD 2.1 + SD-Turbo at 512 px). {presets}")
     train.add_argument("--no-echo", action="store_true", help="turn the echo stage off")
     train.add_argument("--resume", type=Path, help="a training state saved by an interrupted run")
     train.add_argument("--out", required=True, type=Path, help="where to write the result (.safetensors)")
@@ -91,10 +95,10 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def _load_pair(args):
+def _load_pair(args, dtype: torch.dtype = torch.float32):
     device = _device(args.device)
-    teacher, text = load_model(args.teacher, role="teacher", device=device)
-    student, student_text = load_model(args.student, role="student", device=device)
+    teacher, text = load_model(args.teacher, role="teacher", dtype=dtype, device=device)
+    student, student_text = load_model(args.student, role="student", dtype=dtype, device=device)
     return teacher, student, text, student_text
 
 
@@ -113,10 +117,12 @@ def _read_images(folder: Path) -> list[Image.Image]:
 
 
 def _train(args) -> int:
-    teacher, student, text, student_text = _load_pair(args)
+    memory = MEMORY_PRESETS[args.memory]
+    teacher, student, text, student_text = _load_pair(args, memory.weight_dtype(_device(args.device)) or torch.float32)
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    config = PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
-                                          initializer_word=args.initializer_word, echo=not args.no_echo, **overrides)
+    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
+                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
+    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
     concept = ConceptDataset(_read_images(args.images), config.token, config.class_word,
                              config.resolution or teacher.image_size())
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)

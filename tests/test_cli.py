@@ -12,6 +12,7 @@ from PIL import Image
 from echodistill_core import cli
 from echodistill_core.demo import demo_concept_images
 from echodistill_core.loading import save_diffusers_folder
+from echodistill_core.serialization import load_tree
 from echodistill_core.tiny import tiny_pair, tiny_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,9 @@ def test_train_then_sample(model_folders, tmp_path):
     folders = ["--teacher", str(model_folders / "teacher"), "--student", str(model_folders / "student")]
     out = tmp_path / "toy.safetensors"
     assert cli.main(["train", *folders, "--images", str(model_folders / "images"), "--class-word", "toy",
-                     "--preset", "tiny", "--steps", "2", "--out", str(out)]) == 0
+                     "--preset", "tiny", "--memory", "8 GB", "--steps", "2", "--out", str(out)]) == 0
+    config = load_tree(out)["config"]
+    assert (config["batch_size"], config["offload"], config["vae_decode"]) == (1, True, "tiled")
     grid = tmp_path / "grid.png"
     assert cli.main(["sample", *folders, "--result", str(out), "--prompt", "a photo of a <sks> toy",
                      "--prompt", "a <sks> toy in the snow", "--out", str(grid)]) == 0

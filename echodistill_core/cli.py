@@ -16,7 +16,10 @@ from tqdm import tqdm
 
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, ConceptImageError
-from .demo import DEMO_CLASS_WORD, DEMO_PROMPTS, default_models, demo_concept_images
+from .demo import (DEMO_CLASS_WORD, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
+                   demo_concept_images)
+from .evaluation import EvaluationSet, evaluate, plain_samples, samplers
+from .judge import load_judge
 from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .personalization import Personalization
@@ -183,14 +186,19 @@ def save_grid(images: torch.Tensor, path: Path, scale: int = 1) -> Path:
 def _demo(args) -> int:
     start = time.time()
     teacher, student, text = default_models(_device(args.device))
-    config = PRESETS["tiny"].replace(token="<heart>", class_word=DEMO_CLASS_WORD, steps=args.steps)
+    config = PRESETS["tiny"].replace(token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, steps=args.steps)
     images = demo_concept_images(teacher.image_size())
     concept = ConceptDataset(images, config.token, config.class_word, teacher.image_size())
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)
+    evaluation, judge = EvaluationSet(concept.subject, seeds_per_prompt=4, plain_count=32), load_judge()
+    untouched = {role: plain_samples(sample, evaluation)  # before training: the models as they came
+                 for role, sample in samplers(teacher, student, text, config.guidance_scale).items()}
+    trained_from = time.time()
     if not run_with_progress(trainer, args.out / "state.safetensors"):
         return 130
+    training_seconds = time.time() - trained_from
     prompts = [template.format(concept.subject) for template in DEMO_PROMPTS]
     seeds = list(range(len(prompts)))
     with trainer.applied():
@@ -202,10 +210,18 @@ def _demo(args) -> int:
         "teacher": save_grid(teacher_images, args.out / "teacher_25steps.png", scale=4),
         "result": trainer.personalization.save(args.out / "demo.safetensors"),
     }
-    report = {"prompts": prompts, "steps": trainer.step, "echo_samples": trainer.echo_samples,
-              "seconds": round(time.time() - start, 1), "files": {k: str(v) for k, v in files.items()}}
+    references = torch.stack(images) * 2 - 1
+    personalized = samplers(teacher, student, text, config.guidance_scale, trainer.personalization)
+    report = {role: evaluate(personalized[role], references, evaluation, judge, untouched[role])
+              for role in ("student", "teacher")}
+    report.update(seconds=round(time.time() - start, 1), training_seconds=round(training_seconds, 1),
+                  steps=trainer.step, echo_samples=trainer.echo_samples, prompts=prompts,
+                  models="bundled tiny" if bundled_models_present() else "random tiny (no bundled models yet)",
+                  files={key: str(value) for key, value in files.items()})
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     for name, path in files.items():
         print(f"{name}: {path}")
+    for role in ("student", "teacher"):
+        print(f"{role}: " + ", ".join(f"{key} {value:.3f}" for key, value in report[role].items()))
     print(f"report: {args.out / 'report.json'}")
     return 0

@@ -26,7 +26,7 @@ class DemoConceptImages:
     FUNCTION = "images"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("Five drawings of the demo concept (a yellow heart), for trying the pack without photos.",)
+    OUTPUT_TOOLTIPS = ("Five drawings of the demo concept (a pink heart), for trying the pack without photos.",)
     DESCRIPTION = "The demo concept's images, drawn by code: try EchoDistill on the bundled tiny models."
 
     @classmethod

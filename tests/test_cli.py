@@ -35,6 +35,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert report["steps"] == 3 and report["seconds"] > 0
     for name in ("concept", "student", "teacher", "result"):
         assert Path(report["files"][name]).is_file()
+    for role in ("student", "teacher"):
+        assert set(report[role]) == {"concept_fidelity", "concept_silhouette", "prompt_fidelity", "kept_accuracy",
+                                     "kept_fd"}
+        assert all(0 <= report[role][key] <= 1 for key in ("concept_fidelity", "prompt_fidelity", "kept_accuracy"))
     assert "report:" in capsys.readouterr().out
 
 

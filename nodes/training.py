@@ -117,6 +117,9 @@ class EchoDistillTrain:
                                      "tooltip": "Student learning rate; 0 uses the preset's (paper: 2e-5)."}),
             "resume_state": (cls.state_choices(), {"default": NO_STATE, "tooltip": "Continue a cancelled run "
                              "from its saved state (same settings)."}),
+            "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training "
+                           "resolution in pixels; 0: the teacher's own (512 for SD 2.1-base and SD-Turbo). Lower "
+                           "is faster and lighter, at some cost in detail."}),
         }, "hidden": {"node_id": "UNIQUE_ID"}}
 
     @staticmethod
@@ -126,13 +129,13 @@ class EchoDistillTrain:
         return [NO_STATE] + saved
 
     def train(self, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
-              preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, node_id=None):
+              preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0, node_id=None):
         preset = preset if preset != "auto" else ("tiny" if teacher.tiny else "paper")
         memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
         config = memory.apply(PRESETS[preset].replace(
             token=concept.token, class_word=concept.class_word, initializer_word=concept.initializer_word,
             steps=steps, parameterisation=parameterisation, echo=echo, seed=seed, preview_every=preview_every,
-            **({"teacher_lr": teacher_lr} if teacher_lr > 0 else {}),
+            resolution=resolution, **({"teacher_lr": teacher_lr} if teacher_lr > 0 else {}),
             **({"student_lr": student_lr} if student_lr > 0 else {}),
         ))
         wanted = memory.weight_dtype(teacher.model.device)
@@ -141,8 +144,8 @@ class EchoDistillTrain:
                         "choose that precision in Load Teacher and Load Student", memory.name, wanted)
         with torch.inference_mode(False), torch.enable_grad():
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
-            dataset = ConceptDataset(images, config.token, config.class_word, teacher.model.image_size(),
-                                     captions=concept.captions)
+            dataset = ConceptDataset(images, config.token, config.class_word,
+                                     resolution or teacher.model.image_size(), captions=concept.captions)
             trainer = EchoDistillTrainer(teacher.model, student.model, teacher.text, dataset, config,
                                          student_text=student.text)
             if resume_state != NO_STATE:

@@ -268,3 +268,98 @@ def test_stock_nodes_apply_the_saved_lora_and_embedding_with_no_unloaded_keys(se
         log = server.log.read_text()[log_before:]
         assert "lora key not loaded" not in log, log[-3000:]
         assert f"embedding:{name} does not exist" not in log, log[-3000:]  # the embedding was found
+
+
+# A full-size SD-Turbo checkpoint, as Stability publishes it, with random weights (issue 5).
+
+APPLY_LORA = """
+import json, sys
+sys.path.insert(0, ".")
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.sd, comfy.utils
+checkpoint, lora_file, keys = json.loads(sys.stdin.read())
+model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False)
+base = {key: model.model.state_dict()[key].float().clone() for key in keys}
+patched_model, _ = comfy.sd.load_lora_for_models(model, clip, comfy.utils.load_torch_file(lora_file), 1.0, 1.0)
+patched_model.patch_model()
+state = patched_model.model.state_dict()
+print(json.dumps({key: (state[key].float() - base[key]).flatten()[:4096].tolist() for key in keys}))
+"""
+
+
+def sd_turbo_checkpoint(path: Path) -> None:
+    """Random full-size SD-Turbo weights in Stability's single-file layout (fp16, about 2.6 GB)."""
+    import torch
+    from ldm_layout import build_family_models, family_configs_from_folder, write_single_file
+
+    from echodistill_core.families import FAMILIES
+
+    unet, vae, text_encoders = build_family_models(family_configs_from_folder(FAMILIES["sd-turbo"].config))[:3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_single_file(path, "sgm_sd2", unet, vae, text_encoders, dtype=torch.float16)
+
+
+@pytest.mark.slow
+def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(server):
+    """Our loaders read the checkpoint file (the teacher as SD 2.1-base, the same weights); one training step
+    at 64 px; Save Personalized; then CheckpointLoaderSimple -> LoraLoader -> CLIPTextEncode("embedding:...")
+    -> KSampler in one step, with no unloaded LoRA key, and the UNet weights moved by exactly the saved deltas."""
+    import torch
+
+    sd_turbo_checkpoint(server.root / "models" / "checkpoints" / "sd_turbo_random.safetensors")
+    model = "checkpoints/sd_turbo_random.safetensors"
+    train = {
+        "1": {"class_type": "EchoDistillLoadTeacher", "inputs": {"model": model, "family": "SD 2.x 512 (epsilon)",
+                                                                  "precision": "bf16"}},
+        "2": {"class_type": "EchoDistillLoadStudent", "inputs": {"model": model, "family": "auto-detect",
+                                                                  "precision": "bf16"}},
+        "3": {"class_type": "EchoDistillDemoConceptImages", "inputs": {"size": 64}},
+        "4": {"class_type": "EchoDistillTrain", "inputs": {
+            "teacher": ["1", 0], "student": ["2", 0], "concept": ["3", 0], "steps": 1, "resolution": 64,
+            "parameterisation": "custom_diffusion", "echo": True, "seed": 0, "preview_every": 0, "preset": "paper",
+            "teacher_lr": 1e-3, "student_lr": 1e-3, "resume_state": "none (start fresh)", "memory": "8 GB"}},
+        "5": {"class_type": "EchoDistillSavePersonalized", "inputs": {"model": ["4", 0], "name": "turbo_dog"}},
+    }
+    entry = server.wait(server.queue(train), timeout=3600)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+
+    stock = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_turbo_random.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name":
+              "turbo_dog.safetensors", "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a photo of embedding:turbo_dog"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
+              "latent_image": ["5", 0], "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler_ancestral",
+              "scheduler": "sgm_uniform", "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    }
+    log_before = len(server.log.read_text())
+    entry = server.wait(server.queue(stock), timeout=1800)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+    log = server.log.read_text()[log_before:]
+    assert "lora key not loaded" not in log, log[-3000:]
+    assert "embedding:turbo_dog does not exist" not in log, log[-3000:]
+
+    lora_file = server.root / "models" / "loras" / "turbo_dog.safetensors"
+    lora = load_file(str(lora_file))
+    deltas = {  # ComfyUI's UNet key -> the saved weight difference
+        "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+            lora["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.diff"],
+        "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight":
+            lora["lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v.diff"],
+    }
+    payload = json.dumps([str(server.root / "models" / "checkpoints" / "sd_turbo_random.safetensors"),
+                          str(lora_file), list(deltas)])
+    result = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", APPLY_LORA], input=payload,
+                            capture_output=True, text=True, cwd=COMFYUI_DIR, timeout=1800,
+                            env={**os.environ, "PYTHONPATH": str(server.root / "support")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    moved = json.loads(result.stdout.strip().splitlines()[-1])
+    for key, delta in deltas.items():
+        expected = delta.float().flatten()[:4096]
+        assert expected.abs().max() > 0, key
+        assert (torch.tensor(moved[key]) - expected).abs().max() <= 0.01 * expected.abs().max(), key

@@ -94,9 +94,9 @@ def workflow(nodes: list[dict], pack: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "echo": True, "seed": 42,
+TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "memory": "12 GB", "echo": True, "seed": 42,
                   "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
-                  "student_lr": 0.0, "resume_state": "none (start fresh)"}
+                  "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0}
 SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4}
 
 

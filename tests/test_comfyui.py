@@ -315,8 +315,10 @@ def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(
         "2": {"class_type": "EchoDistillLoadStudent", "inputs": {"model": model, "family": "auto-detect",
                                                                   "precision": "bf16"}},
         "3": {"class_type": "EchoDistillDemoConceptImages", "inputs": {"size": 64}},
+        "6": {"class_type": "EchoDistillConceptImages", "inputs": {"images": ["3", 0], "token": "<turbo-dog>",
+                                                                    "class_word": "dog", "initializer_word": ""}},
         "4": {"class_type": "EchoDistillTrain", "inputs": {
-            "teacher": ["1", 0], "student": ["2", 0], "concept": ["3", 0], "steps": 1, "resolution": 64,
+            "teacher": ["1", 0], "student": ["2", 0], "concept": ["6", 0], "steps": 1, "resolution": 64,
             "parameterisation": "custom_diffusion", "echo": True, "seed": 0, "preview_every": 0, "preset": "paper",
             "teacher_lr": 1e-3, "student_lr": 1e-3, "resume_state": "none (start fresh)", "memory": "8 GB"}},
         "5": {"class_type": "EchoDistillSavePersonalized", "inputs": {"model": ["4", 0], "name": "turbo_dog"}},
@@ -363,3 +365,37 @@ def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(
         expected = delta.float().flatten()[:4096]
         assert expected.abs().max() > 0, key
         assert (torch.tensor(moved[key]) - expected).abs().max() <= 0.01 * expected.abs().max(), key
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saved_by_comfyui_loads_as_the_same_model(server):
+    """ComfyUI's CheckpointSave re-writes SD-Turbo under SD 2's prefixes; our loader reads it back, as the
+    student, to the weights of the original file."""
+    import torch
+
+    from echodistill_core.checkpoints import load_single_file
+
+    original = server.root / "models" / "checkpoints" / "sd_turbo_random.safetensors"
+    if not original.exists():
+        sd_turbo_checkpoint(original)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": original.name}},
+        "2": {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+                                                         "filename_prefix": "checkpoints/resaved"}},
+    }
+    entry = server.wait(server.queue(prompt), timeout=1800)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
+    resaved = next((server.root / "output" / "checkpoints").glob("resaved*.safetensors"))
+
+    def sample_weights(path):
+        model, text, family = load_single_file(path, role="student")
+        unet, encoder = model.unet.state_dict(), text.text_encoder.state_dict()
+        picked = {key: unet[key].float().clone() for key in list(unet)[::40]}
+        picked.update({f"text.{key}": encoder[key].float().clone() for key in list(encoder)[::10]})
+        return family.name, picked
+
+    family, expected = sample_weights(original)
+    resaved_family, loaded = sample_weights(resaved)
+    assert family == resaved_family == "sd-turbo"
+    for key, value in expected.items():
+        assert torch.allclose(loaded[key], value, atol=1e-3), key

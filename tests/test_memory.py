@@ -1,7 +1,11 @@
 """Memory presets and what they switch in the engine: checkpointed and tiled decoding, offloading,
-where the rollback snapshot lives."""
+where the rollback snapshot lives, and the full-size benchmark (slow)."""
 
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from echodistill_core.memory import MEMORY_PRESETS, Offload
 from echodistill_core.models import DECODE_TILE_LATENTS
 from echodistill_core.tiny import tiny_model, tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer, NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_cap_the_batch_and_set_the_memory_fields():
@@ -166,3 +172,16 @@ def test_a_state_resumes_under_a_smaller_memory_preset(pair):
     second.load_state_dict(first.state_dict())
     assert second.train() and second.step == 4
 
+
+@pytest.mark.slow
+def test_the_memory_benchmark_reports_every_phase_and_ends_with_json():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "memory.py"), "--presets", "8 GB,12 GB", "--resolution", "64"],
+        capture_output=True, text=True, timeout=1800, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])["presets"]
+    assert set(figures) == {"8 GB", "12 GB"}
+    for preset in figures.values():
+        assert "error" not in preset, preset["error"]
+        assert set(preset["phases"]) == {"teacher", "student", "discriminators"}
+        assert 3 < preset["peak_gb"] < preset["rss_peak_gb"] and preset["seconds_per_iteration"] > 0
+    assert figures["8 GB"]["peak_gb"] < figures["12 GB"]["peak_gb"]

@@ -1,0 +1,320 @@
+"""Peak memory of an EchoDistill iteration with SD 2.1 + SD-Turbo at full size, per memory preset.
+
+Each preset runs in its own process: random-weight SD 2.1 (768-v) and SD-Turbo UNets, the SD VAE and
+the OpenCLIP-H text encoder with the full CLIP tokenizer, built from the bundled family configs, then
+`--iterations` EchoDistill iterations at `--resolution` px on the CPU, one thread. The iterations are
+in the echo stage (the teacher's batch then also holds the student's best samples: the largest step).
+No warm-up iteration: AdamW's moments are created before measuring, as after a first step, so the
+first measured iteration holds everything a later one does.
+
+What is measured: the process's peak resident memory (VmHWM; reset per phase through
+/proc/self/clear_refs) above its baseline after imports, before any model is built, so the weights
+count, as they occupy the GPU too. Phases: the teacher step (encoding the images, the echo samples,
+the teacher's loss and update), the student step (the one-step sample, its decoding, the teacher's
+guided target, the discriminators' view of the sample, the student's loss and update) and the
+discriminators' step. Large allocations are returned to the system at once (MALLOC_MMAP_THRESHOLD_),
+so a phase's peak is not inflated by memory an earlier phase freed.
+
+From CPU figures to a GPU: this CPU has no bf16 arithmetic (its bf16 convolutions run 7-250x slower
+than fp32), so by default the iterations run in fp32 and the preset's bf16 is accounted for: frozen
+weights at their bf16 size, and memory allocated during a phase (activations, nearly all in the frozen
+weights' dtype) at half. Weights the preset keeps on the CPU during a phase (offloaded text encoder or
+VAE, a rollback snapshot in host memory) are not counted. `--dtype preset` runs in the preset's own
+dtype instead (no accounting; practical only on a CPU with bf16 arithmetic). At 64 px, where bf16
+is merely slow here (19 minutes an iteration), the 12 GB preset peaked at 5.49 GB in bf16 against
+5.47 GB estimated from fp32, each phase within 0.07 GB. `peak_gb` is the largest phase estimate;
+`rss_peak_gb` is the raw figure. README, "Memory", relates both to a GPU's.
+
+A preset whose process grows past `--max-rss-gb` (default: the memory available at the start less
+2 GB) is stopped and reported as such, so that the benchmark never takes the machine's memory.
+
+Usage: python bench/memory.py [--presets "8 GB,12 GB,24 GB"] [--resolution 512] [--iterations 1]
+The last line of output is one JSON object: {"presets": {name: {"peak_gb": x, "seconds_per_iteration": y,
+...}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GB = 1024**3
+PHASES = ("teacher", "student", "discriminators")
+
+
+# Memory of this process, from Linux.
+
+def _status_kb(field: str, pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    return _status_kb("VmRSS", pid) * 1024
+
+
+def peak_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def reset_peak() -> None:
+    """Make the peak resident memory (VmHWM) the current one (Linux 4.0+)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def module_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def tree_bytes(tree) -> int:
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tree_bytes(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tree_bytes(value) for value in tree)
+    return 0
+
+
+# One preset, in a process of its own.
+
+def build_models(resolution: int, dtype):
+    """Random-weight SD 2.1 (v-prediction) teacher, SD-Turbo student, shared SD VAE and OpenCLIP-H text
+    encoder, from the bundled family configs; the UNets' native size set to `resolution`."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from echodistill_core.families import FAMILIES
+    from echodistill_core.models import DiffusionModel, TextConditioner
+    from echodistill_core.schedule import NoiseSchedule
+    from echodistill_core.tokenizer import build_clip_tokenizer
+
+    def read(family: str, part: str, name: str = "config.json") -> dict:
+        return json.loads((FAMILIES[family].config / part / name).read_text())
+
+    def frozen(module):
+        return module.to(dtype).eval().requires_grad_(False)
+
+    torch.manual_seed(0)
+    vae = frozen(AutoencoderKL.from_config(read("sd2-768-v", "vae")))
+    text_encoder = frozen(CLIPTextModel(CLIPTextConfig(**read("sd2-768-v", "text_encoder"))))
+    models = []
+    for family, role in (("sd2-768-v", "teacher"), ("sd-turbo", "student")):
+        unet = frozen(UNet2DConditionModel.from_config(read(family, "unet"), sample_size=resolution // 8))
+        schedule = NoiseSchedule.from_scheduler_config(read(family, "scheduler", "scheduler_config.json"))
+        models.append(DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=f"random {family}", family=family))
+    text = TextConditioner(build_clip_tokenizer(pad_token=FAMILIES["sd2-768-v"].pad_token), text_encoder)
+    return models[0], models[1], text
+
+
+def prime_optimizers(trainer) -> None:
+    """Create every optimizer's moments, as a first step would, so one iteration shows the steady state."""
+    import torch
+
+    for optimizer in trainer.optimizers.values():
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+class PhaseMeter:
+    """Peak memory, time and the offloaded modules left on the host, per phase of the trainer's steps."""
+
+    def __init__(self, trainer):
+        self.trainer, self.records, self.used = trainer, [], set()
+        for phase, method in zip(PHASES, ("_teacher_step", "_student_step", "_discriminator_step")):
+            setattr(trainer, method, self._closing(phase, getattr(trainer, method)))
+        using = trainer.offload.using
+
+        def recorded(*modules):
+            self.used.update(id(module) for module in modules)
+            return using(*modules)
+
+        trainer.offload.using = recorded
+
+    def start(self) -> None:
+        reset_peak()
+        self.used.clear()
+        self.started = time.perf_counter()
+
+    def _closing(self, phase, method):
+        def measured(*args, **kwargs):
+            result = method(*args, **kwargs)
+            offload = self.trainer.offload
+            on_host = [m for m in offload.modules if id(m) not in self.used] if offload.enabled else []
+            self.records.append({"phase": phase, "peak": peak_bytes(), "seconds": time.perf_counter() - self.started,
+                                 "offloaded": sum(module_bytes(m) for m in on_host)})
+            self.start()
+            return result
+        return measured
+
+
+def run_preset(name: str, resolution: int, iterations: int, run_dtype: str) -> dict:
+    import torch
+
+    from echodistill_core.config import PRESETS
+    from echodistill_core.data import ConceptDataset
+    from echodistill_core.demo import demo_concept_images
+    from echodistill_core.memory import MEMORY_PRESETS
+    from echodistill_core.trainer import EchoDistillTrainer
+
+    torch.set_num_threads(1)
+    baseline = resident_bytes()
+    preset = MEMORY_PRESETS[name]
+    target = preset.frozen_dtype or torch.float32
+    dtype = target if run_dtype == "preset" else getattr(torch, run_dtype)
+    scale = torch.finfo(target).bits / torch.finfo(dtype).bits  # bytes on the GPU per byte measured here
+
+    started = time.perf_counter()
+    teacher, student, text = build_models(resolution, dtype)
+    build_seconds = time.perf_counter() - started
+    modules = (teacher.unet, student.unet, teacher.vae, text.text_encoder)
+    frozen = sum(module_bytes(module) for module in modules)
+
+    config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
+    concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    prime_optimizers(trainer)
+    trainer.step = config.echo_start_step
+    snapshot = tree_bytes(trainer._trainable_state()) if config.rollback != "off" else 0
+    meter = PhaseMeter(trainer)
+
+    seconds = []
+    with trainer.applied(), trainer.offload.parked():
+        resident = resident_bytes() - baseline
+        for _ in range(iterations):
+            meter.start()
+            began = time.perf_counter()
+            trainer.history.append({"step": trainer.step + 1, **trainer._guarded_step()})
+            trainer.step += 1
+            seconds.append(time.perf_counter() - began)
+
+    phases = {}
+    for phase in PHASES:
+        record = max((r for r in meter.records if r["phase"] == phase), key=lambda r: r["peak"])
+        rss = record["peak"] - baseline
+        transient = rss - resident - snapshot
+        parts = {
+            "frozen weights": scale * (frozen - record["offloaded"]),
+            "trainable and other": resident - frozen,
+            "rollback snapshot": snapshot if config.rollback == "device" else 0,
+            "transient": scale * transient,
+        }
+        phases[phase] = {"peak_gb": sum(parts.values()) / GB, "rss_gb": rss / GB, "seconds": record["seconds"],
+                         "parts_gb": {key: value / GB for key, value in parts.items()}}
+    return {
+        "peak_gb": max(p["peak_gb"] for p in phases.values()),
+        "seconds_per_iteration": sum(seconds) / len(seconds),
+        "rss_peak_gb": max(p["rss_gb"] for p in phases.values()),
+        "phases": phases,
+        "setup": {"resolution": resolution, "batch_size": config.batch_size, "iterations": iterations,
+                  "teacher_batch": config.batch_size + max(1, round(config.echo_keep * config.batch_size)),
+                  "run_dtype": str(dtype).removeprefix("torch."), "gpu_dtype": str(target).removeprefix("torch."),
+                  "frozen_gb": frozen / GB, "resident_gb": resident / GB, "snapshot_gb": snapshot / GB,
+                  "build_seconds": build_seconds, "threads": torch.get_num_threads(),
+                  "losses": trainer.history[-1]},
+    }
+
+
+# The driver: one process per preset, watched so that none takes the machine's memory.
+
+def run_in_subprocess(name: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--resolution", str(args.resolution),
+               "--iterations", str(args.iterations), "--dtype", args.dtype]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=str(ROOT))
+    limit = args.max_rss_gb * GB
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
+        largest = 0
+        while process.poll() is None:
+            try:
+                largest = max(largest, resident_bytes(process.pid))
+            except (FileNotFoundError, RuntimeError):
+                break
+            if largest > limit:
+                process.kill()
+                process.wait()
+                return {"error": f"stopped: resident memory passed --max-rss-gb {args.max_rss_gb}"}
+            time.sleep(0.2)
+        output = process.stdout.read().strip().splitlines()
+    if process.returncode != 0 or not output:
+        return {"error": f"the worker failed (exit code {process.returncode}); see its output above"}
+    return json.loads(output[-1])
+
+
+def print_table(results: dict) -> None:
+    print(f"{'preset':<8} {'phase':<15} {'GPU est. GB':>11} {'CPU RSS GB':>10} {'seconds':>8}   largest parts (GB)")
+    for name, result in results.items():
+        if "error" in result:
+            print(f"{name:<8} {result['error']}")
+            continue
+        for phase, figures in result["phases"].items():
+            parts = sorted(figures["parts_gb"].items(), key=lambda item: -item[1])
+            described = ", ".join(f"{key} {value:.2f}" for key, value in parts if value > 0.005)
+            print(f"{name:<8} {phase:<15} {figures['peak_gb']:>11.2f} {figures['rss_gb']:>10.2f} "
+                  f"{figures['seconds']:>8.1f}   {described}")
+        setup = result["setup"]
+        print(f"{name:<8} {'iteration':<15} {result['peak_gb']:>11.2f} {result['rss_peak_gb']:>10.2f} "
+              f"{result['seconds_per_iteration']:>8.1f}   batch {setup['batch_size']} "
+              f"(teacher {setup['teacher_batch']} in the echo stage), {setup['run_dtype']} measured for {setup['gpu_dtype']}, models built in "
+              f"{setup['build_seconds']:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="8 GB,12 GB,24 GB", help="comma-separated memory preset names")
+    parser.add_argument("--resolution", type=int, default=512, help="image size in px (a multiple of 64)")
+    parser.add_argument("--iterations", type=int, default=1, help="measured iterations per preset")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "preset"),
+                        help="dtype the iterations run in: float32 (accounted as the preset's), or the preset's own")
+    available = _status_meminfo_gb("MemAvailable")
+    parser.add_argument("--max-rss-gb", type=float, default=max(1.0, available - 2.0),
+                        help="stop a preset whose process grows past this (default: available memory - 2 GB)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.resolution % 64:
+        parser.error("--resolution must be a multiple of 64 (the VAE's 8x and the UNet's 8x downsampling)")
+    if args.worker:
+        print(json.dumps(run_preset(args.worker, args.resolution, args.iterations, args.dtype)))
+        return
+
+    from echodistill_core.memory import MEMORY_PRESETS
+
+    names = [name.strip() for name in args.presets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MEMORY_PRESETS]
+    if unknown:
+        parser.error(f"unknown presets {unknown}; choose from {list(MEMORY_PRESETS)}")
+    results = {}
+    for name in names:
+        print(f"measuring {name} at {args.resolution} px ...", flush=True)
+        results[name] = result = run_in_subprocess(name, args)
+        if "error" not in result:
+            print(f"  {result['peak_gb']:.2f} GB on a GPU (estimate), {result['rss_peak_gb']:.2f} GB measured, "
+                  f"{result['seconds_per_iteration']:.0f} s per iteration", flush=True)
+    print_table(results)
+    print(json.dumps({"presets": results}))
+
+
+def _status_meminfo_gb(field: str) -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / GB
+    return 0.0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

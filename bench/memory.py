@@ -23,7 +23,8 @@ VAE, a rollback snapshot in host memory) are not counted. `--dtype preset` runs 
 dtype instead (no accounting; practical only on a CPU with bf16 arithmetic). At 64 px, where bf16
 is merely slow here (19 minutes an iteration), the 12 GB preset peaked at 5.49 GB in bf16 against
 5.47 GB estimated from fp32, each phase within 0.07 GB. `peak_gb` is the largest phase estimate;
-`rss_peak_gb` is the raw figure. README, "Memory", relates both to a GPU's.
+`rss_peak_gb` is the raw figure. GB are 2^30 bytes, as GPU memory is counted. README, "Memory",
+relates both to a GPU's.
 
 A preset whose process grows past `--max-rss-gb` (default: the memory available at the start less
 2 GB) is stopped and reported as such, so that the benchmark never takes the machine's memory.

@@ -10,8 +10,9 @@ lives. `preset.apply(config)` sets the config's memory fields, which the trainer
 each preset with SD 2.1 + SD-Turbo at 512 px; README, "Memory".
 
 Sizes to design for (SD 2.1 or SD-Turbo UNet 865 M parameters, OpenCLIP-H text encoder 354 M, VAE
-84 M): frozen weights 4.3 GB in bf16; Custom Diffusion's K/V copies 2 x 26 M parameters, 0.2 GB
-in fp32, 0.6 GB with AdamW's moments, 1.2 GB with a rollback snapshot on the device.
+84 M; GB = 2^30 bytes, as GPU memory is counted): frozen weights 4.0 GB in bf16; Custom Diffusion's
+K/V copies 2 x 26 M parameters, 0.2 GB in fp32, 0.6 GB with AdamW's moments, 1.2 GB with a
+rollback snapshot on the device.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def model_choices(role: str) -> list[str]:
 
 def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
     device = comfy.torch_device()
-    dtype = PRECISIONS[precision] or (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = PRECISIONS[precision] or _auto_precision(device)
     with torch.inference_mode(False):  # weights made here must be usable for training later
         if choice == BUNDLED[role]:
             model, text = bundled_model(role, device=str(device))
@@ -43,6 +43,13 @@ def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
         if role == "student":
             _check_one_step(path, name)
         return LoadedModel(model, text, choice)
+
+
+def _auto_precision(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it (what the memory presets count on), fp16 on older ones, fp32 on a CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _check_one_step(path, name: str) -> None:
@@ -71,7 +78,7 @@ class _Loader:
                        "look alike, so set it if the detected one is wrong. A student is taken as Turbo. "
                        "Ignored for the bundled models and diffusers folders."}),
             "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Precision of the frozen weights. "
-                          "auto: fp16 on a GPU, fp32 on a CPU. What trains is always fp32."}),
+                          "auto: bf16 on a GPU (fp16 where it lacks bf16), fp32 on a CPU. What trains is always fp32."}),
         }}
 
     def load(self, model, family, precision):

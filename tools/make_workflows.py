@@ -131,7 +131,7 @@ def main(folder: Path = ROOT / "workflows") -> None:
         "1_personalize_tiny_models.json": personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
             {"id": 3, "type": "EchoDistillDemoConceptImages", "pos": [40, 440], "widgets": {"size": 32}},
-            "<heart>", "toy", {"steps": 300}, "a photo of a <heart> toy on a green background", "tiny_heart"),
+            "<heart>", "toy", {"steps": 300}, "a small <heart> toy on teal", "tiny_heart"),
         "2_personalize_sd_turbo_with_sd21_teacher.json": personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
             {"id": 3, "type": "LoadImage", "pos": [40, 440], "widgets": {"image": "my_dog.png", "upload": "image"}},

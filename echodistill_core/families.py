@@ -20,7 +20,6 @@ heuristic for v-prediction (a spread-out `norm1.bias` in the last output block).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +51,6 @@ class Family:
     @property
     def config(self) -> Path:
         return FAMILIES_FOLDER / self.name
-
-    @property
-    def native_resolution(self) -> int:
-        unet = json.loads((self.config / "unet" / "config.json").read_text())
-        return unet["sample_size"] * 8
 
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echodistill_core.baselines import BASELINES, personalize_one_model  # noqa: E402
 from echodistill_core.config import PRESETS  # noqa: E402
-from echodistill_core.data import ConceptDataset, to_tensor  # noqa: E402
+from echodistill_core.data import ConceptDataset, center_square, read_images, to_tensor  # noqa: E402
 from echodistill_core.demo import DEMO_CLASS_WORD, DEMO_TOKEN, default_models, demo_concept_images  # noqa: E402
 from echodistill_core.evaluation import (  # noqa: E402
     CONCEPT_PROMPTS, EvaluationSet, evaluate, plain_samples, read_prompt_file, samplers,
@@ -46,13 +46,11 @@ def concept_images(folder: Path | None, size: int) -> list[torch.Tensor]:
     """The concept's photos as [3, size, size] in 0..1 (the demo concept when no folder is given)."""
     if folder is None:
         return demo_concept_images(size)
-    from PIL import Image
-
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not files:
+    images = read_images(folder)
+    if not images:
         raise SystemExit(f"no images in {folder}")
-    images = [(to_tensor(Image.open(path).convert("RGB")) + 1) / 2 for path in files]
-    return [torch.nn.functional.interpolate(image[None], size=(size, size), mode="area")[0] for image in images]
+    squares = [center_square(to_tensor(image, index), size) for index, image in enumerate(images)]
+    return [(square.clamp(-1, 1) + 1) / 2 for square in squares]
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import PRESETS, EchoDistillConfig
-from .data import ConceptDataset, ConceptImageError
+from .data import ConceptDataset, read_images
 from .demo import (DEMO_CLASS_WORD, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
                    demo_concept_images)
 from .evaluation import EvaluationSet, evaluate, plain_samples, samplers
@@ -26,7 +26,6 @@ from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .trainer import EchoDistillTrainer
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 # Config fields the command line sets directly, with their help.
 CONFIG_OPTIONS = {
     "steps": "optimisation steps",
@@ -105,20 +104,6 @@ def _load_pair(args, dtype: torch.dtype = torch.float32):
     return teacher, student, text, student_text
 
 
-def _read_images(folder: Path) -> list[Image.Image]:
-    if not folder.is_dir():
-        raise ConceptImageError(f"{folder} is not a folder of images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(image.copy())
-        except OSError as error:
-            raise ConceptImageError(f"{path} is not a readable image ({error}); remove or re-save it") from error
-    return images
-
-
 def _train(args) -> int:
     memory = MEMORY_PRESETS[args.memory]
     teacher, student, text, student_text = _load_pair(args, memory.weight_dtype(_device(args.device)) or torch.float32)
@@ -126,7 +111,7 @@ def _train(args) -> int:
     config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
                                                        initializer_word=args.initializer_word, echo=not args.no_echo))
     config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
-    concept = ConceptDataset(_read_images(args.images), config.token, config.class_word,
+    concept = ConceptDataset(read_images(args.images), config.token, config.class_word,
                              config.resolution or teacher.image_size())
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)
     if args.resume:

@@ -8,6 +8,7 @@ the blank canvas around a shrunken paste) and a prompt made from a template fill
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,10 +27,26 @@ TRAINING_TEMPLATES = (
 SMALL_EDITS = ("far away ", "very small ")
 LARGE_EDITS = ("zoomed in ", "close up ")
 MIN_IMAGE_SIDE = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ConceptImageError(ValueError):
     """A concept image that cannot be used; the message names it and says why."""
+
+
+def read_images(folder: Path) -> list[Image.Image]:
+    """Every image file in `folder`, sorted by name; a file that will not open is named in the error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConceptImageError(f"{folder} is not a folder of images")
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as image:
+                images.append(image.copy())
+        except OSError as error:
+            raise ConceptImageError(f"{path} is not a readable image ({error}); remove or re-save it") from error
+    return images
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Distill the bundled tiny teacher into a one-step student.
 
 1. Dataset: random world prompts with one noise each (seeded), and the teacher's DDIM + CFG sample
-   from that noise (`generate_teacher`'s sampler). Cached in a file, since this is the dear part.
+   from that noise (`generate_teacher`'s sampler). Cached in files, since this is the dear part: each
+   `--dataset` file is made with its own seeds, so several can be made in parallel (`--dataset-only`)
+   and trained on together. Only pairs whose sample the judge finds right for its prompt are kept,
+   so the student learns from the teacher's successes, not its slips.
 2. Student: initialised from the teacher's UNet, trained to map the noise to the teacher's sample in
    ONE evaluation at the terminal timestep (as `generate_student` samples it). Pairs are augmented by
    horizontal flips of noise and sample together (the world and the teacher are mirror-symmetric).
@@ -11,7 +14,18 @@
 The student shares the teacher's text encoder (frozen, copied into its folder) and is saved with an
 Euler scheduler config (trailing spacing) and the teacher's prediction type.
 
-    python tools/distill_tiny_student.py --pairs 1200 --steps 700
+The bundled student was made in about 50 min on two CPU cores:
+
+    python tools/distill_tiny_student.py --dataset /tmp/pairs0.pt --pairs 600 --dataset-only &
+    python tools/distill_tiny_student.py --dataset /tmp/pairs1.pt --pairs 600 --dataset-only --seed 1100000 &
+    wait   # 1200 pairs (10 min), 1120 of them right for their prompt
+    python tools/distill_tiny_student.py --dataset /tmp/pairs0.pt /tmp/pairs1.pt --steps 800 --out /tmp/s1
+    python tools/distill_tiny_student.py --dataset /tmp/pairs0.pt /tmp/pairs1.pt --init /tmp/s1 \
+        --steps 600 --batch 32 --threads 2 --out /tmp/s2
+    python tools/distill_tiny_student.py --dataset /tmp/pairs0.pt /tmp/pairs1.pt --init /tmp/s2 \
+        --steps 600 --batch 32 --threads 2
+    # one step, 200 prompts: shape 72.0 % after the first stage, 78.5 % after the second, 83.0 % after
+    # the third; colour 100 %, size 98.5 %, background 100 %
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
 from echodistill_core import world  # noqa: E402
-from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
+from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge, measure_attributes  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, guided_x0, initial_noise, teacher_sample  # noqa: E402
@@ -63,6 +77,27 @@ def make_dataset(teacher: DiffusionModel, text, count: int, steps: int, guidance
                 guidance=guidance)
 
 
+def load_datasets(files: list[Path], args, teacher: DiffusionModel, text, judge) -> dict:
+    """The pairs of every file (made first where missing), kept only where the judge finds them right."""
+    parts = []
+    for index, file in enumerate(files):
+        if not file.exists():
+            seed = args.seed + index * 1_000_000
+            torch.save(make_dataset(teacher, text, args.pairs, args.teacher_steps, args.guidance, seed), file)
+        parts.append(torch.load(file))
+    dataset = dict(noise=torch.cat([part["noise"] for part in parts]),
+                   samples=torch.cat([part["samples"] for part in parts]),
+                   prompts=[prompt for part in parts for prompt in part["prompts"]],
+                   attributes=[item for part in parts for item in part["attributes"]])
+    measured = measure_attributes(dataset["samples"], judge)
+    right = [all(m[name] == a[name] for name in world.ATTRIBUTES) for m, a in zip(measured, dataset["attributes"])]
+    print(f"{len(right)} pairs, teacher DDIM {parts[0]['steps']} steps, CFG {parts[0]['guidance']}; right for "
+          f"their prompt: {sum(right)} ({attribute_accuracy(dataset['samples'], dataset['attributes'], judge)})")
+    keep = torch.tensor(right)
+    return dict(noise=dataset["noise"][keep], samples=dataset["samples"][keep],
+                prompts=[p for p, ok in zip(dataset["prompts"], right) if ok])
+
+
 def flip_pairs(noise: torch.Tensor, samples: torch.Tensor, generator: torch.Generator):
     """Mirror a random half of the (noise, sample) pairs left-right."""
     flip = (torch.rand(len(noise), generator=generator) < 0.5).view(-1, 1, 1, 1)
@@ -91,9 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="echodistill_core/assets/tiny/teacher")
     parser.add_argument("--out", default="echodistill_core/assets/tiny/student")
-    parser.add_argument("--dataset", default="/tmp/echodistill_tiny_pairs.pt", help="cache of teacher pairs")
+    parser.add_argument("--init", help="start from this student folder (a second stage) instead of the teacher")
+    parser.add_argument("--dataset", type=Path, nargs="+", default=[Path("/tmp/echodistill_tiny_pairs.pt")],
+                        help="cache files of teacher pairs, made (with --pairs pairs each) where missing")
+    parser.add_argument("--dataset-only", action="store_true", help="make the dataset files, then stop")
     parser.add_argument("--pairs", type=int, default=1200)
-    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument("--teacher-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale for the targets")
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch", type=int, default=16)
@@ -107,16 +145,12 @@ def main() -> None:
 
     teacher, text = load_diffusers_folder(args.teacher)
     judge = load_judge()
-    dataset_file = Path(args.dataset)
-    if dataset_file.exists():
-        dataset = torch.load(dataset_file)
-    else:
-        dataset = make_dataset(teacher, text, args.pairs, args.teacher_steps, args.guidance, args.seed)
-        torch.save(dataset, dataset_file)
-    print(f"{len(dataset['prompts'])} pairs, teacher DDIM {dataset['steps']} steps, CFG {dataset['guidance']}; "
-          f"teacher accuracy on them: {attribute_accuracy(dataset['samples'], dataset['attributes'], judge)}")
+    dataset = load_datasets(args.dataset, args, teacher, text, judge)
+    if args.dataset_only:
+        return
 
-    unet = copy.deepcopy(teacher.unet).train().requires_grad_(True)
+    start_from = load_diffusers_folder(args.init)[0].unet.float() if args.init else teacher.unet
+    unet = copy.deepcopy(start_from).train().requires_grad_(True)
     student = DiffusionModel(unet=unet, schedule=teacher.schedule, name="tiny-student")
     ema = DiffusionModel(unet=copy.deepcopy(unet).eval().requires_grad_(False), schedule=teacher.schedule,
                          name="tiny-student")

@@ -5,9 +5,14 @@ noise schedule; 10 % of the prompts are replaced by "" so that classifier-free g
 weights kept are an exponential moving average. The result is a diffusers folder that
 `echodistill_core.loading.load_diffusers_folder` reads.
 
-    python tools/train_tiny_teacher.py --steps 1300 --batch 16 --ema 0.995
-    python tools/train_tiny_teacher.py --resume echodistill_core/assets/tiny/teacher --steps 900 \
-        --batch 16 --ema 0.995 --lr 5e-4 --seed 1   # a second stage, from the first one's weights
+The bundled teacher (2.7 M parameters, 5.4 MB in float16) was made in two stages, about 3 h
+on one CPU core:
+
+    python tools/train_tiny_teacher.py --out /tmp/stage1 --steps 6500 --batch 16 --ema 0.999
+    # stage 1 was stopped after its EMA save at step 6000: shape right in 86.5 % of 200 prompts
+    python tools/train_tiny_teacher.py --resume /tmp/stage1 --steps 1000 --batch 16 --lr 2e-4 \
+        --warmup 50 --ema 0.998 --seed 7 --eval-every 0 --save-every 250
+    # 200 prompts, 25 DDIM steps, CFG 3: shape 97.0 %, colour, size and background 100 %
 """
 
 from __future__ import annotations

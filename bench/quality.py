@@ -13,7 +13,8 @@ prompt fidelity, quality kept); the teachers of 4 and 5 in 25 steps, to show wha
     python bench/quality.py --concept photos/ --class-word toy --prompts prompts.txt --steps 300
 
 The prompt file holds lines such as "a {} on teal | background=teal" ({} is the subject). Output: a
-markdown table, then one JSON line with every figure.
+markdown table, then one JSON line with every figure: `{"methods": {name: the 1-step student's metrics
+and training seconds}, "teacher": {name: the 25-step teacher's metrics, for the two EchoDistill runs}}`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def main() -> None:
         print(f"{method}: {results[method]}", file=sys.stderr, flush=True)
 
     print(table(results))
-    print(json.dumps({"steps": args.steps, "seed": args.seed, "methods": results}))
+    methods = {method: dict(result["student"], seconds=result["seconds"]) for method, result in results.items()}
+    teachers = {method: result["teacher"] for method, result in results.items() if "teacher" in result}
+    print(json.dumps({"steps": args.steps, "seed": args.seed, "methods": methods, "teacher": teachers}))
 
 
 def table(results: dict[str, dict]) -> str:

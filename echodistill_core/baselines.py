@@ -1,7 +1,7 @@
 """The obvious alternatives to EchoDistill, for bench/quality.py: personalize ONE model with the diffusion loss.
 
-- "textual_inversion_student": only the token's embedding trains, on the one-step student;
-- "custom_diffusion_student": Custom Diffusion (the token and the K/V copies) on the student itself;
+- "textual_inversion": only the token's embedding trains, on the one-step student;
+- "student_custom_diffusion": Custom Diffusion (the token and the K/V copies) on the student itself;
 - "teacher_only": Custom Diffusion on the teacher; the plain student then uses the learned token.
 
 Each is method.md's teacher step (step 1) alone, applied to the chosen model, under the same config
@@ -20,7 +20,7 @@ from .data import ConceptDataset
 from .models import DiffusionModel, TextConditioner
 from .personalization import Personalization
 
-BASELINES = ("textual_inversion_student", "custom_diffusion_student", "teacher_only")
+BASELINES = ("textual_inversion", "student_custom_diffusion", "teacher_only")
 
 
 def personalize_one_model(method: str, teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
@@ -35,7 +35,7 @@ def personalize_one_model(method: str, teacher: DiffusionModel, student: Diffusi
     model = teacher if on_teacher else student
     adapters = personalization.teacher_adapters if on_teacher else personalization.student_adapters
     groups = [{"params": [personalization.token.vector], "lr": config.token_lr or config.teacher_lr}]
-    if method != "textual_inversion_student":
+    if method != "textual_inversion":
         groups.append({"params": list(adapters.parameters()), "lr": config.teacher_lr if on_teacher else config.student_lr})
     optimizer = torch.optim.AdamW(groups, betas=config.adam_betas, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)

@@ -54,6 +54,17 @@ def concept_images(folder: Path | None, size: int) -> list[torch.Tensor]:
     return [(square.clamp(-1, 1) + 1) / 2 for square in squares]
 
 
+def config_change(config, item: str) -> tuple[str, object]:
+    """"teacher_lr=3e-4" as ("teacher_lr", 0.0003), typed like the config's own value."""
+    key, _, value = item.partition("=")
+    if not hasattr(config, key):
+        raise SystemExit(f"--set {item}: the config has no {key!r}")
+    current = getattr(config, key)
+    if isinstance(current, bool):
+        return key, value.lower() in ("1", "true", "yes", "on")
+    return key, type(current)(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", type=Path, help="folder of concept images (default: the demo heart)")
@@ -65,6 +76,8 @@ def main() -> None:
     parser.add_argument("--seeds-per-prompt", type=int, default=8)
     parser.add_argument("--plain", type=int, default=64, help="plain world prompts for quality kept")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change the tiny preset for every method, e.g. --set teacher_lr=3e-4 steps=200")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,6 +86,7 @@ def main() -> None:
     size = teacher.image_size()
     images = concept_images(args.concept, size)
     config = PRESETS["tiny"].replace(token=args.token, class_word=args.class_word, steps=args.steps, seed=args.seed)
+    config = config.replace(**dict(config_change(config, item) for item in args.set))
     concept = ConceptDataset(images, config.token, config.class_word, size)
     prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
     evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts)
@@ -101,7 +115,8 @@ def main() -> None:
     print(table(results))
     methods = {method: dict(result["student"], seconds=result["seconds"]) for method, result in results.items()}
     teachers = {method: result["teacher"] for method, result in results.items() if "teacher" in result}
-    print(json.dumps({"steps": args.steps, "seed": args.seed, "methods": methods, "teacher": teachers}))
+    print(json.dumps({"steps": config.steps, "seed": args.seed, "changes": args.set, "methods": methods,
+                      "teacher": teachers}))
 
 
 def table(results: dict[str, dict]) -> str:

@@ -7,6 +7,7 @@ import torch
 
 from echodistill_core.config import PRESETS
 from echodistill_core.data import ConceptDataset
+from echodistill_core.judge import load_judge
 from echodistill_core.tiny import tiny_pair
 
 SIZE = 16
@@ -35,3 +36,17 @@ def tiny_config(**changes):
 
 def make_concept(config, augment: bool = True) -> ConceptDataset:
     return ConceptDataset(concept_images(), config.token, config.class_word, SIZE, augment=augment)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Sampling-heavy modules run on one thread: as fast on two cores, and the same figures everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return load_judge()

@@ -14,25 +14,14 @@ import torch
 
 from echodistill_core import world
 from echodistill_core.demo import bundled_models_present, default_models
-from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge
+from echodistill_core.judge import attribute_accuracy, comfy_to_world
 from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.sampling import generate_student, generate_teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEACHER_TARGET, STUDENT_TARGET = 0.90, 0.80
 SHIPPED_MB = 15
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    return load_judge()
 
 
 def test_the_bundled_models_ship_small_and_load_offline():

@@ -8,20 +8,9 @@ import pytest
 import torch
 
 from echodistill_core import world
-from echodistill_core.judge import attribute_accuracy, concept_fidelity, frechet_distance, load_judge
+from echodistill_core.judge import attribute_accuracy, concept_fidelity, frechet_distance
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def judge():
-    return load_judge()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,12 @@ prompt fidelity, quality kept); the teachers of 4 and 5 in 25 steps, to show wha
 
     python bench/quality.py                       # the bundled tiny models and the demo concept
     python bench/quality.py --concept photos/ --class-word toy --prompts prompts.txt --steps 300
+    python bench/quality.py --seeds 0 1 2          # each figure the mean of three training seeds
 
 The prompt file holds lines such as "a {} on teal | background=teal" ({} is the subject). Output: a
 markdown table, then one JSON line with every figure: `{"methods": {name: the 1-step student's metrics
-and training seconds}, "teacher": {name: the 25-step teacher's metrics, for the two EchoDistill runs}}`.
+and training seconds}, "teacher": {name: the 25-step teacher's metrics, for the two EchoDistill runs},
+"per_seed": {name: [each seed's run]}}`; with several seeds the figures are means, with "<metric>_sd".
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def main() -> None:
     parser.add_argument("--token", default=DEMO_TOKEN)
     parser.add_argument("--prompts", type=Path, help="prompt file (default: the built-in concept prompts)")
     parser.add_argument("--steps", type=int, default=PRESETS["tiny"].steps)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; with several, every figure is the mean over them (and its spread)")
     parser.add_argument("--seeds-per-prompt", type=int, default=8)
     parser.add_argument("--plain", type=int, default=64, help="plain world prompts for quality kept")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -85,7 +88,7 @@ def main() -> None:
     teacher, student, text = default_models()
     size = teacher.image_size()
     images = concept_images(args.concept, size)
-    config = PRESETS["tiny"].replace(token=args.token, class_word=args.class_word, steps=args.steps, seed=args.seed)
+    config = PRESETS["tiny"].replace(token=args.token, class_word=args.class_word, steps=args.steps)
     config = config.replace(**dict(config_change(config, item) for item in args.set))
     concept = ConceptDataset(images, config.token, config.class_word, size)
     prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
@@ -94,37 +97,71 @@ def main() -> None:
     untouched = {role: plain_samples(sample, evaluation)
                  for role, sample in samplers(teacher, student, text, config.guidance_scale).items()}
 
-    results: dict[str, dict] = {}
-    for method in args.methods:
-        start = time.time()
-        if method in BASELINES:
-            personalization = personalize_one_model(method, teacher, student, text, concept, config)
-        else:
-            trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"))
-            trainer.train()
-            personalization = trainer.personalization
-        seconds = time.time() - start
-        personalized = samplers(teacher, student, text, config.guidance_scale, personalization)
-        results[method] = {"student": evaluate(personalized["student"], references, evaluation, judge,
-                                               untouched["student"]), "seconds": round(seconds, 1)}
-        if method.startswith("echodistill"):
-            results[method]["teacher"] = evaluate(personalized["teacher"], references, evaluation, judge,
-                                                  untouched["teacher"])
-        print(f"{method}: {results[method]}", file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {method: [] for method in args.methods}
+    for seed in args.seeds:
+        for method in args.methods:
+            run = personalize_and_evaluate(method, teacher, student, text, concept, config.replace(seed=seed),
+                                           references, evaluation, judge, untouched)
+            runs[method].append(run)
+            print(f"{method}, seed {seed}: {run}", file=sys.stderr, flush=True)
+    results = {method: mean_run(method_runs) for method, method_runs in runs.items()}
 
-    print(table(results))
+    print(table(results, len(args.seeds)))
     methods = {method: dict(result["student"], seconds=result["seconds"]) for method, result in results.items()}
     teachers = {method: result["teacher"] for method, result in results.items() if "teacher" in result}
-    print(json.dumps({"steps": config.steps, "seed": args.seed, "changes": args.set, "methods": methods,
-                      "teacher": teachers}))
+    print(json.dumps({"steps": config.steps, "seeds": args.seeds, "changes": args.set, "methods": methods,
+                      "teacher": teachers, "per_seed": runs}))
 
 
-def table(results: dict[str, dict]) -> str:
-    """Markdown: one row per method's 1-step student, then the 25-step teachers with and without the echo."""
+def personalize_and_evaluate(method, teacher, student, text, concept, config, references, evaluation, judge,
+                             untouched) -> dict:
+    """One method's run: its 1-step student's metrics and training seconds (and the 25-step teacher's)."""
+    start = time.time()
+    if method in BASELINES:
+        personalization = personalize_one_model(method, teacher, student, text, concept, config)
+    else:
+        trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"))
+        trainer.train()
+        personalization = trainer.personalization
+    seconds = time.time() - start
+    personalized = samplers(teacher, student, text, config.guidance_scale, personalization)
+    run = {"student": evaluate(personalized["student"], references, evaluation, judge, untouched["student"]),
+           "seconds": round(seconds, 1)}
+    if method.startswith("echodistill"):
+        run["teacher"] = evaluate(personalized["teacher"], references, evaluation, judge, untouched["teacher"])
+    return run
+
+
+def mean_run(runs: list[dict]) -> dict:
+    """The mean of several seeds' runs, each model's metrics with their standard deviation as "<metric>_sd"."""
+    def mean(values):
+        return sum(values) / len(values)
+
+    result = {"seconds": round(mean([run["seconds"] for run in runs]), 1)}
+    for model in ("student", "teacher"):
+        if model in runs[0]:
+            figures = {}
+            for metric in METRICS:
+                values = [run[model][metric] for run in runs]
+                figures[metric] = mean(values)
+                if len(values) > 1:
+                    figures[f"{metric}_sd"] = mean([(v - figures[metric]) ** 2 for v in values]) ** 0.5
+            result[model] = figures
+    return result
+
+
+def table(results: dict[str, dict], seeds: int = 1) -> str:
+    """Markdown: one row per method's 1-step student, then the 25-step teachers with and without the echo;
+    with several seeds, each figure is "mean ± standard deviation"."""
+    def cell(figures: dict, metric: str) -> str:
+        if seeds == 1:
+            return f"{figures[metric]:.3f}"
+        return f"{figures[metric]:.3f} ± {figures[metric + '_sd']:.3f}"
+
     header = "| model | " + " | ".join(METRICS) + " | train s |\n|" + " --- |" * (len(METRICS) + 2)
-    rows = [f"| {method} student, 1 step | " + " | ".join(f"{result['student'][m]:.3f}" for m in METRICS)
+    rows = [f"| {method} student, 1 step | " + " | ".join(cell(result["student"], m) for m in METRICS)
             + f" | {result['seconds']} |" for method, result in results.items()]
-    rows += [f"| {method} teacher, 25 steps | " + " | ".join(f"{result['teacher'][m]:.3f}" for m in METRICS) + " | |"
+    rows += [f"| {method} teacher, 25 steps | " + " | ".join(cell(result["teacher"], m) for m in METRICS) + " | |"
              for method, result in results.items() if "teacher" in result]
     return "\n".join([header, *rows])
 

@@ -1,6 +1,8 @@
 """Speed of EchoDistill on the tiny models, as ratios that carry over between machines.
 
-- one EchoDistill iteration / one teacher-only Custom Diffusion step (same models, same batch);
+- one EchoDistill iteration / one teacher-only Custom Diffusion step (same models, same batch), and
+  where an iteration's time goes: each of method.md's five steps (the trainer names them for
+  torch.profiler) in teacher-step units;
 - one-step student sampling against 25-step teacher sampling (DDIM + CFG);
 - the sampler's overhead over the bare network calls it makes.
 
@@ -51,6 +53,22 @@ def paired_median_seconds(first, second, repeats: int) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def phase_shares(iteration, repeats: int) -> dict[str, float]:
+    """The fraction of an iteration spent in each phase the trainer names ("echodistill/..."), under
+    torch.profiler; fractions, so that the profiler's own overhead cancels out."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            iteration()
+        total = time.perf_counter() - start
+    phases = {event.key.removeprefix("echodistill/"): event.cpu_time_total / 1e6
+              for event in profiler.key_averages() if event.key.startswith("echodistill/")}
+    phases = dict(sorted(phases.items()))
+    nested = phases.get("echo samples", 0.0)  # inside "1 teacher step"
+    phases["other"] = max(0.0, total - sum(phases.values()) + nested)
+    return {name: seconds / total for name, seconds in phases.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=32, help="image size in px (pixel-space tiny models)")
@@ -71,8 +89,10 @@ def main() -> None:
         eps = torch.randn_like(z)
         teacher_step = median_seconds(lambda: trainer._teacher_step(z, batch.prompts, eps, mask), args.repeats)
         iteration = median_seconds(trainer.train_step, args.repeats)
+        phases = phase_shares(trainer.train_step, args.repeats)
         trainer.step = config.echo_start_step  # the last quarter of a run adds the echo
         echo_iteration = median_seconds(trainer.train_step, args.repeats)
+        echo_phases = phase_shares(trainer.train_step, args.repeats)
         student_sampling = median_seconds(lambda: generate_student(student, text, prompts, seeds), args.repeats)
         cond, uncond = text(prompts), text([""])
         noise = initial_noise(teacher, seeds)
@@ -97,6 +117,9 @@ def main() -> None:
         "iteration_vs_teacher_step_in_echo": round(echo_iteration / teacher_step, 3),
         "one_step_speedup_vs_25_steps": round(teacher_sampling / student_sampling, 2),
         "sampler_overhead": round(teacher_sampling / bare - 1, 4),
+        "phases_vs_teacher_step": {name: round(share * iteration / teacher_step, 3) for name, share in phases.items()},
+        "echo_phases_vs_teacher_step": {name: round(share * echo_iteration / teacher_step, 3)
+                                        for name, share in echo_phases.items()},
         "seconds": {"teacher_step": teacher_step, "iteration": iteration, "echo_iteration": echo_iteration,
                     "student_1_step": student_sampling, "teacher_25_steps": teacher_sampling,
                     "bare_25_teacher_calls": bare},
@@ -109,6 +132,10 @@ def main() -> None:
     print(f"EchoDistill iteration (echo stage)   {echo_iteration * 1000:8.1f} ms  "
           f"x{figures['iteration_vs_teacher_step_in_echo']}")
     print(f"whole-run average (echo last {echo_fraction:.0%})     x{figures['iteration_vs_teacher_step']}")
+    print("where an iteration goes, in teacher steps (before echo / echo stage):")
+    for name in echo_phases:
+        print(f"  {name:28} {figures['phases_vs_teacher_step'].get(name, 0):6.2f} "
+              f"{figures['echo_phases_vs_teacher_step'][name]:6.2f}")
     print(f"student 1 step {student_sampling * 1000:.1f} ms vs teacher 25 steps {teacher_sampling * 1000:.1f} ms: "
           f"{figures['one_step_speedup_vs_25_steps']}x faster")
     print(f"sampler overhead over bare network calls: {figures['sampler_overhead']:.2%}")

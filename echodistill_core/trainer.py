@@ -152,33 +152,39 @@ class EchoDistillTrainer:
         batch = self.concept.sample(config.batch_size, self.generator)
         images = batch.images.to(teacher.device)
         with self.offload.using(self.text.text_encoder, teacher.vae):
-            with torch.no_grad():
+            with torch.no_grad(), phase("encode"):
                 z_real = teacher.encode(images)
                 uncond = self._uncond_embedding()
             mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
             eps = self._noise(z_real)
-            losses = self._teacher_step(z_real, batch.prompts, eps, mask)  # 1
+            with phase("1 teacher step"):
+                losses = self._teacher_step(z_real, batch.prompts, eps, mask)
             with torch.no_grad():
                 c = self.text(batch.prompts)  # sg(c), with the token as just updated
 
         with self.offload.using(student.vae):
-            x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)  # 2
-            images_s = student.decode(x_s, config.vae_decode)
+            with phase("2 student sample"):
+                x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)
+                images_s = student.decode(x_s, config.vae_decode)
 
-            t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))  # 3
-            eps_renoise = eps if config.shared_noise else self._noise(z_real)
-            x_T, w = L.teacher_target(teacher, x_s, c, uncond, eps_renoise, t_renoise, config.guidance_scale)
+            with phase("3 teacher target"):
+                t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))
+                eps_renoise = eps if config.shared_noise else self._noise(z_real)
+                x_T, w = L.teacher_target(teacher, x_s, c, uncond, eps_renoise, t_renoise, config.guidance_scale)
 
-            fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
-            losses |= self._student_step(x_s, images_s, x_T, w, fake_features)  # 4
-        losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)  # 5
+            with phase("4 student step"):
+                fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
+                losses |= self._student_step(x_s, images_s, x_T, w, fake_features)
+        with phase("5 discriminators"):
+            losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)
         return losses
 
     def _teacher_step(self, z_real, prompts, eps, mask) -> dict[str, float]:
         t = self._timesteps(self.config.teacher_timesteps, len(z_real))
         x0, report = z_real, {}
         if self.in_echo_stage:  # the echo: the student's best samples join the teacher's batch
-            x_echo, echo_prompts = self._echo_samples()
+            with phase("echo samples"):
+                x_echo, echo_prompts = self._echo_samples()
             x0, prompts = torch.cat([z_real, x_echo]), prompts + echo_prompts
             eps = torch.cat([eps, self._noise(x_echo)])
             t = torch.cat([t, self._timesteps(self.config.teacher_timesteps, len(x_echo))])
@@ -370,6 +376,11 @@ class EchoDistillTrainer:
 
     def load_state(self, path: str | Path) -> None:
         self.load_state_dict(load_tree(path))
+
+
+def phase(name: str):
+    """Names a part of the iteration for torch.profiler (bench/speed.py's breakdown); free otherwise."""
+    return torch.profiler.record_function(f"echodistill/{name}")
 
 
 def _cloned(tree, device: str | None = None):

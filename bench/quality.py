@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -134,18 +135,15 @@ def personalize_and_evaluate(method, teacher, student, text, concept, config, re
 
 def mean_run(runs: list[dict]) -> dict:
     """The mean of several seeds' runs, each model's metrics with their standard deviation as "<metric>_sd"."""
-    def mean(values):
-        return sum(values) / len(values)
-
-    result = {"seconds": round(mean([run["seconds"] for run in runs]), 1)}
+    result = {"seconds": round(statistics.fmean(run["seconds"] for run in runs), 1)}
     for model in ("student", "teacher"):
         if model in runs[0]:
             figures = {}
             for metric in METRICS:
                 values = [run[model][metric] for run in runs]
-                figures[metric] = mean(values)
+                figures[metric] = statistics.fmean(values)
                 if len(values) > 1:
-                    figures[f"{metric}_sd"] = mean([(v - figures[metric]) ** 2 for v in values]) ** 0.5
+                    figures[f"{metric}_sd"] = statistics.pstdev(values)
             result[model] = figures
     return result
 

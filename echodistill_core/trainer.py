@@ -379,7 +379,7 @@ class EchoDistillTrainer:
 
 
 def phase(name: str):
-    """Names a part of the iteration for torch.profiler (bench/speed.py's breakdown); free otherwise."""
+    """Names a part of the iteration for torch.profiler (bench/speed.py's breakdown); microseconds when not profiling."""
     return torch.profiler.record_function(f"echodistill/{name}")
 
 

@@ -24,13 +24,13 @@ from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
-from .trainer import EchoDistillTrainer
+from .trainer import EchoDistillTrainer, training_resolution
 
 # Config fields the command line sets directly, with their help.
 CONFIG_OPTIONS = {
     "steps": "optimisation steps",
     "batch_size": "images per step",
-    "resolution": "training resolution in px (0: the teacher's native size)",
+    "resolution": "training resolution in px (0: the student's native size, 512 for SD-Turbo)",
     "seed": "random seed; the same seed repeats a run exactly",
     "parameterisation": "custom_diffusion (the paper's K/V copies) or lora (less memory)",
     "lora_rank": "LoRA rank",
@@ -112,7 +112,7 @@ def _train(args) -> int:
                                                        initializer_word=args.initializer_word, echo=not args.no_echo))
     config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
     concept = ConceptDataset(read_images(args.images), config.token, config.class_word,
-                             config.resolution or teacher.image_size())
+                             training_resolution(config, student))
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)
     if args.resume:
         trainer.load_state(args.resume)
@@ -173,7 +173,7 @@ def _demo(args) -> int:
     teacher, student, text = default_models(_device(args.device))
     config = PRESETS["tiny"].replace(token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, steps=args.steps)
     images = demo_concept_images(teacher.image_size())
-    concept = ConceptDataset(images, config.token, config.class_word, teacher.image_size())
+    concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)

@@ -28,7 +28,7 @@ class EchoDistillConfig:
     # The run.
     steps: int = 1000
     batch_size: int = 2
-    resolution: int = 0  # 0: the teacher's native image size
+    resolution: int = 0  # 0: the student's native image size (512 for SD-Turbo, the paper's)
     seed: int = 42
 
     # What trains in each UNet.
@@ -61,7 +61,6 @@ class EchoDistillConfig:
     color_levels: int = 5
     color_projections: int = 128
     color_patch: int = 11
-    color_max_patches: int = 256  # random patch positions per level (0: all; bounds cost at 512 px)
     r1_gamma: float = 0.0  # method.md suggests 1e-5 when the discriminators are unstable
 
     # The echo: the teacher also learns from the student's best samples late in the run.
@@ -69,6 +68,7 @@ class EchoDistillConfig:
     echo_start: float = 0.75  # fraction of the steps
     echo_beta: float = 0.5
     echo_keep: float = 0.5  # the fraction of each echo batch the discriminators rank most real
+    echo_context_probability: float = 0.5  # an echo prompt gets one of the new contexts
     echo_contexts: tuple[str, ...] = NEW_CONTEXTS
 
     # Feedback.

@@ -53,32 +53,35 @@ def latent_alignment_loss(x_s: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
 
 
 def feature_alignment_loss(features_s: torch.Tensor, features_T: torch.Tensor) -> torch.Tensor:
-    """L_feature = 1 - cosine(f(img(x_s)), f(img(x_T))), one value per sample [B]."""
-    return 1 - F.cosine_similarity(features_s.float(), features_T.float(), dim=1)
+    """L_feature = 1 - cosine(f(img(x_s)), f(img(x_T))), one value per sample [B]. Features are [B, D], or
+    [B, tokens, D] like IP-Adapter's four image tokens: then the cosine over D is averaged over tokens."""
+    cosine = F.cosine_similarity(features_s.float(), features_T.float(), dim=-1)
+    return 1 - cosine.view(len(cosine), -1).mean(1)
 
 
 def color_loss(images_s: torch.Tensor, images_T: torch.Tensor, generator: torch.Generator, *,
-               levels: int = 5, projections: int = 128, patch: int = 11, max_patches: int = 256) -> torch.Tensor:
-    """L_color: multi-scale sliced Wasserstein distance in CIELAB, one value per sample [B].
+               levels: int = 5, projections: int = 128, patch: int = 11) -> torch.Tensor:
+    """L_color = MS-SWD(img(x_s), img(x_T)), the multiscale sliced Wasserstein distance of He et al.
+    (ECCV 2024) as its official implementation defines it, one value per sample [B].
 
-    Each of `levels` Gaussian-pyramid levels compares the distributions of `patch` x `patch` Lab patches
-    of the two images along `projections` random unit directions: sort both projections, mean absolute
-    difference. Levels are averaged. A level with more than `max_patches` positions is compared on that
-    many random positions (0: all), which bounds time and memory at 512 px.
+    A `levels`-level Gaussian pyramid is built in sRGB; each level is converted to CIELAB in raw units
+    (L 0..100, a and b about -128..127); `projections` random unit directions, drawn anew for each level,
+    project the `patch` x `patch` Lab patch around every pixel (reflect padding); each direction's
+    values are sorted in both images and compared by mean absolute difference; levels are averaged.
+    Decision for images smaller than the paper's: a level too small to reflect a patch's border (its
+    side at most half the patch) uses the largest odd patch it can reflect.
     """
-    lab_s, lab_T = rgb_to_lab(images_s), rgb_to_lab(images_T)
+    pyramid_s = gaussian_pyramid((images_s.float() + 1) / 2, levels)
+    pyramid_T = gaussian_pyramid((images_T.float() + 1) / 2, levels)
     distances = []
-    for level_s, level_T in zip(gaussian_pyramid(lab_s, levels), gaussian_pyramid(lab_T, levels)):
-        height, width = level_s.shape[-2:]
-        size = min(patch, height, width)
-        size -= 1 - size % 2  # odd, so patches are centred
-        directions = torch.randn(3 * size * size, projections, generator=generator).to(level_s)
-        directions = directions / directions.norm(dim=0, keepdim=True)
-        positions = None
-        if 0 < max_patches < height * width:
-            positions = torch.randperm(height * width, generator=generator)[:max_patches].to(level_s.device)
-        distances.append(sliced_wasserstein(patches(level_s, size, positions), patches(level_T, size, positions),
-                                            directions))
+    for level_s, level_T in zip(pyramid_s, pyramid_T):
+        size = min(patch, 2 * min(level_s.shape[-2:]) - 1)
+        size -= 1 - size % 2  # odd, so that each patch is centred on its pixel
+        directions = torch.randn(projections, 3 * size * size, generator=generator)
+        directions = (directions / directions.norm(dim=1, keepdim=True)).view(projections, 3, size, size)
+        directions = directions.to(level_s.device)
+        distances.append(sliced_wasserstein(project_patches(rgb_to_lab(level_s), directions),
+                                            project_patches(rgb_to_lab(level_T), directions)))
     return torch.stack(distances).mean(0)
 
 
@@ -125,47 +128,48 @@ def realness(logits: torch.Tensor) -> torch.Tensor:
 # The colour loss's building blocks.
 
 def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] (sRGB) -> CIELAB (D65), scaled to L/100, a/128, b/128."""
-    rgb = ((images.float() + 1) / 2).clamp(0, 1)
-    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).clamp(min=1e-8) ** 2.4, rgb / 12.92)
+    """sRGB images in [0, 1] [B, 3, H, W] -> CIELAB (D65 white) in raw units: L in 0..100, a and b about
+    -128..127. Values outside [0, 1] are converted by the same formulas, not clipped."""
+    linear = torch.where(images > 0.04045, ((images.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, images / 12.92)
     to_xyz = torch.tensor([[0.412453, 0.357580, 0.180423],
                            [0.212671, 0.715160, 0.072169],
                            [0.019334, 0.119193, 0.950227]], device=images.device)
-    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear)
-    xyz = xyz / torch.tensor([0.950456, 1.0, 1.088754], device=images.device).view(1, 3, 1, 1)
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-8) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    lightness = 116 * f[:, 1] - 16
-    a, b = 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])
-    return torch.stack([lightness / 100, a / 128, b / 128], dim=1)
+    white = torch.tensor([0.950456, 1.0, 1.088754], device=images.device).view(1, 3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear) / white
+    delta = 6 / 29
+    f = torch.where(xyz > delta**3, xyz.clamp(min=delta**3) ** (1 / 3), xyz / (3 * delta**2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
 
 def gaussian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """`levels` images: the input, then each blurred with a 5-tap binomial kernel and halved."""
+    """`levels` images: the input, then each blurred by the 5 x 5 binomial kernel (reflect padding) and
+    halved by taking every second pixel."""
     kernel_1d = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=images.device) / 16
     kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(images.shape[1], 1, 5, 5)
     pyramid = [images]
     for _ in range(levels - 1):
-        blurred = F.conv2d(F.pad(pyramid[-1], (2, 2, 2, 2), mode="replicate"), kernel, groups=images.shape[1])
+        blurred = F.conv2d(_pad(pyramid[-1], 2), kernel, groups=images.shape[1])
         pyramid.append(blurred[..., ::2, ::2])
     return pyramid
 
 
-def patches(images: torch.Tensor, size: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """`size` x `size` patches of [B, C, H, W] images (replicate-padded) centred on every pixel, or on
-    the flat pixel indices `positions` [N], as [B, N, C*size*size] (channel-major, like unfold)."""
-    padded = F.pad(images, (size // 2,) * 4, mode="replicate") if size > 1 else images
-    if positions is None:
-        return F.unfold(padded, size).transpose(1, 2)
-    rows, cols = positions // images.shape[-1], positions % images.shape[-1]
-    offsets = torch.arange(size, device=images.device)
-    rows = (rows[:, None] + offsets[None, :])[:, :, None]  # [N, size, 1]
-    cols = (cols[:, None] + offsets[None, :])[:, None, :]  # [N, 1, size]
-    picked = padded[:, :, rows, cols]  # [B, C, N, size, size]
-    return picked.permute(0, 2, 1, 3, 4).flatten(2)
+def project_patches(images: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """The dot product of each direction [K, C, p, p] with the p x p patch centred on every pixel of
+    `images` [B, C, H, W] (reflect padding), as [B, K, H * W]."""
+    return F.conv2d(_pad(images, directions.shape[-1] // 2), directions).flatten(2)
 
 
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Per-sample sliced 1-Wasserstein distance between point sets a, b [B, N, D] along directions [D, K]."""
-    projected_a, _ = (a @ directions).sort(dim=1)
-    projected_b, _ = (b @ directions).sort(dim=1)
-    return (projected_a - projected_b).abs().mean(dim=(1, 2))
+def sliced_wasserstein(projected_a: torch.Tensor, projected_b: torch.Tensor) -> torch.Tensor:
+    """Per-sample sliced 1-Wasserstein distance between two sets of projections [B, K, N]: each
+    direction's values sorted, mean absolute difference over directions and values [B]."""
+    sorted_a, _ = projected_a.sort(dim=2)
+    sorted_b, _ = projected_b.sort(dim=2)
+    return (sorted_a - sorted_b).abs().mean(dim=(1, 2))
+
+
+def _pad(images: torch.Tensor, width: int) -> torch.Tensor:
+    """Reflect padding; replicate padding where an image is too small to reflect (tiny models' last levels)."""
+    if width == 0:
+        return images
+    mode = "reflect" if min(images.shape[-2:]) > width else "replicate"
+    return F.pad(images, (width,) * 4, mode=mode)

@@ -39,6 +39,7 @@ from .token import PlaceholderEmbedding
 
 log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"
+TEACHER_FEATURES = "teacher"  # in `discriminator_backbones`: the frozen base teacher's features (the default)
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
@@ -65,20 +66,22 @@ class StepReport:
 class EchoDistillTrainer:
     def __init__(self, teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
                  concept: ConceptDataset, config: EchoDistillConfig, *,
-                 discriminator_backbones: list[nn.Module] | None = None,
+                 discriminator_backbones: list[nn.Module | str] | None = None,
                  feature_network: ImageBackbone | None = None, student_text: TextConditioner | None = None):
         check_pair(teacher, student, text, student_text)
+        resolution = training_resolution(config, student)
+        if concept.resolution != resolution:
+            chosen_by = "the config's resolution" if config.resolution else "the student's native size"
+            raise ValueError(f"the concept images are prepared at {concept.resolution} px, but this run trains at "
+                             f"{resolution} px ({chosen_by}); prepare them at {resolution} px or set the "
+                             f"resolution to {concept.resolution}")
         self.teacher, self.student, self.text, self.concept, self.config = teacher, student, text, concept, config
         with torch.random.fork_rng(devices=[]):  # initial LoRA factors and heads follow the seed
             torch.manual_seed(config.seed)
             self.personalization = Personalization.create(config, teacher, student, text)
-            if discriminator_backbones is None:
-                discriminator_backbones = [
-                    TeacherUNetFeatures(teacher, self.teacher_adapters, config.discriminator_timesteps)
-                ]
+            backbones = [self._backbone(backbone) for backbone in discriminator_backbones or [TEACHER_FEATURES]]
             self.discriminators = nn.ModuleList(
-                Discriminator(backbone, f"{type(backbone).__name__}_{index}")
-                for index, backbone in enumerate(discriminator_backbones)
+                Discriminator(backbone, f"{type(backbone).__name__}_{index}") for index, backbone in enumerate(backbones)
             ).to(teacher.device)
         self.feature_network = feature_network
         if feature_network is None:
@@ -104,6 +107,13 @@ class EchoDistillTrainer:
         self.step = 0
         self.echo_samples = 0
         self._uncond: torch.Tensor | None = None
+
+    def _backbone(self, backbone: nn.Module | str) -> nn.Module:
+        if backbone == TEACHER_FEATURES:
+            return TeacherUNetFeatures(self.teacher, self.teacher_adapters, self.config.discriminator_timesteps)
+        if isinstance(backbone, str):
+            raise ValueError(f"unknown discriminator {backbone!r}; give {TEACHER_FEATURES!r} or an image network")
+        return backbone
 
     # The learned parts, by name.
     @property
@@ -147,7 +157,7 @@ class EchoDistillTrainer:
 
     # One iteration.
     def train_step(self) -> dict[str, float]:
-        """Method.md's five steps; returns the losses. Call inside `applied()`."""
+        """Method.md's five steps, the echo included; returns the losses. Call inside `applied()`."""
         config, teacher, student = self.config, self.teacher, self.student
         batch = self.concept.sample(config.batch_size, self.generator)
         images = batch.images.to(teacher.device)
@@ -157,8 +167,12 @@ class EchoDistillTrainer:
                 uncond = self._uncond_embedding()
             mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
             eps = self._noise(z_real)
+            echo = None
+            if self.in_echo_stage:  # the echo: the student's most real-looking samples join the teacher's batch
+                with phase("echo samples"):
+                    echo = self._echo_samples(z_real.shape)
             with phase("1 teacher step"):
-                losses = self._teacher_step(z_real, batch.prompts, eps, mask)
+                losses = self._teacher_step(z_real, batch.prompts, eps, mask, echo)
             with torch.no_grad():
                 c = self.text(batch.prompts)  # sg(c), with the token as just updated
 
@@ -179,12 +193,12 @@ class EchoDistillTrainer:
             losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)
         return losses
 
-    def _teacher_step(self, z_real, prompts, eps, mask) -> dict[str, float]:
+    def _teacher_step(self, z_real, prompts, eps, mask, echo=None) -> dict[str, float]:
+        """L_T on the real latents; in the echo stage + beta * L_T on the echoed student samples."""
         t = self._timesteps(self.config.teacher_timesteps, len(z_real))
         x0, report = z_real, {}
-        if self.in_echo_stage:  # the echo: the student's best samples join the teacher's batch
-            with phase("echo samples"):
-                x_echo, echo_prompts = self._echo_samples()
+        if echo is not None:
+            x_echo, echo_prompts = echo
             x0, prompts = torch.cat([z_real, x_echo]), prompts + echo_prompts
             eps = torch.cat([eps, self._noise(x_echo)])
             t = torch.cat([t, self._timesteps(self.config.teacher_timesteps, len(x_echo))])
@@ -192,7 +206,7 @@ class EchoDistillTrainer:
             report["echo_kept"] = float(len(x_echo))
         per_sample = L.teacher_diffusion_loss(self.teacher, x0, self.text(prompts), eps, t, mask)
         loss = report["teacher"] = per_sample[: len(z_real)].mean()
-        if self.in_echo_stage:
+        if echo is not None:
             report["echo"] = per_sample[len(z_real):].mean()
             loss = loss + self.config.echo_beta * report["echo"]
         self._optimize("teacher", loss)
@@ -214,8 +228,7 @@ class EchoDistillTrainer:
             feature = L.feature_alignment_loss(self.feature_network(images_s), features_T)
         latent = L.latent_alignment_loss(x_s, x_T)
         color = L.color_loss(images_s, images_T, self.generator, levels=config.color_levels,
-                             projections=config.color_projections, patch=config.color_patch,
-                             max_patches=config.color_max_patches)
+                             projections=config.color_projections, patch=config.color_patch)
         loss = L.student_objective(
             adversarial, w, latent, feature, color, adversarial_weight=config.adversarial_weight,
             latent_weight=config.latent_weight, feature_weight=config.feature_weight, color_weight=config.color_weight,
@@ -242,18 +255,18 @@ class EchoDistillTrainer:
         return total
 
     @torch.no_grad()
-    def _echo_samples(self) -> tuple[torch.Tensor, list[str]]:
-        """Student samples for training prompts and new contexts, the most real-looking `echo_keep` kept."""
+    def _echo_samples(self, shape: torch.Size) -> tuple[torch.Tensor, list[str]]:
+        """Student samples of latent `shape` (the training resolution) for training prompts and new
+        contexts; the `echo_keep` fraction the discriminators find most real is kept."""
         config, concept = self.config, self.concept
         prompts = []
-        for _ in range(config.batch_size):
+        for _ in range(shape[0]):
             prompt = concept.template_prompt(self.generator)
-            if torch.rand(1, generator=self.generator) < 0.5:
+            if torch.rand(1, generator=self.generator) < config.echo_context_probability:
                 prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
             prompts.append(prompt)
         c = self.text(prompts)
-        shape = torch.empty(len(prompts), *self.student.latent_shape(), device=self.student.device)
-        x_echo = self._student_x0(self._noise(shape), c)
+        x_echo = self._student_x0(torch.randn(shape, generator=self.generator).to(self.student.device), c)
         images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
         score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
         keep = max(1, round(config.echo_keep * len(prompts)))
@@ -267,6 +280,10 @@ class EchoDistillTrainer:
                 f"the {name} loss became {loss.item()} at step {self.step + 1}; the state after step "
                 f"{self.step} is kept. Lower the learning rates or use fp32 / bf16 instead of fp16"
             )
+        # Every backward starts from clean gradients: the student's backward also reaches the
+        # discriminator heads (through D_k into img(x_s)), and those gradients are not theirs to step with.
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
         optimizer = self.optimizers[name]
         loss.backward()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -376,6 +393,12 @@ class EchoDistillTrainer:
 
     def load_state(self, path: str | Path) -> None:
         self.load_state_dict(load_tree(path))
+
+
+def training_resolution(config: EchoDistillConfig, student: DiffusionModel) -> int:
+    """The image size every stage of a run works at: the config's, or by default the student's native
+    size (512 px for SD-Turbo, also with a 768-v SD 2.1 teacher, as in the paper)."""
+    return config.resolution or student.image_size()
 
 
 def phase(name: str):

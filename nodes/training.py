@@ -13,7 +13,7 @@ from ..echodistill_core.data import ConceptDataset
 from ..echodistill_core.demo import demo_concept_images
 from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import loss_plot
-from ..echodistill_core.trainer import EchoDistillTrainer
+from ..echodistill_core.trainer import EchoDistillTrainer, training_resolution
 from . import comfy
 from .sockets import CATEGORY, CONCEPT, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER, Concept, Personalized
 
@@ -118,7 +118,7 @@ class EchoDistillTrain:
             "resume_state": (cls.state_choices(), {"default": NO_STATE, "tooltip": "Continue a cancelled run "
                              "from its saved state (same settings)."}),
             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training "
-                           "resolution in pixels; 0: the teacher's own (512 for SD 2.1-base and SD-Turbo). Lower "
+                           "resolution in pixels; 0: the student's own (512 for SD-Turbo, also with a 768 px teacher). Lower "
                            "is faster and lighter, at some cost in detail."}),
         }, "hidden": {"node_id": "UNIQUE_ID"}}
 
@@ -145,7 +145,7 @@ class EchoDistillTrain:
         with torch.inference_mode(False), torch.enable_grad():
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
             dataset = ConceptDataset(images, config.token, config.class_word,
-                                     resolution or teacher.model.image_size(), captions=concept.captions)
+                                     training_resolution(config, student.model), captions=concept.captions)
             trainer = EchoDistillTrainer(teacher.model, student.model, teacher.text, dataset, config,
                                          student_text=student.text)
             if resume_state != NO_STATE:

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -61,40 +63,82 @@ def test_student_objective_weights_alignment_by_w_but_not_the_adversarial_terms(
     assert without_features.item() == pytest.approx(5.0 + (0.5 * 2.0 + 1.0 * 4.0) / 2)
 
 
-def test_rgb_to_lab_matches_reference_colours():
+def test_rgb_to_lab_gives_raw_cielab_units():
     colours = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    images = (colours * 2 - 1).view(4, 3, 1, 1)
-    lab = L.rgb_to_lab(images).view(4, 3) * torch.tensor([100.0, 128.0, 128.0])
+    lab = L.rgb_to_lab(colours.view(4, 3, 1, 1)).view(4, 3)
     reference = torch.tensor([[53.24, 80.09, 67.20], [100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [32.30, 79.19, -107.86]])
     assert torch.allclose(lab, reference, atol=0.05)
 
 
-def test_colour_loss_of_flat_images_is_the_mean_projected_patch_difference():
-    """Flat images stay flat down the pyramid, so every level's distance is mean_k |theta_k . (p_a - p_b)|."""
-    a = torch.tensor([0.8, -0.2, 0.1]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
-    b = torch.tensor([-0.5, 0.4, 0.9]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
-    loss = L.color_loss(a, b, torch.Generator().manual_seed(7), levels=3, projections=16, patch=5)
-    difference = (L.rgb_to_lab(a) - L.rgb_to_lab(b))[0, :, 0, 0]
-    generator, expected = torch.Generator().manual_seed(7), []
-    for size in (5, 3, 1):  # levels of 8, 4 and 2 px: patches capped at the level size, odd
-        theta = torch.randn(3 * size * size, 16, generator=generator)
-        theta = theta / theta.norm(dim=0, keepdim=True)
-        patch_difference = difference.repeat_interleave(size * size)
-        expected.append((patch_difference @ theta).abs().mean())
-    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+def reference_ms_swd(x: np.ndarray, y: np.ndarray, directions: list[np.ndarray]) -> float:
+    """MS-SWD of two sRGB images [3, H, W] in 0..1, written out loop by loop from its definition: a
+    binomial Gaussian pyramid in RGB (reflect padding, every second pixel), raw CIELAB per level, the
+    patch around every pixel (reflect padding) projected on each level's unit directions [K, 3, p, p],
+    sorted, mean absolute difference, mean over levels."""
+    kernel = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256
+
+    def blur_and_halve(image):
+        padded = np.pad(image, ((0, 0), (2, 2), (2, 2)), mode="reflect")
+        height, width = image.shape[1:]
+        out = np.zeros_like(image)
+        for i in range(height):
+            for j in range(width):
+                out[:, i, j] = (padded[:, i:i + 5, j:j + 5] * kernel).sum(axis=(1, 2))
+        return out[:, ::2, ::2]
+
+    def lab(image):
+        linear = np.where(image > 0.04045, ((image + 0.055) / 1.055) ** 2.4, image / 12.92)
+        xyz = np.einsum("ij,jhw->ihw", [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                                        [0.0193, 0.1192, 0.9505]], linear)
+        xyz = xyz / np.array([0.95047, 1.0, 1.08883])[:, None, None]
+        f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+        return np.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    def projections(image, theta):
+        p = theta.shape[-1]
+        padded = np.pad(image, ((0, 0), (p // 2, p // 2), (p // 2, p // 2)), mode="reflect")
+        height, width = image.shape[1:]
+        values = [[(padded[:, i:i + p, j:j + p] * direction).sum() for i in range(height) for j in range(width)]
+                  for direction in theta]
+        return np.sort(np.array(values), axis=1)
+
+    distances = []
+    for theta in directions:
+        distances.append(np.abs(projections(lab(x), theta) - projections(lab(y), theta)).mean())
+        x, y = blur_and_halve(x), blur_and_halve(y)
+    return float(np.mean(distances))
 
 
-def test_sampled_patches_are_the_unfolded_patches_at_those_positions():
-    images = torch.rand(2, 3, 9, 7)
-    positions = torch.tensor([0, 5, 31, 62])
-    assert torch.equal(L.patches(images, 5, positions), L.patches(images, 5)[:, positions])
+def test_colour_loss_is_ms_swd_by_its_definition():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 12, 12, generator=generator) * 2 - 1
+    targets = (images.flip(2) * 0.7 + 0.1).clamp(-1, 1)
+    loss = L.color_loss(images, targets, torch.Generator().manual_seed(11), levels=3, projections=8, patch=5)
+    # The same directions, drawn as the loss draws them: per level, [K, 3 * p * p] normals made unit.
+    draws, directions = torch.Generator().manual_seed(11), []
+    for size in (5, 5, 5):  # levels of 12, 6 and 3 px
+        theta = torch.randn(8, 3 * size * size, generator=draws)
+        directions.append((theta / theta.norm(dim=1, keepdim=True)).view(8, 3, size, size).double().numpy())
+    for index in range(2):
+        expected = reference_ms_swd(((images[index] + 1) / 2).double().numpy(),
+                                    ((targets[index] + 1) / 2).double().numpy(), directions)
+        assert loss[index].item() == pytest.approx(expected, rel=2e-3)
 
 
-def test_colour_loss_is_zero_for_identical_images_and_positive_otherwise():
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
-    generator = torch.Generator().manual_seed(0)
-    assert L.color_loss(images, images, generator).abs().max().item() < 1e-6
-    assert (L.color_loss(images, images.flip(0), generator) > 0.01).all()
+def test_colour_loss_of_two_greys_is_their_lightness_gap_in_raw_units():
+    """Flat greys have a = b = 0 and stay flat down the pyramid: every patch differs by the lightness gap
+    dL on its L entries, so each level's distance is mean_k |dL * sum of theta_k's L entries|."""
+    grey = lambda value: torch.full((1, 3, 32, 32), value * 2 - 1)
+    loss = L.color_loss(grey(0.5), grey(0.6), torch.Generator().manual_seed(5))
+    lightness = lambda v: 116 * (((v + 0.055) / 1.055) ** 2.4) ** (1 / 3) - 16
+    gap = lightness(0.6) - lightness(0.5)  # about 9.3 L units
+    draws, expected = torch.Generator().manual_seed(5), []
+    for size in (11, 11, 11, 7, 3):  # levels of 32, 16, 8, 4 and 2 px: patches with a border they can reflect
+        theta = torch.randn(128, 3 * size * size, generator=draws)
+        theta = (theta / theta.norm(dim=1, keepdim=True)).view(128, 3, size * size)
+        expected.append((gap * theta[:, 0].sum(1)).abs().mean())
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-3)
+    assert 2 < loss.item() < 8  # raw Lab: at weight 0.1 this is of the order of the other terms
 
 
 def test_r1_penalty_matches_the_gradient_norm_of_a_linear_head():

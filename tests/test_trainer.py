@@ -87,7 +87,7 @@ def test_the_echo_feeds_the_teachers_loss_with_ranked_student_samples(pair, monk
     original_loss, original_echo = trainer_module.L.teacher_diffusion_loss, trainer._echo_samples
     monkeypatch.setattr(trainer_module.L, "teacher_diffusion_loss",
                         lambda teacher, x0, *rest: fed.append(x0) or original_loss(teacher, x0, *rest))
-    monkeypatch.setattr(trainer, "_echo_samples", lambda: echoed.append(original_echo()) or echoed[-1])
+    monkeypatch.setattr(trainer, "_echo_samples", lambda shape: echoed.append(original_echo(shape)) or echoed[-1])
     trainer.train()
     assert len(echoed) == 2  # the echo starts at 50 %: steps 3 and 4 of 4
     assert [len(x0) for x0 in fed] == [4, 4, 4 + 2, 4 + 2]  # the top half of a batch of 4 joins the real 4

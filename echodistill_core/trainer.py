@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses as L
-from .backbones import ImageBackbone, TeacherUNetFeatures
+from .backbones import TeacherUNetFeatures
 from .config import RESUMABLE_CHANGES, EchoDistillConfig
 from .data import ConceptDataset, random_choice
 from .discriminators import Discriminator
@@ -67,7 +67,12 @@ class EchoDistillTrainer:
     def __init__(self, teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
                  concept: ConceptDataset, config: EchoDistillConfig, *,
                  discriminator_backbones: list[nn.Module | str] | None = None,
-                 feature_network: ImageBackbone | None = None, student_text: TextConditioner | None = None):
+                 feature_network: nn.Module | str | None = TEACHER_FEATURES,
+                 student_text: TextConditioner | None = None):
+        """`discriminator_backbones`: each discriminator's frozen backbone, an image network or
+        TEACHER_FEATURES (the default). `feature_network`: f of the feature loss, an image network (the
+        paper's: IP-Adapter's projection of CLIP-H embeddings), TEACHER_FEATURES (the default, which
+        needs no download) or None to drop the feature loss."""
         check_pair(teacher, student, text, student_text)
         resolution = training_resolution(config, student)
         if concept.resolution != resolution:
@@ -83,9 +88,9 @@ class EchoDistillTrainer:
             self.discriminators = nn.ModuleList(
                 Discriminator(backbone, f"{type(backbone).__name__}_{index}") for index, backbone in enumerate(backbones)
             ).to(teacher.device)
-        self.feature_network = feature_network
-        if feature_network is None:
-            log.info("feature loss skipped: no feature network supplied (give an image backbone to use it)")
+            self.feature_network = None if feature_network is None else self._backbone(feature_network)
+        if self.feature_network is None:
+            log.info("feature loss off: no feature network")
         for unet in (teacher.unet, student.unet):
             if config.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
@@ -188,7 +193,7 @@ class EchoDistillTrainer:
 
             with phase("4 student step"):
                 fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
-                losses |= self._student_step(x_s, images_s, x_T, w, fake_features)
+                losses |= self._student_step(x_s, images_s, x_T, w, c, fake_features)
         with phase("5 discriminators"):
             losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)
         return losses
@@ -216,16 +221,14 @@ class EchoDistillTrainer:
         t = torch.full((len(noise),), self.student.schedule.terminal_timestep, device=noise.device)
         return self.student.predict_x0(noise, t, c)
 
-    def _student_step(self, x_s, images_s, x_T, w, fake_features) -> dict[str, float]:
+    def _student_step(self, x_s, images_s, x_T, w, c, fake_features) -> dict[str, float]:
         config = self.config
         with torch.no_grad():
             images_T = self.student.decode(x_T)
         adversarial = [L.adversarial_generator_loss(d(f)) for d, f in zip(self.discriminators, fake_features)]
         feature = None
         if self.feature_network is not None:
-            with torch.no_grad():
-                features_T = self.feature_network(images_T)
-            feature = L.feature_alignment_loss(self.feature_network(images_s), features_T)
+            feature = L.feature_alignment_loss(*self._paired_features(x_s, images_s, x_T, images_T, c))
         latent = L.latent_alignment_loss(x_s, x_T)
         color = L.color_loss(images_s, images_T, self.generator, levels=config.color_levels,
                              projections=config.color_projections, patch=config.color_patch)
@@ -239,6 +242,16 @@ class EchoDistillTrainer:
         if feature is not None:
             report["feature"] = feature.mean()
         return report
+
+    def _paired_features(self, x_s, images_s, x_T, images_T, c) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x_s) and sg(f(x_T)), seen through the same random draws (a latent network's noise)."""
+        network = self.feature_network
+        sample, target = (x_s, x_T) if network.space == "latent" else (images_s, images_T)
+        draws = self.generator.get_state()
+        with torch.no_grad():
+            features_T = network(target, c, self.generator)
+        self.generator.set_state(draws)
+        return network(sample, c, self.generator), features_T
 
     def _discriminator_step(self, z_real, images_real, c, fake_features) -> torch.Tensor:
         total = torch.zeros((), device=z_real.device)

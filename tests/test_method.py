@@ -41,14 +41,17 @@ def tiny_clip_vision() -> ImageBackbone:
     return ImageBackbone.from_transformers(vision)
 
 
-def build(**changes) -> EchoDistillTrainer:
+def build(image_networks: bool = True, **changes) -> EchoDistillTrainer:
     """SD's shape in miniature: a VAE latent space, a v-prediction teacher and an epsilon student, the
-    teacher-feature discriminator beside an image one, and a feature network. The paper's guidance."""
+    paper's guidance. With `image_networks`, the teacher-feature discriminator beside an image one and
+    an image feature network; without, the defaults (the base teacher's features for both)."""
     teacher, student, text = tiny_pair("v_prediction", "epsilon", image_size=SIZE, latent=True)
     config = tiny_config(batch_size=2, guidance_scale=7.5, grad_clip=1e9, **changes)  # no clipping
-    return EchoDistillTrainer(teacher, student, text, make_concept(config), config,
-                              discriminator_backbones=[TEACHER_FEATURES, tiny_clip_vision()],
-                              feature_network=tiny_clip_vision())
+    networks = {}
+    if image_networks:
+        networks = dict(discriminator_backbones=[TEACHER_FEATURES, tiny_clip_vision()],
+                        feature_network=tiny_clip_vision())
+    return EchoDistillTrainer(teacher, student, text, make_concept(config), config, **networks)
 
 
 def parameters(trainer: EchoDistillTrainer) -> dict[str, list[torch.Tensor]]:
@@ -159,7 +162,13 @@ def reference_gradients(ref: EchoDistillTrainer, after: dict) -> dict[str, list[
         adversarial = sum(F.cross_entropy(d.head(f), torch.full((len(f),), REAL))
                           for d, f in zip(ref.discriminators, fake))
         latent = 0.5 * ((x_s - x_T) ** 2).flatten(1).mean(1)
-        feature = 1 - F.cosine_similarity(ref.feature_network(images_s), ref.feature_network(images_T), dim=1)
+        f = ref.feature_network
+        sample, target = (x_s, x_T) if f.space == "latent" else (images_s, images_T)
+        draws = g.get_state()  # the teacher's features see both through the same noise
+        with torch.no_grad():
+            features_T = f(target, c, g)
+        g.set_state(draws)
+        feature = 1 - F.cosine_similarity(f(sample, c, g), features_T, dim=1)
         color = L.color_loss(images_s, images_T, g)
         loss_G = adversarial + (w * (1.0 * latent + 1.0 * feature + 0.1 * color)).mean()
         expected["student"] = torch.autograd.grad(loss_G, params["student"])
@@ -174,9 +183,10 @@ def reference_gradients(ref: EchoDistillTrainer, after: dict) -> dict[str, list[
     return expected
 
 
-@pytest.mark.parametrize("echo", [False, True], ids=["before the echo", "in the echo stage"])
-def test_each_optimizer_steps_with_the_methods_gradient(echo):
-    changes = dict(echo=echo, echo_start=0.0)
+@pytest.mark.parametrize("echo, image_networks", [(False, True), (True, True), (True, False)],
+                         ids=["before the echo", "in the echo stage", "default networks"])
+def test_each_optimizer_steps_with_the_methods_gradient(echo, image_networks):
+    changes = dict(echo=echo, echo_start=0.0, image_networks=image_networks)
     trainer, ref = build(**changes), build(**changes)
     gradients, after = record(trainer)
     with trainer.applied():

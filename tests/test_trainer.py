@@ -7,14 +7,15 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from conftest import SIZE, make_concept, tiny_config
+from conftest import SIZE, concept_images, make_concept, tiny_config
 from echodistill_core import trainer as trainer_module
 from echodistill_core.backbones import ImageBackbone
-from echodistill_core.data import TRAINING_TEMPLATES
+from echodistill_core.data import TRAINING_TEMPLATES, ConceptDataset
 from echodistill_core.models import IncompatiblePairError
 from echodistill_core.sampling import generate_student
 from echodistill_core.tiny import tiny_model, tiny_pair, tiny_text
-from echodistill_core.trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
+from echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
+                                      training_resolution)
 
 
 def make_trainer(pair, **changes) -> EchoDistillTrainer:
@@ -60,7 +61,7 @@ def test_student_step_changes_neither_the_token_nor_the_teacher(pair):
         c = trainer.text(["a photo of a <sks> dog"] * 2).detach()
         x_s = trainer._student_x0(torch.randn(2, 3, SIZE, SIZE), c)
         features = [d.features(x_s, x_s, c, trainer.generator) for d in trainer.discriminators]
-        trainer._student_step(x_s, x_s, torch.zeros_like(x_s), torch.ones(2), features)
+        trainer._student_step(x_s, x_s, torch.zeros_like(x_s), torch.ones(2), c, features)
     touched = changed(before, learned(trainer))
     assert touched and all(name.startswith("student.") for name in touched)
     assert trainer.token.vector.grad is None
@@ -176,6 +177,33 @@ def test_latent_space_pair_trains():
     assert trainer.step == 2 and trainer.echo_samples == 2  # step 2 of 2 echoes: half a batch of 4
 
 
+@pytest.mark.parametrize("resolution", [SIZE // 2 + 8, 2 * SIZE])  # below and above the student's native size
+def test_every_stage_runs_at_the_training_resolution_the_echo_included(resolution):
+    teacher, student, text = tiny_pair("v_prediction", "epsilon", image_size=SIZE, latent=True)
+    config = tiny_config(steps=2, echo_start=0.5, resolution=resolution)
+    concept = ConceptDataset(concept_images(), config.token, config.class_word, resolution)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    shapes = []
+    original = trainer._teacher_step
+    trainer._teacher_step = lambda z, prompts, eps, mask, echo=None: shapes.append(
+        (z.shape, None if echo is None else echo[0].shape)) or original(z, prompts, eps, mask, echo)
+    trainer.train()
+    latent = (4, resolution // 2, resolution // 2)
+    assert shapes == [((4, *latent), None), ((4, *latent), (2, *latent))]
+
+
+def test_the_default_training_resolution_is_the_students_native_size():
+    """The paper trains SD-Turbo (512 px) with the 768 px SD 2.1 teacher at 512 px."""
+    student = tiny_model("epsilon", image_size=SIZE, latent=True)
+    teacher = tiny_model("v_prediction", image_size=2 * SIZE, latent=True, vae=student.vae)
+    config = tiny_config()
+    assert training_resolution(config, student) == SIZE
+    assert training_resolution(config.replace(resolution=24), student) == 24
+    with pytest.raises(ValueError, match=f"prepared at {2 * SIZE} px, but this run trains at {SIZE} px"):
+        EchoDistillTrainer(teacher, student, tiny_text(), ConceptDataset(concept_images(), config.token,
+                                                                     config.class_word, 2 * SIZE), config)
+
+
 def test_mismatched_pairs_are_refused(pair):
     teacher, student, text = pair
     config = tiny_config()
@@ -227,11 +255,17 @@ def test_out_of_memory_is_reported_with_advice(pair, monkeypatch):
     assert trainer.step == 0
 
 
-def test_missing_feature_network_is_logged_once_and_a_given_one_is_used(pair, caplog):
+def test_the_feature_loss_uses_the_teachers_features_by_default_an_image_network_when_given_or_none(pair, caplog):
+    trainer = make_trainer(pair, steps=1)
+    trainer.train()
+    assert trainer.feature_network.space == "latent" and trainer.history[-1]["feature"] >= 0
+
+    teacher, student, text = pair
+    config = tiny_config(steps=1)
     with caplog.at_level(logging.INFO, logger="echodistill"):
-        trainer = make_trainer(pair, steps=2)
+        trainer = EchoDistillTrainer(teacher, student, text, make_concept(config), config, feature_network=None)
         trainer.train()
-    assert sum("feature loss skipped" in r.message for r in caplog.records) == 1
+    assert sum("feature loss off" in r.message for r in caplog.records) == 1
     assert "feature" not in trainer.history[-1]
 
     torch.manual_seed(0)
@@ -240,8 +274,6 @@ def test_missing_feature_network_is_logged_once_and_a_given_one_is_used(pair, ca
         patch_size=8, projection_dim=24))
     backbone = ImageBackbone.from_transformers(vision)
     assert backbone(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 24)
-    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=SIZE)
-    config = tiny_config(steps=2)
     trainer = EchoDistillTrainer(teacher, student, text, make_concept(config), config, feature_network=backbone,
                                  discriminator_backbones=[copy.deepcopy(backbone)])
     trainer.train()

@@ -116,6 +116,7 @@ def _train(args) -> int:
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)
     if args.resume:
         trainer.load_state(args.resume)
+    print("\n".join(trainer.describe()))
     finished = run_with_progress(trainer, args.out.with_suffix(".state.safetensors"))
     if finished:
         print(f"result: {trainer.personalization.save(args.out)}")

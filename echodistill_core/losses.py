@@ -1,4 +1,4 @@
-"""The losses of EchoDistill, in the order of one training iteration (shared/docs/method.md).
+"""The losses of EchoDistill, in the order of one training iteration (docs/method.md).
 
 Notation: x0 clean latents, eps noise, t timesteps, c text embeddings, abar the cumulative alpha of a
 model's schedule, x_s the student's one-step sample, x_T the teacher's guided prediction of the clean

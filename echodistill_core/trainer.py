@@ -147,6 +147,24 @@ class EchoDistillTrainer:
         with self.personalization.applied(self.text, self.teacher, self.student):
             yield
 
+    def describe(self) -> list[str]:
+        """What this run computes, a line per part: printed by the CLI, shown on the Train node."""
+        config = self.config
+        what = "K/V copies" if config.parameterisation == "custom_diffusion" else f"LoRA rank {config.lora_rank}"
+        feature = (f"feature x{config.feature_weight:g} on {_name(self.feature_network)}" if self.feature_network
+                   else "no feature loss")
+        lines = [
+            f"teacher: {what} and the token {config.token}, lr {config.teacher_lr:g}; "
+            f"student: {what}, lr {config.student_lr:g}, one step",
+            f"student loss: adversarial x{config.adversarial_weight:g} + abar_t' * (latent x{config.latent_weight:g}"
+            f" + {feature} + colour (MS-SWD) x{config.color_weight:g}); target with guidance {config.guidance_scale:g}",
+            "discriminators: " + ", ".join(_name(d.backbone) for d in self.discriminators),
+            f"echo: from step {config.echo_start_step + 1} of {config.steps}, weight {config.echo_beta:g}, the "
+            f"{config.echo_keep:.0%} most real kept" if config.echo else "echo: off",
+            f"{config.steps} steps of batch {config.batch_size} at {self.concept.resolution} px",
+        ]
+        return lines
+
     # Randomness, all from self.generator.
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=self.generator).to(like)
@@ -412,6 +430,10 @@ def training_resolution(config: EchoDistillConfig, student: DiffusionModel) -> i
     """The image size every stage of a run works at: the config's, or by default the student's native
     size (512 px for SD-Turbo, also with a 768-v SD 2.1 teacher, as in the paper)."""
     return config.resolution or student.image_size()
+
+
+def _name(network: nn.Module) -> str:
+    return getattr(network, "name", type(network).__name__)
 
 
 def phase(name: str):

@@ -3,8 +3,8 @@
 - `TeacherUNetFeatures` (the default, needs nothing but the teacher): the frozen *base* teacher UNet's
   down and mid blocks on lightly noised latents, pooled, as in latent adversarial diffusion
   distillation. Its adapters are disabled while it runs.
-- `ImageBackbone`: any image network the user has locally (a transformers CLIP vision or DINO model),
-  seen through its preprocessing, taking images in [-1, 1].
+- `ImageBackbone`: any image network the user has locally (a transformers CLIP vision or DINO model,
+  read from ComfyUI's files by `image_networks.py`), seen through its preprocessing, taking images in [-1, 1].
 Both are differentiable with respect to their input and have no trainable parameters.
 """
 
@@ -22,6 +22,11 @@ from .models import DiffusionModel
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALISATION = {  # transformers model type -> the mean and std of the pixels it was trained on
+    "clip_vision_model": (CLIP_MEAN, CLIP_STD),
+    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+    "vit": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 
 class TeacherUNetFeatures(nn.Module):
@@ -79,27 +84,41 @@ def _checkpointing_off(module: nn.Module) -> Iterator[None]:
 class ImageBackbone(nn.Module):
     """A frozen image network: images in [-1, 1] [B, 3, H, W] -> features [B, feature_dim].
 
-    `network` is a transformers vision model (CLIPVisionModel(WithProjection), Dinov2Model, ViTModel...)
-    or any module mapping normalised pixels to a tensor or an output with `image_embeds`,
-    `pooler_output` or `last_hidden_state`.
+    `network` maps pixels resized to `input_size` and normalised with `mean` and `std` to a tensor or to an
+    output with `image_embeds`, `pooler_output` or `last_hidden_state` (whose CLS token is taken). `name`
+    says which network it is, for summaries. `interpolate_positions` asks a transformers ViT to resample
+    its position embeddings for an input size other than its own.
     """
 
     space = "image"
 
-    def __init__(self, network: nn.Module, feature_dim: int, input_size: int,
-                 mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+    def __init__(self, network: nn.Module, feature_dim: int, input_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], name: str, interpolate_positions: bool = False):
         super().__init__()
         self.network = network.requires_grad_(False).eval()
-        self.feature_dim, self.input_size = feature_dim, input_size
+        self.feature_dim, self.input_size, self.name = feature_dim, input_size, name
+        self.interpolate_positions = interpolate_positions
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_transformers(cls, network: nn.Module, mean=CLIP_MEAN, std=CLIP_STD) -> "ImageBackbone":
+    def from_transformers(cls, network: nn.Module, *, input_size: int | None = None, label: str | None = None,
+                          source: str | None = None) -> "ImageBackbone":
+        """A transformers vision model (CLIPVisionModel(WithProjection), Dinov2Model, ViTModel) with the
+        normalisation it was trained with: CLIP's mean and std for CLIP, ImageNet's for DINO, DINOv2 and ViT.
+
+        `input_size` defaults to the model's own image size. The name reads "<label> at <size> px (<source>)",
+        the label defaulting to the model's class.
+        """
         config = network.config
-        dim = getattr(config, "projection_dim", None) if hasattr(network, "visual_projection") else None
-        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        return cls(network, dim or config.hidden_size, size, mean, std)
+        if config.model_type not in NORMALISATION:
+            raise ValueError(f"no known preprocessing for a {config.model_type!r} model; known: {', '.join(NORMALISATION)}")
+        native_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        size = input_size or native_size
+        dim = config.projection_dim if hasattr(network, "visual_projection") else config.hidden_size
+        name = f"{label or type(network).__name__} at {size} px" + (f" ({source})" if source else "")
+        return cls(network, dim, size, *NORMALISATION[config.model_type], name=name,
+                   interpolate_positions=size != native_size)
 
     def forward(self, images: torch.Tensor, c: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,7 +126,8 @@ class ImageBackbone(nn.Module):
         pixels = F.interpolate(pixels, size=(self.input_size, self.input_size), mode="bilinear",
                                align_corners=False, antialias=True)
         pixels = ((pixels - self.mean) / self.std).to(next(self.network.parameters()).dtype)
-        output = self.network(pixel_values=pixels)
+        options = {"interpolate_pos_encoding": True} if self.interpolate_positions else {}
+        output = self.network(pixel_values=pixels, **options)
         return _pooled(output).float()
 
 

@@ -66,7 +66,19 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         content = content["state_dict"]  # the Lightning checkpoints Stability published
     if not isinstance(content, dict):
         raise CheckpointError(f"{path.name} holds a {type(content).__name__}, not a dictionary of weights")
-    return {key: value for key, value in content.items() if isinstance(value, torch.Tensor)}
+    return _tensors(content)
+
+
+def _tensors(content: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a dictionary, nested ones under dotted keys: IP-Adapter's `.bin` holds
+    {"image_proj": {...}, "ip_adapter": {...}}, whose keys are then those of its `.safetensors` twin."""
+    tensors = {}
+    for key, value in content.items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"{prefix}{key}"] = value
+        elif isinstance(value, dict):
+            tensors |= _tensors(value, f"{prefix}{key}.")
+    return tensors
 
 
 def load_single_file(path: str | Path, *, role: str | None = None, family: str | None = None,

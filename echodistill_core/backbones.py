@@ -20,6 +20,7 @@ from torch import nn
 from .adapters import AdapterSet
 from .models import DiffusionModel
 
+TEACHER_FEATURES = "teacher"  # names the default backbone, TeacherUNetFeatures, where networks are chosen
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORMALISATION = {  # transformers model type -> the mean and std of the pixels it was trained on
@@ -33,6 +34,7 @@ class TeacherUNetFeatures(nn.Module):
     """Pooled down- and mid-block features of the frozen base teacher at a small noise level."""
 
     space = "latent"
+    name = "the base teacher's features"
 
     def __init__(self, teacher: DiffusionModel, adapters: AdapterSet | None = None,
                  timesteps: tuple[int, int] = (0, 200)):

@@ -18,7 +18,9 @@ from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
 from .demo import (DEMO_CLASS_WORD, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
                    demo_concept_images)
+from .backbones import TEACHER_FEATURES
 from .evaluation import EvaluationSet, evaluate, plain_samples, samplers
+from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, choose_networks
 from .judge import load_judge
 from .loading import load_model
 from .memory import MEMORY_PRESETS
@@ -56,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--memory", choices=list(MEMORY_PRESETS), default="unlimited",
                        help=f"fit the GPU's memory (SD 2.1 + SD-Turbo at 512 px). {presets}")
     train.add_argument("--no-echo", action="store_true", help="turn the echo stage off")
+    train.add_argument("--discriminators", choices=list(DISCRIMINATOR_SETS), default=TEACHER_FEATURES,
+                       help="; ".join(f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()))
+    train.add_argument("--feature-network", choices=list(FEATURE_NETWORKS), default=TEACHER_FEATURES,
+                       help="f of the feature loss. " + "; ".join(f"{n}: {w}" for n, w in FEATURE_NETWORKS.items()))
+    for name, what in (("clip-vision", "a CLIP vision file (ComfyUI's models/clip_vision)"),
+                       ("ip-adapter", "an IP-Adapter file (models/ipadapter), e.g. ip-adapter_sd15.safetensors"),
+                       ("dino", "DINO ViT-S/16: a transformers folder or weights file"),
+                       ("dinov2", "DINOv2 ViT-L/14: a transformers folder or weights file")):
+        train.add_argument(f"--{name}", type=Path, help=what)
     train.add_argument("--resume", type=Path, help="a training state saved by an interrupted run")
     train.add_argument("--out", required=True, type=Path, help="where to write the result (.safetensors)")
     for name, help_text in CONFIG_OPTIONS.items():
@@ -106,14 +117,18 @@ def _load_pair(args, dtype: torch.dtype = torch.float32):
 
 def _train(args) -> int:
     memory = MEMORY_PRESETS[args.memory]
-    teacher, student, text, student_text = _load_pair(args, memory.weight_dtype(_device(args.device)) or torch.float32)
+    dtype = memory.weight_dtype(_device(args.device)) or torch.float32
+    files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
+    networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
+    teacher, student, text, student_text = _load_pair(args, dtype)
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
                                                        initializer_word=args.initializer_word, echo=not args.no_echo))
     config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
     concept = ConceptDataset(read_images(args.images), config.token, config.class_word,
                              training_resolution(config, student))
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text,
+                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
     if args.resume:
         trainer.load_state(args.resume)
     print("\n".join(trainer.describe()))

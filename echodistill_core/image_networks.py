@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, CLIPVisionModelWithProjection, Dinov2Model, PretrainedConfig, ViTModel
 
-from .backbones import ImageBackbone
+from .backbones import TEACHER_FEATURES, ImageBackbone
 from .checkpoints import read_checkpoint
 from .families import CheckpointError
 
@@ -401,3 +402,91 @@ def _backbone(config: PretrainedConfig, weights: dict[str, torch.Tensor] | Path,
             "download it again or use one of the supported networks"
         )
     return ImageBackbone.from_transformers(network, input_size=input_size, label=label, source=source)
+
+
+# Choosing a run's networks: the discriminators' backbones and the feature network f.
+
+DISCRIMINATOR_SETS = {
+    TEACHER_FEATURES: "the frozen base teacher's features (no download)",
+    "paper": "the paper's three: DINO ViT-S/16, DINOv2 ViT-L/14 and the CLIP ViT-H/14 image embedding "
+             "(needs the dino, dinov2 and clip_vision files)",
+    "teacher + image networks": "the teacher's features and each image network given (clip_vision, dino, dinov2)",
+}
+FEATURE_NETWORKS = {
+    TEACHER_FEATURES: "the frozen base teacher's features (no download)",
+    "ip-adapter": "the paper's: IP-Adapter's four image tokens of CLIP ViT-H/14 (needs the clip_vision and "
+                  "ip_adapter files)",
+    "none": "no feature loss",
+}
+NEEDS = {"paper": ("dino", "dinov2", "clip_vision"), "ip-adapter": ("clip_vision", "ip_adapter")}  # choice -> files
+FILE_ADVICE = {
+    "clip_vision": ADVICE[CLIP_VISION],
+    "ip_adapter": IP_ADAPTER_ADVICE,
+    "dino": "give DINO ViT-S/16 (facebook/dino-vits16) as a transformers folder or weights file",
+    "dinov2": "give DINOv2 ViT-L/14 (facebook/dinov2-large) as a transformers folder or weights file",
+}
+
+
+@dataclass(frozen=True)
+class ImageNetworkFiles:
+    """The user's image-network files: a CLIP vision tower (models/clip_vision), an IP-Adapter
+    (models/ipadapter), DINO and DINOv2 (a transformers folder or a weights file). From Python, each may
+    also be the network already loaded (`load_clip_vision`, `load_ip_adapter_projection`, `load_dino`)."""
+
+    clip_vision: Path | nn.Module | None = None
+    ip_adapter: Path | nn.Module | None = None
+    dino: Path | nn.Module | None = None
+    dinov2: Path | nn.Module | None = None
+
+
+@dataclass
+class RunNetworks:
+    """What `EchoDistillTrainer` takes as `discriminator_backbones` and `feature_network`."""
+
+    discriminators: list[nn.Module | str]
+    feature: nn.Module | str | None
+
+    def image_networks(self) -> list[nn.Module]:
+        """The loaded image networks, each once (a CLIP tower may serve a discriminator and f)."""
+        modules = [m for m in [*self.discriminators, self.feature] if isinstance(m, nn.Module)]
+        return list({id(m): m for m in modules}.values())
+
+    def weight_bytes(self, bytes_per_weight: int) -> int:
+        """The frozen image networks' weights at `bytes_per_weight`, each tensor counted once."""
+        tensors = {id(p): p for m in self.image_networks() for p in m.parameters()}
+        return sum(p.numel() for p in tensors.values()) * bytes_per_weight
+
+
+def choose_networks(discriminators: str = TEACHER_FEATURES, feature: str = TEACHER_FEATURES,
+                    files: ImageNetworkFiles = ImageNetworkFiles(), *,
+                    dtype: torch.dtype = torch.float32) -> RunNetworks:
+    """The discriminator set (DISCRIMINATOR_SETS) and feature network (FEATURE_NETWORKS) of a run, the
+    image networks read from `files` once each. Raises CheckpointError naming what a choice lacks."""
+    if discriminators not in DISCRIMINATOR_SETS or feature not in FEATURE_NETWORKS:
+        raise ValueError(f"choose discriminators from {', '.join(DISCRIMINATOR_SETS)} and the feature network "
+                         f"from {', '.join(FEATURE_NETWORKS)}")
+    for what, needed in ((f"the {discriminators} discriminator set", NEEDS.get(discriminators, ())),
+                         (f"the {feature} feature network", NEEDS.get(feature, ()))):
+        missing = [name for name in needed if getattr(files, name) is None]
+        if missing:
+            raise CheckpointError(f"{what} needs the {' and '.join(missing)} file{'s' if len(missing) > 1 else ''}: "
+                                  f"{'; '.join(FILE_ADVICE[name] for name in missing)}")
+    loaded: dict[str, nn.Module] = {}
+
+    def network(name: str) -> nn.Module:
+        if name not in loaded:
+            value = getattr(files, name)
+            loaded[name] = value if isinstance(value, nn.Module) else LOADERS[name](value, dtype=dtype)
+        return loaded[name]
+
+    given = [name for name in ("dino", "dinov2", "clip_vision") if getattr(files, name) is not None]
+    chosen = {TEACHER_FEATURES: [TEACHER_FEATURES], "paper": ["dino", "dinov2", "clip_vision"],
+              "teacher + image networks": [TEACHER_FEATURES, *given]}[discriminators]
+    backbones = [name if name == TEACHER_FEATURES else network(name) for name in chosen]
+    f = {"ip-adapter": lambda: IPAdapterFeatures(network("clip_vision"), network("ip_adapter")),
+         "none": lambda: None, TEACHER_FEATURES: lambda: TEACHER_FEATURES}[feature]()
+    return RunNetworks(backbones, f)
+
+
+LOADERS = {"clip_vision": load_clip_vision, "dino": load_dino, "dinov2": load_dino,
+           "ip_adapter": lambda path, dtype: load_ip_adapter_projection(path)}

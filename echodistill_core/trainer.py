@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses as L
-from .backbones import TeacherUNetFeatures
+from .backbones import TEACHER_FEATURES, TeacherUNetFeatures
 from .config import RESUMABLE_CHANGES, EchoDistillConfig
 from .data import ConceptDataset, random_choice
 from .discriminators import Discriminator
@@ -39,7 +39,6 @@ from .token import PlaceholderEmbedding
 
 log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"
-TEACHER_FEATURES = "teacher"  # in `discriminator_backbones`: the frozen base teacher's features (the default)
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
@@ -88,7 +87,7 @@ class EchoDistillTrainer:
             self.discriminators = nn.ModuleList(
                 Discriminator(backbone, f"{type(backbone).__name__}_{index}") for index, backbone in enumerate(backbones)
             ).to(teacher.device)
-            self.feature_network = None if feature_network is None else self._backbone(feature_network)
+            self.feature_network = None if feature_network is None else self._backbone(feature_network).to(teacher.device)
         if self.feature_network is None:
             log.info("feature loss off: no feature network")
         for unet in (teacher.unet, student.unet):

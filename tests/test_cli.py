@@ -54,11 +54,13 @@ def model_folders(tmp_path):
     return tmp_path
 
 
-def test_train_then_sample(model_folders, tmp_path):
+def test_train_then_sample(model_folders, tmp_path, capsys):
     folders = ["--teacher", str(model_folders / "teacher"), "--student", str(model_folders / "student")]
     out = tmp_path / "toy.safetensors"
     assert cli.main(["train", *folders, "--images", str(model_folders / "images"), "--class-word", "toy",
                      "--preset", "tiny", "--memory", "8 GB", "--steps", "2", "--out", str(out)]) == 0
+    summary = capsys.readouterr().out  # what the run computes, before it starts
+    assert "discriminators: the base teacher's features" in summary and "feature x1 on the base teacher" in summary
     config = load_tree(out)["config"]
     assert (config["batch_size"], config["offload"], config["vae_decode"]) == (1, True, "tiled")
     grid = tmp_path / "grid.png"
@@ -85,6 +87,14 @@ def test_interrupt_saves_a_state_that_resumes(model_folders, tmp_path, monkeypat
     monkeypatch.setattr(cli.EchoDistillTrainer, "train_step", original)
     assert cli.main([*common, "--resume", str(state)]) == 0
     assert (tmp_path / "toy.safetensors").is_file()
+
+
+def test_image_networks_a_choice_lacks_are_named_before_any_model_loads(tmp_path, capsys):
+    nowhere = ["--teacher", str(tmp_path / "nowhere"), "--student", str(tmp_path / "nowhere")]
+    assert cli.main(["train", *nowhere, "--images", str(tmp_path), "--class-word", "toy", "--out",
+                     str(tmp_path / "x.safetensors"), "--discriminators", "paper", "--feature-network",
+                     "ip-adapter"]) == 2
+    assert "the paper discriminator set needs the dino and dinov2 and clip_vision files" in capsys.readouterr().err
 
 
 def test_bad_inputs_end_with_a_message_not_a_traceback(model_folders, tmp_path, capsys):

@@ -4,6 +4,8 @@ Tiny random models are written in each published key layout by exporters written
 the loader, and must come back giving the original model's features.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -11,11 +13,15 @@ from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov
                           ViTModel)
 
 from echodistill_core import image_networks
-from echodistill_core.backbones import ImageBackbone
+from echodistill_core.backbones import TEACHER_FEATURES, ImageBackbone
 from echodistill_core.families import CheckpointError
-from echodistill_core.image_networks import (ARCHITECTURES, IPAdapterFeatures, IPAdapterProjection, bundled_config,
+from echodistill_core.image_networks import (ARCHITECTURES, ImageNetworkFiles, IPAdapterFeatures, IPAdapterProjection,
+                                             bundled_config,
                                              load_clip_vision, load_dino, load_image_network,
                                              load_ip_adapter_features, load_ip_adapter_projection)
+from echodistill_core.tiny import tiny_pair
+from echodistill_core.trainer import EchoDistillTrainer
+from conftest import make_concept, tiny_config
 from test_checkpoints import Evil
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -378,3 +384,45 @@ def test_backbones_are_frozen_but_pass_gradients_to_the_images(clip, clip_file, 
         x = images().requires_grad_()
         network(x).square().sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# Choosing a run's networks
+
+def test_the_default_networks_are_the_teachers_features():
+    networks = image_networks.choose_networks()
+    assert networks.discriminators == [TEACHER_FEATURES] and networks.feature == TEACHER_FEATURES
+    assert networks.image_networks() == [] and networks.weight_bytes(2) == 0
+    assert image_networks.choose_networks(feature="none").feature is None
+
+
+def test_a_choice_names_the_files_it_lacks_and_where_they_go():
+    with pytest.raises(CheckpointError, match="the paper discriminator set needs the dino and dinov2 files: "
+                       "give DINO ViT-S/16 .*; give DINOv2 ViT-L/14"):
+        image_networks.choose_networks("paper", files=ImageNetworkFiles(clip_vision=Path("clip.safetensors")))
+    with pytest.raises(CheckpointError, match="the ip-adapter feature network needs the clip_vision and ip_adapter "
+                       "files: put a CLIP vision model in ComfyUI's models/clip_vision"):
+        image_networks.choose_networks(feature="ip-adapter")
+
+
+def test_the_papers_networks_share_one_clip_tower_and_train(clip, clip_file, tmp_path):
+    save_file(flat(ip_adapter_state()), tmp_path / "ip-adapter_sd15.safetensors")
+    tiny_dino().save_pretrained(tmp_path / "dino")
+    tiny_dinov2().save_pretrained(tmp_path / "dinov2")
+    files = ImageNetworkFiles(clip_vision=load_clip_vision(clip_file, config=clip.config),
+                              ip_adapter=tmp_path / "ip-adapter_sd15.safetensors",
+                              dino=tmp_path / "dino", dinov2=tmp_path / "dinov2")
+    networks = image_networks.choose_networks("paper", "ip-adapter", files)
+    dino, dinov2, clip_vision = networks.discriminators
+    assert (dino.name.startswith("DINO "), dinov2.name.startswith("DINOv2 ")) == (True, True)
+    assert networks.feature.clip_vision is clip_vision  # one CLIP tower for the discriminator and f
+    unique = {id(p): p for m in (dino, dinov2, networks.feature) for p in m.parameters()}
+    assert networks.weight_bytes(2) == 2 * sum(p.numel() for p in unique.values())
+
+    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=SIZE)
+    config = tiny_config(steps=1)
+    trainer = EchoDistillTrainer(teacher, student, text, make_concept(config), config,
+                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+    trainer.train()
+    assert trainer.history[-1]["feature"] > 0
+    summary = "\n".join(trainer.describe())
+    assert "discriminators: DINO" in summary and "feature x1 on ip-adapter_sd15.safetensors tokens of CLIP" in summary

@@ -329,7 +329,7 @@ def test_the_summary_names_what_the_run_computes(pair):
     config = tiny_config(steps=8, echo_start=0.5)
     lines = "\n".join(EchoDistillTrainer(teacher, student, text, make_concept(config), config).describe())
     assert "feature x1 on" in lines and "colour (MS-SWD) x0.1" in lines and "guidance 3" in lines
-    assert "discriminators: TeacherUNetFeatures" in lines and "echo: from step 5 of 8" in lines
+    assert "discriminators: the base teacher's features" in lines and "echo: from step 5 of 8" in lines
     off = EchoDistillTrainer(teacher, student, text, make_concept(config), config.replace(echo=False),
                              feature_network=None).describe()
     assert "no feature loss" in "\n".join(off) and "echo: off" in off

@@ -120,6 +120,7 @@ def _train(args) -> int:
     dtype = memory.weight_dtype(_device(args.device)) or torch.float32
     files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
     networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
+    memory.check_image_networks(networks)
     teacher, student, text, student_text = _load_pair(args, dtype)
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,

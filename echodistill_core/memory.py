@@ -3,7 +3,7 @@
 A preset chooses how the run is carried out, never what it computes (apart from a smaller batch on
 small cards): the precision of the frozen weights (what trains, the adapters, the token and the
 discriminator heads, is always fp32), gradient checkpointing of both UNets, how the VAE decodes with
-gradient, whether image backbones may join the discriminators, the largest batch, whether the frozen
+gradient, how much room image networks (CLIP, DINO) may take, the largest batch, whether the frozen
 text encoder and VAE wait on the CPU between uses, and where the snapshot that undoes a failed step
 lives. `preset.apply(config)` sets the config's memory fields, which the trainer follows;
 `preset.weight_dtype(device)` is the dtype to load the frozen models in. `bench/memory.py` measures
@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
 
 from .config import ROLLBACKS, VAE_DECODES, EchoDistillConfig
+
+if TYPE_CHECKING:
+    from .image_networks import RunNetworks
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class MemoryPreset:
     frozen_dtype: torch.dtype | None  # on a GPU; None keeps the precision the models were loaded in
     gradient_checkpointing: bool  # both UNets
     vae_decode: str  # decoding with gradient (DiffusionModel.decode): plain, checkpointed or tiled
-    image_backbones: bool  # room for user-supplied CLIP/DINO discriminators and the feature network
+    image_networks_gb: float | None  # room for image networks' frozen weights (GB in bf16); None: no limit
     max_batch_size: int | None  # caps the recipe's batch size; None keeps it
     offload: bool  # the frozen text encoder and VAE wait on the CPU between uses
     rollback: str  # the per-step snapshot: on the device, on the host (CPU memory), or off
@@ -49,6 +52,23 @@ class MemoryPreset:
         batch_size = min(config.batch_size, self.max_batch_size or config.batch_size)
         return config.replace(batch_size=batch_size, gradient_checkpointing=self.gradient_checkpointing,
                               vae_decode=self.vae_decode, offload=self.offload, rollback=self.rollback)
+
+    def check_image_networks(self, networks: "RunNetworks") -> None:
+        """Refuse image networks whose weights exceed this preset's room, before anything is trained.
+
+        Counted in bf16 (2 bytes a weight), each tensor once. The room leaves as much again for their
+        activations with gradient: every student sample passes through each of them in the student's
+        backward (bench/memory.py measures the paper's set)."""
+        if self.image_networks_gb is None:
+            return
+        size = networks.weight_bytes(2) / 2**30
+        if size > self.image_networks_gb:
+            names = ", ".join(getattr(network, "name", type(network).__name__) for network in networks.image_networks())
+            raise ValueError(
+                f"the chosen image networks ({names}) hold {size:.2f} GB of weights in bf16, more than the "
+                f"{self.name} memory preset leaves room for ({self.image_networks_gb:g} GB); choose a larger memory "
+                "preset (24 GB holds the paper's set), fewer image networks, or the teacher's features, which "
+                "cost no extra weights")
 
     def weight_dtype(self, device: torch.device | str) -> torch.dtype | None:
         """The frozen weights' dtype on `device`: the preset's on a GPU (fp16 where a GPU lacks bf16);
@@ -65,21 +85,21 @@ MEMORY_PRESETS: dict[str, MemoryPreset] = {preset.name: preset for preset in (
     MemoryPreset(
         "8 GB", "bf16 weights, checkpointing, tiled VAE decoding, batch 1, text encoder and VAE on the CPU "
         "between uses, rollback snapshot in CPU memory",
-        torch.bfloat16, gradient_checkpointing=True, vae_decode="tiled", image_backbones=False, max_batch_size=1,
+        torch.bfloat16, gradient_checkpointing=True, vae_decode="tiled", image_networks_gb=0.25, max_batch_size=1,
         offload=True, rollback="host"),
     MemoryPreset(
         "12 GB", "bf16 weights, checkpointing, checkpointed VAE decoding, the paper's batch of 2",
-        torch.bfloat16, gradient_checkpointing=True, vae_decode="checkpointed", image_backbones=False,
+        torch.bfloat16, gradient_checkpointing=True, vae_decode="checkpointed", image_networks_gb=0.5,
         max_batch_size=2, offload=False, rollback="device"),
     MemoryPreset(
         "24 GB", "bf16 weights, no UNet checkpointing (faster), checkpointed VAE decoding, room for image "
         "backbones",
-        torch.bfloat16, gradient_checkpointing=False, vae_decode="checkpointed", image_backbones=True,
+        torch.bfloat16, gradient_checkpointing=False, vae_decode="checkpointed", image_networks_gb=6.0,
         max_batch_size=None, offload=False, rollback="device"),
     MemoryPreset(
         "unlimited", "everything kept, in the precision the models were loaded in: the bundled tiny models, "
         "CPUs, GPUs of 40 GB and more",
-        None, gradient_checkpointing=False, vae_decode="plain", image_backbones=True, max_batch_size=None,
+        None, gradient_checkpointing=False, vae_decode="plain", image_networks_gb=None, max_batch_size=None,
         offload=False, rollback="device"),
 )}
 DEFAULT_MEMORY_PRESET = "12 GB"

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from transformers import CLIPVisionModelWithProjection, Dinov2Model, ViTModel
+
 from conftest import SIZE, make_concept, tiny_config
 from echodistill_core import trainer as trainer_module
+from echodistill_core.backbones import TEACHER_FEATURES, ImageBackbone
+from echodistill_core.image_networks import (ARCHITECTURES, IPAdapterFeatures, IPAdapterProjection, RunNetworks,
+                                             bundled_config)
 from echodistill_core.memory import MEMORY_PRESETS, Offload
 from echodistill_core.models import DECODE_TILE_LATENTS
 from echodistill_core.tiny import tiny_model, tiny_pair
@@ -185,3 +190,26 @@ def test_the_memory_benchmark_reports_every_phase_and_ends_with_json():
         assert set(preset["phases"]) == {"teacher", "student", "discriminators"}
         assert 3 < preset["peak_gb"] < preset["rss_peak_gb"] and preset["seconds_per_iteration"] > 0
     assert figures["8 GB"]["peak_gb"] < figures["12 GB"]["peak_gb"]
+
+
+def full_size(name: str) -> ImageBackbone:
+    """A bundled image network at its published size, on the meta device: shapes without memory."""
+    config = bundled_config(name)
+    with torch.device("meta"):
+        model = {"clip_vision_model": CLIPVisionModelWithProjection, "dinov2": Dinov2Model}.get(config.model_type)
+        network = model(config) if model else ViTModel(config, add_pooling_layer=False)
+        return ImageBackbone.from_transformers(network, label=ARCHITECTURES[name])
+
+
+def test_memory_presets_budget_the_chosen_image_networks():
+    dino, dinov2, clip_h = full_size("dino-vits16"), full_size("dinov2-vitl14"), full_size("clip-vit-h-14")
+    paper = RunNetworks([dino, dinov2, clip_h], IPAdapterFeatures(clip_h, IPAdapterProjection(1024, 4, 768)))
+    assert paper.weight_bytes(2) / 2**30 == pytest.approx(1.79, abs=0.005)  # CLIP-H 632 M, DINOv2-L 304 M, DINO-S 22 M, ...
+    for name in ("8 GB", "12 GB"):
+        with pytest.raises(ValueError, match=f"DINO ViT-S/16 .*CLIP ViT-H/14.* hold 1.79 GB of weights in bf16, "
+                           f"more than the {name} memory preset leaves room for"):
+            MEMORY_PRESETS[name].check_image_networks(paper)
+    for name in ("24 GB", "unlimited"):
+        MEMORY_PRESETS[name].check_image_networks(paper)
+    MEMORY_PRESETS["8 GB"].check_image_networks(RunNetworks([dino], TEACHER_FEATURES))  # 22 M weights fit anywhere
+    MEMORY_PRESETS["8 GB"].check_image_networks(RunNetworks([TEACHER_FEATURES], TEACHER_FEATURES))

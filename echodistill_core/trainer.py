@@ -116,7 +116,8 @@ class EchoDistillTrainer:
         if backbone == TEACHER_FEATURES:
             return TeacherUNetFeatures(self.teacher, self.teacher_adapters, self.config.discriminator_timesteps)
         if isinstance(backbone, str):
-            raise ValueError(f"unknown discriminator {backbone!r}; give {TEACHER_FEATURES!r} or an image network")
+            raise ValueError(f"unknown network {backbone!r}; give {TEACHER_FEATURES!r} (the base teacher's features) "
+                             "or an image network")
         return backbone
 
     # The learned parts, by name.

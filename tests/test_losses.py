@@ -43,6 +43,12 @@ def test_feature_alignment_is_one_minus_cosine():
     assert L.feature_alignment_loss(a, b).tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
 
 
+def test_feature_alignment_averages_the_cosine_over_image_tokens():
+    a = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])
+    b = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [2.0, 0.0]]])  # cosines 1, 0, 0, 1
+    assert L.feature_alignment_loss(a, b).tolist() == pytest.approx([0.5])
+
+
 def test_adversarial_losses_are_cross_entropies():
     logits = torch.tensor([[0.0, math.log(3.0)]])  # p(real) = 3/4
     assert L.adversarial_generator_loss(logits).item() == pytest.approx(-math.log(0.75))
@@ -87,7 +93,7 @@ def reference_ms_swd(x: np.ndarray, y: np.ndarray, directions: list[np.ndarray])
         return out[:, ::2, ::2]
 
     def lab(image):
-        linear = np.where(image > 0.04045, ((image + 0.055) / 1.055) ** 2.4, image / 12.92)
+        linear = np.where(image > 0.04045, ((np.maximum(image, 0.04045) + 0.055) / 1.055) ** 2.4, image / 12.92)
         xyz = np.einsum("ij,jhw->ihw", [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
                                         [0.0193, 0.1192, 0.9505]], linear)
         xyz = xyz / np.array([0.95047, 1.0, 1.08883])[:, None, None]
@@ -110,9 +116,10 @@ def reference_ms_swd(x: np.ndarray, y: np.ndarray, directions: list[np.ndarray])
 
 
 def test_colour_loss_is_ms_swd_by_its_definition():
+    """Also beyond [-1, 1], where a decoder overshoots: those colours are converted, not clipped."""
     generator = torch.Generator().manual_seed(3)
-    images = torch.rand(2, 3, 12, 12, generator=generator) * 2 - 1
-    targets = (images.flip(2) * 0.7 + 0.1).clamp(-1, 1)
+    images = torch.rand(2, 3, 12, 12, generator=generator) * 3 - 1.5
+    targets = images.flip(2) * 0.7 + 0.1
     loss = L.color_loss(images, targets, torch.Generator().manual_seed(11), levels=3, projections=8, patch=5)
     # The same directions, drawn as the loss draws them: per level, [K, 3 * p * p] normals made unit.
     draws, directions = torch.Generator().manual_seed(11), []

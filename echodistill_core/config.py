@@ -83,20 +83,53 @@ class EchoDistillConfig:
     rollback: str = "device"  # where the snapshot that undoes a failed step lives: device, host or off
 
     def __post_init__(self) -> None:
-        if self.parameterisation not in ("custom_diffusion", "lora"):
-            raise ValueError(f"parameterisation must be custom_diffusion or lora, not {self.parameterisation!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be at least 1")
-        if self.vae_decode not in VAE_DECODES:
-            raise ValueError(f"vae_decode must be one of {VAE_DECODES}, not {self.vae_decode!r}")
-        if self.rollback not in ROLLBACKS:
-            raise ValueError(f"rollback must be one of {ROLLBACKS}, not {self.rollback!r}")
-        if not 0.0 <= self.echo_start <= 1.0 or not 0.0 < self.echo_keep <= 1.0:
-            raise ValueError("echo_start must be in [0, 1] and echo_keep in (0, 1]")
+        """Refuse a setting outside its meaning, naming it, before anything is loaded or trained."""
+        problems = [f"{name} must be {meaning}, not {getattr(self, name)!r}"
+                    for name, meaning, valid in self._ranges() if not valid(getattr(self, name))]
         for name in ("teacher_timesteps", "renoise_timesteps", "discriminator_timesteps"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
-                raise ValueError(f"{name} must be an inclusive range low <= high, got {(low, high)}")
+                problems.append(f"{name} must be an inclusive range 0 <= low <= high, not {(low, high)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @staticmethod
+    def _ranges():
+        """(field, what it must be, test) for every number and choice of the config."""
+        positive, non_negative = (lambda v: v > 0), (lambda v: v >= 0)
+        fraction = lambda v: 0 <= v <= 1
+        return [
+            ("steps", "at least 1", lambda v: v >= 1),
+            ("batch_size", "at least 1", lambda v: v >= 1),
+            ("resolution", "0 (the student's size) or a multiple of 8 from 8 px", lambda v: v == 0 or (v >= 8 and v % 8 == 0)),
+            ("parameterisation", "custom_diffusion or lora", lambda v: v in ("custom_diffusion", "lora")),
+            ("lora_rank", "at least 1", lambda v: v >= 1),
+            ("lora_alpha", "positive", positive),
+            ("teacher_lr", "positive", positive),
+            ("token_lr", "positive, or 0 for the teacher's", non_negative),
+            ("student_lr", "positive", positive),
+            ("discriminator_lr", "positive", positive),
+            ("adam_betas", "two numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+            ("weight_decay", "0 or more", non_negative),
+            ("grad_clip", "positive", positive),
+            ("guidance_scale", "0 or more", non_negative),
+            ("adversarial_weight", "0 or more", non_negative),
+            ("latent_weight", "0 or more", non_negative),
+            ("feature_weight", "0 or more", non_negative),
+            ("color_weight", "0 or more", non_negative),
+            ("color_levels", "at least 1", lambda v: v >= 1),
+            ("color_projections", "at least 1", lambda v: v >= 1),
+            ("color_patch", "an odd number from 1", lambda v: v >= 1 and v % 2 == 1),
+            ("r1_gamma", "0 or more", non_negative),
+            ("echo_start", "a fraction of the steps in [0, 1]", fraction),
+            ("echo_beta", "0 or more", non_negative),
+            ("echo_keep", "a fraction in (0, 1]", lambda v: 0 < v <= 1),
+            ("echo_context_probability", "a probability in [0, 1]", fraction),
+            ("echo_contexts", "at least one context", lambda v: len(v) >= 1),
+            ("preview_every", "0 (never) or more", non_negative),
+            ("vae_decode", f"one of {VAE_DECODES}", lambda v: v in VAE_DECODES),
+            ("rollback", f"one of {ROLLBACKS}", lambda v: v in ROLLBACKS),
+        ]
 
     @property
     def echo_start_step(self) -> int:

@@ -79,6 +79,11 @@ class EchoDistillTrainer:
             raise ValueError(f"the concept images are prepared at {concept.resolution} px, but this run trains at "
                              f"{resolution} px ({chosen_by}); prepare them at {resolution} px or set the "
                              f"resolution to {concept.resolution}")
+        last = teacher.schedule.terminal_timestep
+        beyond = [name for name in ("teacher_timesteps", "renoise_timesteps", "discriminator_timesteps")
+                  if getattr(config, name)[1] > last]
+        if beyond:
+            raise ValueError(f"{', '.join(beyond)} reach past the teacher's last timestep ({last}); keep them within 0..{last}")
         self.teacher, self.student, self.text, self.concept, self.config = teacher, student, text, concept, config
         with torch.random.fork_rng(devices=[]):  # initial LoRA factors and heads follow the seed
             torch.manual_seed(config.seed)

@@ -7,6 +7,15 @@ in the echo stage (the teacher's batch then also holds the student's best sample
 No warm-up iteration: AdamW's moments are created before measuring, as after a first step, so the
 first measured iteration holds everything a later one does.
 
+`--networks` picks the discriminators' backbones and the feature network: `teacher` (the default: the
+frozen base teacher's features, no extra weights) or `paper`: random DINO ViT-S/16 at 224 px, DINOv2
+ViT-L/14 at 518 px and CLIP ViT-H/14 at 224 px from the bundled configs, the CLIP tower also feeding
+IP-Adapter SD 1.5's projection (1024 -> 4 x 768) as f. Their weights count as frozen weights;
+`setup.image_networks_gb` gives them apart, in the GPU dtype. The preset's room for image networks
+(`MemoryPreset.check_image_networks`) is not checked: the benchmark measures what a set needs.
+`--tiny` swaps in the bundled tiny pair and one-layer image networks seeing 2 x 2 patches: a check
+that the benchmark runs, in seconds, whose figures say nothing of a GPU.
+
 What is measured: the process's peak resident memory (VmHWM; reset per phase through
 /proc/self/clear_refs) above its baseline after imports, before any model is built, so the weights
 count, as they occupy the GPU too. Phases: the teacher step (encoding the images, the echo samples,
@@ -15,23 +24,25 @@ guided target, the discriminators' view of the sample, the student's loss and up
 discriminators' step. Large allocations are returned to the system at once (MALLOC_MMAP_THRESHOLD_),
 so a phase's peak is not inflated by memory an earlier phase freed.
 
-From CPU figures to a GPU: this CPU has no bf16 arithmetic (its bf16 convolutions run 7-250x slower
-than fp32), so by default the iterations run in fp32 and the preset's bf16 is accounted for: frozen
-weights at their bf16 size, and memory allocated during a phase (activations, nearly all in the frozen
-weights' dtype) at half. Weights the preset keeps on the CPU during a phase (offloaded text encoder or
-VAE, a rollback snapshot in host memory) are not counted. `--dtype preset` runs in the preset's own
-dtype instead (no accounting; practical only on a CPU with bf16 arithmetic). At 64 px, where bf16
-is merely slow here (19 minutes an iteration), the 12 GB preset peaked at 5.49 GB in bf16 against
-5.47 GB estimated from fp32, each phase within 0.07 GB. `peak_gb` is the largest phase estimate;
-`rss_peak_gb` is the raw figure. GB are 2^30 bytes, as GPU memory is counted. README, "Memory",
-relates both to a GPU's.
+From CPU figures to a GPU: where the CPU's bf16 arithmetic is slow (bf16 convolutions ran 7-250x
+slower than fp32 where README's UNet-only figures were measured), the iterations run in fp32, the
+default, and the preset's bf16 is accounted for: frozen weights at their bf16 size, and memory
+allocated during a phase (activations, nearly all in the frozen weights' dtype) at half. Weights the
+preset keeps on the CPU during a phase (offloaded text encoder or VAE, a rollback snapshot in host
+memory) are not counted. `--dtype preset` runs in the preset's own dtype instead (no accounting), on a
+CPU with bf16 arithmetic (AVX512-BF16 or AMX), where it is also faster than fp32 and takes half the
+memory. At 64 px, where bf16 was merely slow (19 minutes an iteration), the 12 GB preset peaked at
+5.49 GB in bf16 against 5.47 GB estimated from fp32, each phase within 0.07 GB. `peak_gb` is the
+largest phase estimate; `rss_peak_gb` is the raw figure. GB are 2^30 bytes, as GPU memory is
+counted. README, "Memory", relates both to a GPU's.
 
 A preset whose process grows past `--max-rss-gb` (default: the memory available at the start less
 2 GB) is stopped and reported as such, so that the benchmark never takes the machine's memory.
 
 Usage: python bench/memory.py [--presets "8 GB,12 GB,24 GB"] [--resolution 512] [--iterations 1]
+                              [--networks teacher|paper] [--tiny]
 The last line of output is one JSON object: {"presets": {name: {"peak_gb": x, "seconds_per_iteration": y,
-...}}}.
+..., "setup": {..., "networks": {"choice": ..., "discriminators": [...], "feature": ...}}}}}.
 """
 
 from __future__ import annotations
@@ -47,6 +58,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1024**3
 PHASES = ("teacher", "student", "discriminators")
+NETWORKS = ("teacher", "paper")  # --networks: the discriminators' backbones and f, as choose_networks names them
+PAPER_NETWORKS = {"dino": "dino-vits16", "dinov2": "dinov2-vitl14", "clip_vision": "clip-vit-h-14"}  # file -> config
 
 
 # Memory of this process, from Linux.
@@ -71,8 +84,10 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def module_bytes(module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+def module_bytes(*modules) -> int:
+    """The modules' parameters and buffers, each tensor once (a CLIP tower may serve two networks)."""
+    tensors = {id(t): t for module in modules for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def tree_bytes(tree) -> int:
@@ -119,6 +134,53 @@ def build_models(resolution: int, dtype):
     return models[0], models[1], text
 
 
+def build_tiny_models(resolution: int, dtype):
+    """The bundled tiny random pair (a VAE halving the size, a million parameters) in place of SD 2.1 and SD-Turbo."""
+    from echodistill_core.tiny import tiny_pair
+
+    teacher, student, text = tiny_pair("v_prediction", "epsilon", image_size=resolution, latent=True)
+    for module in (teacher.unet, student.unet, teacher.vae, text.text_encoder):
+        module.to(dtype)
+    return teacher, student, text
+
+
+def build_image_network(name: str, dtype, tiny: bool):
+    """A random, frozen image network from a bundled config (image_networks.ARCHITECTURES) at its own input
+    size; `tiny` keeps one layer and 2 x 2 patches."""
+    from echodistill_core.backbones import ImageBackbone
+    from echodistill_core.image_networks import ARCHITECTURES, MODELS, bundled_config
+
+    config = bundled_config(name)
+    if tiny:
+        config.update({"num_hidden_layers": 1, "image_size": 2 * config.patch_size})
+    model_class, options = MODELS[config.model_type]
+    network = model_class(config, **options).to(dtype)
+    return ImageBackbone.from_transformers(network, label=ARCHITECTURES[name], source="random weights")
+
+
+def build_networks(choice: str, dtype, tiny: bool):
+    """The discriminators' backbones and the feature network f (image_networks.RunNetworks) of `--networks`."""
+    import torch
+
+    from echodistill_core.image_networks import IPAdapterProjection, ImageNetworkFiles, choose_networks
+
+    if choice == "teacher":
+        return choose_networks()
+    torch.manual_seed(1)
+    backbones = {field: build_image_network(name, dtype, tiny) for field, name in PAPER_NETWORKS.items()}
+    # IP-Adapter SD 1.5's projection; in fp32, as load_ip_adapter_projection gives it (it reads fp32 embeddings).
+    projection = IPAdapterProjection(1024, 4, 768, name="random IP-Adapter").requires_grad_(False).eval()
+    return choose_networks("paper", "ip-adapter", ImageNetworkFiles(ip_adapter=projection, **backbones))
+
+
+def describe_networks(choice: str, networks) -> dict:
+    def name(network) -> str:
+        return getattr(network, "name", network)
+
+    return {"choice": choice, "discriminators": [name(network) for network in networks.discriminators],
+            "feature": name(networks.feature)}
+
+
 def prime_optimizers(trainer) -> None:
     """Create every optimizer's moments, as a first step would, so one iteration shows the steady state."""
     import torch
@@ -163,7 +225,8 @@ class PhaseMeter:
         return measured
 
 
-def run_preset(name: str, resolution: int, iterations: int, run_dtype: str) -> dict:
+def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, networks_choice: str,
+               tiny: bool) -> dict:
     import torch
 
     from echodistill_core.config import PRESETS
@@ -180,14 +243,16 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str) -> d
     scale = torch.finfo(target).bits / torch.finfo(dtype).bits  # bytes on the GPU per byte measured here
 
     started = time.perf_counter()
-    teacher, student, text = build_models(resolution, dtype)
+    teacher, student, text = (build_tiny_models if tiny else build_models)(resolution, dtype)
+    networks = build_networks(networks_choice, dtype, tiny)
     build_seconds = time.perf_counter() - started
-    modules = (teacher.unet, student.unet, teacher.vae, text.text_encoder)
-    frozen = sum(module_bytes(module) for module in modules)
+    image_networks = module_bytes(*networks.image_networks())
+    frozen = module_bytes(teacher.unet, student.unet, teacher.vae, text.text_encoder) + image_networks
 
     config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
     concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
+                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
     prime_optimizers(trainer)
     trainer.step = config.echo_start_step
     snapshot = tree_bytes(trainer._trainable_state()) if config.rollback != "off" else 0
@@ -225,6 +290,8 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str) -> d
                   "teacher_batch": config.batch_size + max(1, round(config.echo_keep * config.batch_size)),
                   "run_dtype": str(dtype).removeprefix("torch."), "gpu_dtype": str(target).removeprefix("torch."),
                   "frozen_gb": frozen / GB, "resident_gb": resident / GB, "snapshot_gb": snapshot / GB,
+                  "image_networks_gb": scale * image_networks / GB,
+                  "networks": describe_networks(networks_choice, networks), "tiny": tiny,
                   "build_seconds": build_seconds, "threads": torch.get_num_threads(),
                   "losses": trainer.history[-1]},
     }
@@ -234,7 +301,8 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str) -> d
 
 def run_in_subprocess(name: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--resolution", str(args.resolution),
-               "--iterations", str(args.iterations), "--dtype", args.dtype]
+               "--iterations", str(args.iterations), "--dtype", args.dtype, "--networks", args.networks,
+               *(["--tiny"] if args.tiny else [])]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=str(ROOT))
     limit = args.max_rss_gb * GB
@@ -268,10 +336,11 @@ def print_table(results: dict) -> None:
             print(f"{name:<8} {phase:<15} {figures['peak_gb']:>11.2f} {figures['rss_gb']:>10.2f} "
                   f"{figures['seconds']:>8.1f}   {described}")
         setup = result["setup"]
+        networks = f"{setup['networks']['choice']} networks ({setup['image_networks_gb']:.2f} GB of image networks)"
         print(f"{name:<8} {'iteration':<15} {result['peak_gb']:>11.2f} {result['rss_peak_gb']:>10.2f} "
               f"{result['seconds_per_iteration']:>8.1f}   batch {setup['batch_size']} "
               f"(teacher {setup['teacher_batch']} in the echo stage), {setup['run_dtype']} measured for {setup['gpu_dtype']}, models built in "
-              f"{setup['build_seconds']:.0f} s")
+              f"{setup['build_seconds']:.0f} s, {networks}")
 
 
 def main() -> None:
@@ -284,12 +353,18 @@ def main() -> None:
     available = _status_meminfo_gb("MemAvailable")
     parser.add_argument("--max-rss-gb", type=float, default=max(1.0, available - 2.0),
                         help="stop a preset whose process grows past this (default: available memory - 2 GB)")
+    parser.add_argument("--networks", default="teacher", choices=NETWORKS,
+                        help="discriminators' backbones and feature network: the base teacher's features, or the "
+                             "paper's image networks (DINO, DINOv2, CLIP-H with IP-Adapter's projection), random")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the bundled tiny pair and one-layer image networks: checks that the benchmark runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.resolution % 64:
         parser.error("--resolution must be a multiple of 64 (the VAE's 8x and the UNet's 8x downsampling)")
     if args.worker:
-        print(json.dumps(run_preset(args.worker, args.resolution, args.iterations, args.dtype)))
+        print(json.dumps(run_preset(args.worker, args.resolution, args.iterations, args.dtype, args.networks,
+                                    args.tiny)))
         return
 
     from echodistill_core.memory import MEMORY_PRESETS
@@ -300,7 +375,7 @@ def main() -> None:
         parser.error(f"unknown presets {unknown}; choose from {list(MEMORY_PRESETS)}")
     results = {}
     for name in names:
-        print(f"measuring {name} at {args.resolution} px ...", flush=True)
+        print(f"measuring {name} at {args.resolution} px with the {args.networks} networks ...", flush=True)
         results[name] = result = run_in_subprocess(name, args)
         if "error" not in result:
             print(f"  {result['peak_gb']:.2f} GB on a GPU (estimate), {result['rss_peak_gb']:.2f} GB measured, "

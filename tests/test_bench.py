@@ -46,3 +46,19 @@ def test_the_quality_benchmark_averages_its_seeds():
             assert figures["methods"][method][metric] == pytest.approx(sum(values) / 2)
             assert figures["methods"][method][f"{metric}_sd"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert "| echodistill teacher, 25 steps |" in printed and " ± " in printed
+
+
+def test_the_memory_benchmark_measures_the_papers_image_networks():
+    figures, printed = run_bench("memory.py", "--presets", "24 GB", "--networks", "paper", "--tiny",
+                                 "--resolution", "64")
+    result = figures["presets"]["24 GB"]
+    assert "error" not in result, result["error"]
+    setup = result["setup"]
+    assert setup["tiny"] and setup["networks"]["choice"] == "paper"
+    discriminators = [name.split(" at ")[0] for name in setup["networks"]["discriminators"]]
+    assert discriminators == ["DINO ViT-S/16", "DINOv2 ViT-L/14", "CLIP ViT-H/14"]
+    assert "IP-Adapter tokens of CLIP ViT-H/14" in setup["networks"]["feature"]
+    # Their weights are frozen weights, counted in bf16 and also given apart.
+    assert 0 < setup["image_networks_gb"] < setup["frozen_gb"]
+    assert set(result["phases"]) == {"teacher", "student", "discriminators"}
+    assert "losses" in setup and "feature" in setup["losses"] and "paper networks" in printed

@@ -26,7 +26,8 @@ from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
-from .trainer import EchoDistillTrainer, training_resolution
+from .safekeeping import check_output, keep
+from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError, training_resolution
 
 # Config fields the command line sets directly, with their help.
 CONFIG_OPTIONS = {
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         train.add_argument(f"--{name}", type=Path, help=what)
     train.add_argument("--resume", type=Path, help="a training state saved by an interrupted run")
     train.add_argument("--out", required=True, type=Path, help="where to write the result (.safetensors)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing EchoDistill result at --out")
+    train.add_argument("--save-every", type=_count, default=0, metavar="N",
+                       help="every N steps keep a resumable state (<out>.state.safetensors) and the result so far")
     for name, help_text in CONFIG_OPTIONS.items():
         kind = {f.name: f.type for f in fields(EchoDistillConfig)}[name]
         train.add_argument(f"--{name.replace('_', '-')}", type={"int": int, "float": float}.get(kind, str),
@@ -98,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (never) or a number of steps")
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, type=Path, help="the multi-step teacher: a diffusers folder or a checkpoint file")
     parser.add_argument("--student", required=True, type=Path, help="the one-step student: a diffusers folder or a checkpoint file")
@@ -116,6 +127,9 @@ def _load_pair(args, dtype: torch.dtype = torch.float32):
 
 
 def _train(args) -> int:
+    state_path = args.out.with_suffix(".state.safetensors")
+    check_output(args.out, replace_own=args.overwrite or args.resume is not None)
+    check_output(state_path, replace_own=True)  # a state of ours is superseded; another file never replaced
     memory = MEMORY_PRESETS[args.memory]
     dtype = memory.weight_dtype(_device(args.device)) or torch.float32
     files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
@@ -133,27 +147,43 @@ def _train(args) -> int:
     if args.resume:
         trainer.load_state(args.resume)
     print("\n".join(trainer.describe()))
-    finished = run_with_progress(trainer, args.out.with_suffix(".state.safetensors"))
+    finished = run_with_progress(trainer, args.out, state_path, args.save_every)
     if finished:
-        print(f"result: {trainer.personalization.save(args.out)}")
+        print(f"result: {keep(trainer.personalization.save, args.out)}")
     return 0 if finished else 130
 
 
-def run_with_progress(trainer: EchoDistillTrainer, state_path: Path) -> bool:
-    """Train with a terminal progress bar; on Ctrl-C save a resumable state and say where."""
+def run_with_progress(trainer: EchoDistillTrainer, out: Path, state_path: Path, save_every: int = 0) -> bool:
+    """Train with a terminal progress bar, keeping a resumable state and a usable result every
+    `save_every` steps. On Ctrl-C, a non-finite loss, running out of memory or any other failure, the
+    state of the last complete step is written (elsewhere if its place fails) and the message says
+    where and how to resume."""
     bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step")
 
     def report(step):
         bar.update(1)
         bar.set_postfix(teacher=f"{step.losses['teacher']:.3f}", student=f"{step.losses['student']:.3f}")
+        if save_every and step.step % save_every == 0 and step.step < step.total:
+            keep(trainer.save_state, state_path, stop_on_interrupt=True)
+            keep(trainer.personalization.save, out, stop_on_interrupt=True)
 
     try:
         trainer.train(callback=report)
     except KeyboardInterrupt:
         bar.close()
-        trainer.save_state(state_path)
-        print(f"interrupted after step {trainer.step}; resume with --resume {state_path}")
+        kept = keep(trainer.save_state, state_path)
+        print(f"interrupted after step {trainer.step}; the state is saved as {kept}; resume with --resume {kept}")
         return False
+    except Exception as error:
+        bar.close()
+        kept = keep(trainer.save_state, state_path)
+        advice = {TrainingOutOfMemoryError: " and a smaller --memory preset",
+                  NonFiniteLossError: " and lower learning rates"}.get(type(error), " once the cause is fixed")
+        message = f"The state after step {trainer.step} is saved as {kept}: resume with --resume {kept}{advice}"
+        if isinstance(error, (TrainingOutOfMemoryError, NonFiniteLossError)):
+            raise type(error)(f"{error}. {message}") from error
+        print(message, file=sys.stderr)
+        raise
     bar.close()
     return True
 
@@ -198,7 +228,7 @@ def _demo(args) -> int:
     untouched = {role: plain_samples(sample, evaluation)  # before training: the models as they came
                  for role, sample in samplers(teacher, student, text, config.guidance_scale).items()}
     trained_from = time.time()
-    if not run_with_progress(trainer, args.out / "state.safetensors"):
+    if not run_with_progress(trainer, args.out / "demo.safetensors", args.out / "state.safetensors"):
         return 130
     training_seconds = time.time() - trained_from
     prompts = [template.format(concept.subject) for template in DEMO_PROMPTS]

@@ -8,6 +8,7 @@ partial file ever carries the final name.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -46,23 +47,53 @@ def _unflatten(value, tensors: dict[str, torch.Tensor]):
 
 
 def write_atomically(path: str | Path, write) -> Path:
-    """Call `write(temporary_path)`, then rename it to `path`; on failure leave `path` untouched."""
+    """Call `write(temporary_path)`, then rename it to `path`; on failure leave `path` untouched.
+
+    The file gets the permissions the user's umask gives new files. Temporary files that a killed
+    process left beside `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_partials(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         write(temporary)
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         temporary.unlink(missing_ok=True)
-        raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); free some disk "
-                                   "space or choose another folder. Nothing was overwritten") from error
+        reason = getattr(error, "strerror", None) or error
+        raise OSError(getattr(error, "errno", None) or errno.EIO, f"could not write {path} ({reason}); free some "
+                      "disk space or choose another folder. Nothing was overwritten") from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def _remove_abandoned_partials(path: Path) -> None:
+    """Delete `.<name>.<pid>.partial` files beside `path` whose writing process no longer runs."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name.removeprefix(f".{path.name}.").removesuffix(".partial")
+        if pid.isdigit() and not _running(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_tree(path: str | Path, tree: dict, metadata: dict[str, str] | None = None) -> Path:

@@ -42,7 +42,7 @@ STATE_FORMAT = "echodistill-state/1"
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
-    "The state after step {step_done} is kept"
+    "The run is back at the state after step {step_done}"
 )
 
 
@@ -313,8 +313,8 @@ class EchoDistillTrainer:
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"the {name} loss became {loss.item()} at step {self.step + 1}; the state after step "
-                f"{self.step} is kept. Lower the learning rates or use fp32 / bf16 instead of fp16"
+                f"the {name} loss became {loss.item()} at step {self.step + 1}; the run is back at the state "
+                f"after step {self.step}. Lower the learning rates or use fp32 / bf16 instead of fp16"
             )
         # Every backward starts from clean gradients: the student's backward also reaches the
         # discriminator heads (through D_k into img(x_s)), and those gradients are not theirs to step with.

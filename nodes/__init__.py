@@ -4,6 +4,7 @@ All contact with ComfyUI goes through `comfy.py`; node ids are saved in workflow
 prefixed with the pack name and never renamed.
 """
 
+from .image_networks import LoadImageNetworks
 from .loaders import LoadStudent, LoadTeacher
 from .results import LoadPersonalized, SavePersonalized
 from .sampling import OneStepSample, TeacherSample
@@ -12,6 +13,7 @@ from .training import ConceptImages, DemoConceptImages, EchoDistillTrain
 NODES = {
     "EchoDistillLoadTeacher": (LoadTeacher, "Load Teacher (EchoDistill)"),
     "EchoDistillLoadStudent": (LoadStudent, "Load Student (EchoDistill)"),
+    "EchoDistillLoadImageNetworks": (LoadImageNetworks, "Load Image Networks (EchoDistill)"),
     "EchoDistillDemoConceptImages": (DemoConceptImages, "Demo Concept Images (EchoDistill)"),
     "EchoDistillConceptImages": (ConceptImages, "Concept Images (EchoDistill)"),
     "EchoDistillTrain": (EchoDistillTrain, "EchoDistill Train"),

@@ -88,29 +88,52 @@ def send_to_browser(event: str, data: dict) -> None:
 
 
 # Model folders.
+WEIGHTS_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
 def model_names(kind: str) -> list[str]:
     """Files (or folders, for "diffusers") in ComfyUI's model folder of `kind`."""
     if folder_paths is None:
         return []
     if kind == "diffusers":
-        names = []
-        for root in folder_paths.get_folder_paths("diffusers"):
-            if os.path.isdir(root):
-                names += sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
-        return names
+        return model_subfolders(kind)
     return list(folder_paths.get_filename_list(kind))
 
 
+def model_subfolders(kind: str, holding: str | None = None) -> list[str]:
+    """The folders directly inside ComfyUI's model folders of `kind` (only those with a file `holding`)."""
+    if folder_paths is None:
+        return []
+    names = []
+    for root in folder_paths.get_folder_paths(kind):
+        if os.path.isdir(root):
+            names += sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name))
+                            and (holding is None or os.path.isfile(os.path.join(root, name, holding))))
+    return names
+
+
+def weights_files(kind: str) -> list[str]:
+    """The weights files (safetensors or pickles) in ComfyUI's model folders of `kind`, sub-folders included."""
+    return [name for name in model_names(kind) if name.lower().endswith(WEIGHTS_SUFFIXES)]
+
+
+def weights_and_model_folders(kind: str) -> list[str]:
+    """A model folder's networks: transformers folders (those with a config.json) and weights files outside them."""
+    folders = model_subfolders(kind, holding="config.json")
+    return folders + [name for name in weights_files(kind) if Path(name).parts[0] not in folders]
+
+
 def model_path(kind: str, name: str) -> Path | None:
+    """The file, or folder, `name` in ComfyUI's model folders of `kind`."""
     if folder_paths is None:
         return None
-    if kind == "diffusers":
-        for root in folder_paths.get_folder_paths("diffusers"):
-            if os.path.isdir(os.path.join(root, name)):
-                return Path(root) / name
-        return None
     path = folder_paths.get_full_path(kind, name)
-    return Path(path) if path else None
+    if path:
+        return Path(path)
+    for root in folder_paths.get_folder_paths(kind):
+        if os.path.isdir(os.path.join(root, name)):
+            return Path(root) / name
+    return None
 
 
 def output_directory() -> Path:
@@ -168,5 +191,10 @@ def states_folder() -> Path:
     return output_directory() / "echodistill_states"
 
 
-if folder_paths is not None and RESULTS_KIND not in folder_paths.folder_names_and_paths:
-    folder_paths.add_model_folder_path(RESULTS_KIND, os.path.join(folder_paths.models_dir, RESULTS_KIND))
+IP_ADAPTER_KIND = "ipadapter"  # the folder kind ComfyUI's IP-Adapter packs use; stock ComfyUI has none
+DINO_KIND = "dino"  # DINO and DINOv2 networks: this pack's own folder kind
+
+if folder_paths is not None:  # models/<kind>, unless ComfyUI, its extra_model_paths or another pack has it already
+    for _kind in (RESULTS_KIND, IP_ADAPTER_KIND, DINO_KIND):
+        if _kind not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))

@@ -15,6 +15,8 @@ from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
 BUNDLED = {"teacher": "tiny teacher (bundled)", "student": "tiny one-step student (bundled)"}
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_INPUT = (list(PRECISIONS), {"default": "auto", "tooltip": "Precision of the frozen weights. auto: bf16 on "
+                   "a GPU (fp16 where it lacks bf16), fp32 on a CPU. What trains is always fp32."})
 AUTO_FAMILY = "auto-detect"
 FAMILY_CHOICES = [AUTO_FAMILY] + [family.label for family in FAMILIES.values() if family.trainable]
 
@@ -26,7 +28,7 @@ def model_choices(role: str) -> list[str]:
 
 def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
     device = comfy.torch_device()
-    dtype = PRECISIONS[precision] or _auto_precision(device)
+    dtype = weights_dtype(precision, device)
     with torch.inference_mode(False):  # weights made here must be usable for training later
         if choice == BUNDLED[role]:
             model, text = bundled_model(role, device=str(device))
@@ -45,8 +47,11 @@ def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
         return LoadedModel(model, text, choice)
 
 
-def _auto_precision(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it (what the memory presets count on), fp16 on older ones, fp32 on a CPU."""
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of a `precision` choice for frozen weights on `device`: the one chosen, or for auto bf16 on GPUs
+    that have it (what the memory presets count on), fp16 on older ones, fp32 on a CPU."""
+    if PRECISIONS[precision] is not None:
+        return PRECISIONS[precision]
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -77,8 +82,7 @@ class _Loader:
                        "file is. auto-detect reads it from the weights; SD 2.1-base, SD 2.1 (768, v) and SD-Turbo "
                        "look alike, so set it if the detected one is wrong. A student is taken as Turbo. "
                        "Ignored for the bundled models and diffusers folders."}),
-            "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Precision of the frozen weights. "
-                          "auto: bf16 on a GPU (fp16 where it lacks bf16), fp32 on a CPU. What trains is always fp32."}),
+            "precision": PRECISION_INPUT,
         }}
 
     def load(self, model, family, precision):

@@ -11,11 +11,13 @@ from PIL import Image
 from ..echodistill_core.config import PRESETS
 from ..echodistill_core.data import ConceptDataset
 from ..echodistill_core.demo import demo_concept_images
+from ..echodistill_core.image_networks import RunNetworks, choose_networks
 from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import loss_plot
 from ..echodistill_core.trainer import EchoDistillTrainer, training_resolution
 from . import comfy
-from .sockets import CATEGORY, CONCEPT, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER, Concept, Personalized
+from .sockets import (CATEGORY, CONCEPT, IMAGE_NETWORKS, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER,
+                      Concept, Personalized)
 
 log = logging.getLogger("echodistill")
 NO_STATE = "none (start fresh)"
@@ -79,13 +81,15 @@ class ConceptImages:
 class EchoDistillTrain:
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = (ONE_STEP_MODEL, PERSONALIZED_TEACHER, "IMAGE")
-    RETURN_NAMES = ("one_step_model", "teacher", "loss_plot")
+    RETURN_TYPES = (ONE_STEP_MODEL, PERSONALIZED_TEACHER, "IMAGE", "STRING")
+    RETURN_NAMES = ("one_step_model", "teacher", "loss_plot", "summary")
     OUTPUT_TOOLTIPS = ("The personalized one-step student: sample it with One-Step Personalized Sample or save it.",
                        "The personalized multi-step teacher, for comparison (Teacher Sample).",
-                       "The losses over the run, as an image.")
+                       "The losses over the run, as an image.",
+                       "What the run computed, a line per part: the losses, the discriminators, the echo.")
     DESCRIPTION = ("Personalize the one-step student by training it together with the teacher (EchoDistill). "
-                   "Shows a one-step preview every few steps; Cancel keeps a resumable state.")
+                   "Shows the active losses and discriminators, a one-step preview every few steps and the loss "
+                   "curves; Cancel keeps a resumable state.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -120,6 +124,9 @@ class EchoDistillTrain:
             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training "
                            "resolution in pixels; 0: the student's own (512 for SD-Turbo, also with a 768 px teacher). Lower "
                            "is faster and lighter, at some cost in detail."}),
+            "image_networks": (IMAGE_NETWORKS, {"tooltip": "From Load Image Networks: the discriminators' backbones "
+                               "and the feature network. Unconnected: the frozen teacher's features for both (no "
+                               "download)."}),
         }, "hidden": {"node_id": "UNIQUE_ID"}}
 
     @staticmethod
@@ -129,7 +136,8 @@ class EchoDistillTrain:
         return [NO_STATE] + saved
 
     def train(self, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
-              preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0, node_id=None):
+              preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0,
+              image_networks: RunNetworks | None = None, node_id=None):
         preset = preset if preset != "auto" else ("tiny" if teacher.tiny else "paper")
         memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
         config = memory.apply(PRESETS[preset].replace(
@@ -138,18 +146,20 @@ class EchoDistillTrain:
             resolution=resolution, **({"teacher_lr": teacher_lr} if teacher_lr > 0 else {}),
             **({"student_lr": student_lr} if student_lr > 0 else {}),
         ))
-        wanted = memory.weight_dtype(teacher.model.device)
-        if wanted is not None and teacher.model.dtype == torch.float32:
-            log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
-                        "choose that precision in Load Teacher and Load Student", memory.name, wanted)
+        networks = image_networks or choose_networks()  # unconnected: the teacher's features for both
+        self._check_memory(memory, teacher, networks)
         with torch.inference_mode(False), torch.enable_grad():
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
             dataset = ConceptDataset(images, config.token, config.class_word,
                                      training_resolution(config, student.model), captions=concept.captions)
             trainer = EchoDistillTrainer(teacher.model, student.model, teacher.text, dataset, config,
-                                         student_text=student.text)
+                                         student_text=student.text, discriminator_backbones=networks.discriminators,
+                                         feature_network=networks.feature)
             if resume_state != NO_STATE:
                 trainer.load_state(comfy.states_folder() / resume_state)
+            summary = trainer.describe()
+            log.info("EchoDistill run:\n  %s", "\n  ".join(summary))
+            comfy.send_to_browser("echodistill.summary", {"node": node_id, "lines": summary})
             comfy.free_device_memory_for_training()
             try:
                 self._run(trainer, node_id)
@@ -157,7 +167,17 @@ class EchoDistillTrain:
                 comfy.release_device_memory()
         one_step = Personalized(student, teacher.text, trainer.personalization, "student", trainer.history)
         personal_teacher = Personalized(teacher, teacher.text, trainer.personalization, "teacher", trainer.history)
-        return (one_step, personal_teacher, loss_plot(trainer.history))
+        return (one_step, personal_teacher, loss_plot(trainer.history), "\n".join(summary))
+
+    @staticmethod
+    def _check_memory(memory, teacher, networks: RunNetworks) -> None:
+        """Before training: image networks too large for the memory preset are refused, weights in another
+        precision than it counts on are warned about."""
+        memory.check_image_networks(networks)
+        wanted = memory.weight_dtype(teacher.model.device)
+        if wanted is not None and teacher.model.dtype == torch.float32:
+            log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
+                        "choose that precision in Load Teacher and Load Student", memory.name, wanted)
 
     def _run(self, trainer: EchoDistillTrainer, node_id) -> None:
         progress = comfy.Progress(trainer.config.steps, node_id)

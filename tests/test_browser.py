@@ -85,4 +85,5 @@ def test_workflows_load_convert_and_run_in_the_frontend(tmp_path_factory):
     summary = json.loads(lines[-1])
     assert done.returncode == 0 and summary["ok"], "\n".join(summary["failures"]) + f"\nserver log: {server.log}"
     assert summary["run"]["status"] == "success"
-    assert {Path(p).name for p in summary["screenshots"]} >= {"1_mid_run.png", "1_after_run_train_node.png"}
+    assert {Path(p).name for p in summary["screenshots"]} >= {
+        "1_mid_run.png", "1_after_run_train_node.png", "2_personalize_sd_turbo_with_sd21_teacher_image_networks.png"}

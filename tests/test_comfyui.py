@@ -35,7 +35,8 @@ class Server:
         config.write_text(  # is_default: saved files land here, not in the checkout's own models folder
             f"tests:\n  base_path: {root}\n  is_default: true\n  custom_nodes: {packs}\n"
             "  loras: models/loras\n  embeddings: models/embeddings\n  echodistill: models/echodistill\n"
-            "  checkpoints: models/checkpoints\n  diffusers: models/diffusers\n")
+            "  checkpoints: models/checkpoints\n  diffusers: models/diffusers\n  clip_vision: models/clip_vision\n"
+            "  ipadapter: models/ipadapter\n  dino: models/dino\n")
         support = root / "support"
         support.mkdir()
         # PyPI's torchvision is a CUDA build that fails to import beside a CPU torch (comfyui.md).
@@ -135,7 +136,7 @@ def test_the_pack_loads_without_import_errors(server):
     assert not [line for line in lines if "IMPORT FAILED" in line and "echodistill" in line]
     info = server.get("/object_info/EchoDistillTrain")["EchoDistillTrain"]
     assert info["category"] == "EchoDistill" and "teacher" in info["input"]["required"]
-    assert len([k for k in server.get("/object_info") if k.startswith("EchoDistill")]) == 9
+    assert len([k for k in server.get("/object_info") if k.startswith("EchoDistill")]) == 10
     templates = server.get("/workflow_templates")
     assert any("1_personalize_tiny_models" in str(v) for v in templates.values())
 
@@ -158,12 +159,17 @@ def test_other_workflows_validate_given_their_models(server):
     for prompt in prompts:
         with pytest.raises(AssertionError) as refused:
             server.queue(prompt)
-        for node_errors in json.loads(str(refused.value))["node_errors"].values():
+        for node_id, node_errors in json.loads(str(refused.value))["node_errors"].items():
             for error in node_errors["errors"]:
-                assert error["extra_info"]["input_name"] in ("model", "ckpt_name", "lora_name", "image"), error
+                if prompt[node_id]["class_type"] == "EchoDistillLoadImageNetworks":  # the node checks its files
+                    assert "is not in ComfyUI's models/" in error["details"], error
+                else:
+                    assert error["extra_info"]["input_name"] in ("model", "ckpt_name", "lora_name", "image"), error
     models = server.root / "models"
     for file in ("checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
-                 "loras/my_dog.safetensors"):
+                 "loras/my_dog.safetensors", "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+                 "ipadapter/ip-adapter_sd15.safetensors", "dino/dino-vits16/config.json",
+                 "dino/dinov2-large/config.json"):
         (models / file).parent.mkdir(parents=True, exist_ok=True)
         (models / file).write_bytes(b"")
     from PIL import Image
@@ -171,6 +177,61 @@ def test_other_workflows_validate_given_their_models(server):
     for prompt in prompts:
         entry = server.wait(server.queue(prompt))  # accepted: no validation error
         assert entry["status"]["status_str"] == "error"  # the stand-ins are not models
+
+
+def with_image_networks(prompt: dict, **widgets) -> dict:
+    """`prompt` with a Load Image Networks node ("12", its defaults changed by `widgets`) feeding Train ("5")."""
+    defaults = dict(discriminators="teacher", feature_network="teacher", clip_vision="none", ip_adapter="none",
+                    dino="none", dinov2="none", precision="auto")
+    prompt["12"] = {"class_type": "EchoDistillLoadImageNetworks", "inputs": {**defaults, **widgets}}
+    prompt["5"]["inputs"]["image_networks"] = ["12", 0]
+    return prompt
+
+
+def test_load_image_networks_lists_the_users_files_refuses_a_lacking_choice_and_feeds_train(server):
+    dino = server.root / "models" / "dino"
+    (dino / "dinov2-folder").mkdir(parents=True)
+    for file in ("dinov2-folder/config.json", "dinov2-folder/model.safetensors", "dino-file.safetensors", "notes.txt"):
+        (dino / file).write_text("{}")
+    (server.root / "models" / "ipadapter").mkdir(parents=True, exist_ok=True)
+    (server.root / "models" / "ipadapter" / "ip-adapter-file.safetensors").write_bytes(b"")
+    info = server.get("/object_info/EchoDistillLoadImageNetworks")["EchoDistillLoadImageNetworks"]
+    widgets = info["input"]["required"]
+    assert info["output"] == ["ECHODISTILL_IMAGE_NETWORKS"] and widgets["discriminators"][1]["default"] == "teacher"
+    for name in ("dino", "dinov2"):
+        assert {"none", "dinov2-folder", "dino-file.safetensors"} <= set(widgets[name][0])
+        assert not {"dinov2-folder/model.safetensors", "notes.txt"} & set(widgets[name][0])
+    assert "ip-adapter-file.safetensors" in widgets["ip_adapter"][0]
+
+    with pytest.raises(AssertionError) as refused:  # the paper's set without its files: refused when queued
+        server.queue(with_image_networks(tiny_workflow(steps=2, name="refused"), discriminators="paper"))
+    errors = json.loads(str(refused.value))["node_errors"]["12"]["errors"]
+    assert all("the paper discriminator set needs the dino and dinov2 and clip_vision files" in error["details"]
+               for error in errors), errors
+
+    log_before = len(server.log.read_text())
+    entry = server.wait(server.queue(with_image_networks(tiny_workflow(steps=2, name="networks"))))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    log = server.log.read_text()[log_before:]
+    assert "discriminators: the base teacher's features" in log and "feature x1 on the base teacher's features" in log
+
+
+def test_a_dino_folder_joins_the_teachers_discriminator(server):
+    """A DINO ViT-S/16 transformers folder in models/dino (random weights, the published shapes) read by Load
+    Image Networks; two training steps on the tiny models with both discriminators."""
+    from transformers import ViTModel
+
+    from echodistill_core.image_networks import bundled_config
+
+    ViTModel(bundled_config("dino-vits16"), add_pooling_layer=False).save_pretrained(
+        server.root / "models" / "dino" / "dino-vits16-random")
+    prompt = with_image_networks(tiny_workflow(steps=2, name="dino"), discriminators="teacher + image networks",
+                                 dino="dino-vits16-random")
+    log_before = len(server.log.read_text())
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+    log = server.log.read_text()[log_before:]
+    assert "discriminators: the base teacher's features, DINO ViT-S/16 at 224 px (dino-vits16-random)" in log, log[-3000:]
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(server):

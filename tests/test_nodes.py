@@ -1,5 +1,6 @@
 """The nodes' contract, without ComfyUI: declarations, and the whole graph run inside inference mode."""
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -57,8 +58,20 @@ def test_teacher_and_student_sockets_differ(pack):
     assert train["student"][0] == mappings["EchoDistillLoadStudent"].RETURN_TYPES[0]
 
 
-def run(pack, node_id, **inputs):
-    node = pack.NODE_CLASS_MAPPINGS[node_id]()
+def test_load_image_networks_feeds_trains_optional_input(pack):
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["EchoDistillLoadImageNetworks"] == "Load Image Networks (EchoDistill)"
+    train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"].INPUT_TYPES()
+    assert train["optional"]["image_networks"][0] == node.RETURN_TYPES[0] == "ECHODISTILL_IMAGE_NETWORKS"
+    widgets = node.INPUT_TYPES()["required"]
+    assert {name: options["default"] for name, (_, options) in widgets.items()} == {
+        "discriminators": "teacher", "feature_network": "teacher", "clip_vision": "none", "ip_adapter": "none",
+        "dino": "none", "dinov2": "none", "precision": "auto"}
+    assert "models/dino" in widgets["dino"][1]["tooltip"] and "models/dino" in widgets["dinov2"][1]["tooltip"]
+
+
+def run(pack, node_type, **inputs):
+    node = pack.NODE_CLASS_MAPPINGS[node_type]()
     return getattr(node, node.FUNCTION)(**inputs)
 
 
@@ -78,7 +91,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(1, 24, 32, 3), token="<toy>",
                        class_word="toy", initializer_word="", add_to=concept)
         assert len(concept.images) == 3
-        one_step, personal_teacher, plot = run(pack, "EchoDistillTrain", teacher=teacher, student=student,
+        one_step, personal_teacher, plot, _ = run(pack, "EchoDistillTrain", teacher=teacher, student=student,
                                                concept=concept, steps=2, parameterisation="custom_diffusion",
                                                memory="8 GB", echo=True, seed=1, preview_every=1)
         assert plot.shape[0] == 1 and plot.shape[-1] == 3 and len(one_step.history) == 2
@@ -112,6 +125,73 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
         assert torch.equal(again_images, images)
 
 
+NO_FILES = dict(clip_vision="none", ip_adapter="none", dino="none", dinov2="none")
+
+
+def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, comfy, monkeypatch):
+    sent = []
+    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
+    with torch.inference_mode():
+        teacher, student = bundled_pair(pack)
+        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                       class_word="cup", initializer_word="")
+        settings = dict(teacher=teacher, student=student, concept=concept, steps=1, parameterisation="lora",
+                        memory="12 GB", echo=False, seed=0, preview_every=0, node_id="7")
+        defaults, = run(pack, "EchoDistillLoadImageNetworks", discriminators="teacher", feature_network="teacher",
+                        precision="auto", **NO_FILES)
+        one_step, _, _, summary = run(pack, "EchoDistillTrain", **settings, image_networks=defaults)
+        _, _, _, unconnected = run(pack, "EchoDistillTrain", **settings)
+        no_feature, = run(pack, "EchoDistillLoadImageNetworks", discriminators="teacher", feature_network="none",
+                          precision="auto", **NO_FILES)
+        _, _, _, without_feature = run(pack, "EchoDistillTrain", **settings, image_networks=no_feature)
+    assert len(one_step.history) == 1
+    lines = summary.splitlines()
+    assert "discriminators: the base teacher's features" in lines
+    assert "feature x1 on the base teacher's features" in lines[1] and unconnected == summary
+    assert "no feature loss" in without_feature.splitlines()[1] and "feature x" not in without_feature
+    summaries = [data for event, data in sent if event == "echodistill.summary"]
+    assert summaries[0] == {"node": "7", "lines": lines} and summaries[2]["lines"] == without_feature.splitlines()
+
+
+def test_train_refuses_image_networks_its_memory_preset_has_no_room_for(pack):
+    core = sys.modules["echodistill_pack.echodistill_core.image_networks"]
+    large = core.RunNetworks([torch.nn.Linear(16384, 16384, device="meta")], "teacher")  # 0.5 GB in bf16
+    with torch.inference_mode():
+        teacher, student = bundled_pair(pack)
+        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                       class_word="cup", initializer_word="")
+        with pytest.raises(ValueError, match="more than the 8 GB memory preset leaves room for"):
+            run(pack, "EchoDistillTrain", teacher=dataclasses.replace(teacher, tiny=False), student=student,
+                concept=concept, steps=1, parameterisation="lora", memory="8 GB", echo=False, seed=0,
+                preview_every=0, image_networks=large)
+
+
+@pytest.mark.parametrize("discriminators, feature", [("paper", "teacher"), ("teacher", "ip-adapter"),
+                                                     ("paper", "ip-adapter")])
+def test_a_choice_without_its_files_is_refused_at_queue_time_with_the_cores_message(pack, discriminators, feature):
+    core = sys.modules["echodistill_pack.echodistill_core.image_networks"]
+    with pytest.raises(core.CheckpointError) as refused:
+        core.choose_networks(discriminators, feature, core.ImageNetworkFiles())
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
+    assert node.VALIDATE_INPUTS(discriminators=discriminators, feature_network=feature, **NO_FILES) == str(refused.value)
+    assert "models/clip_vision" in str(refused.value)
+    with pytest.raises(core.CheckpointError, match="needs the"):  # queued past validation: refused when run
+        run(pack, "EchoDistillLoadImageNetworks", discriminators=discriminators, feature_network=feature,
+            precision="auto", **NO_FILES)
+
+
+def test_image_network_choices_that_need_no_file_pass_and_absent_files_are_named(pack):
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
+    for discriminators in ("teacher", "teacher + image networks"):
+        for feature in ("teacher", "none"):
+            assert node.VALIDATE_INPUTS(discriminators=discriminators, feature_network=feature, **NO_FILES) is True
+    files = {**NO_FILES, "dino": "dino-vits16"}  # outside ComfyUI no model folder lists anything
+    assert node.VALIDATE_INPUTS(discriminators="paper", feature_network="teacher", **files) == (
+        "dino: dino-vits16 is not in ComfyUI's models/dino folder; put it there and refresh the page, or choose another")
+    assert node.VALIDATE_INPUTS(discriminators="paper", feature_network="teacher", **{**NO_FILES, "dino": None}) \
+        .startswith("the paper discriminator set needs the dinov2 and clip_vision files")  # dino linked: known at run
+
+
 def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
     with pytest.raises(ValueError, match="plain file name"):
         comfy.safe_file_name("../../etc/passwd")
@@ -119,7 +199,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
         teacher, student = bundled_pair(pack)
         concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
                        class_word="cup", initializer_word="")
-        one_step, _, _ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
+        one_step, *_ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
                              steps=1, parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0)
         with pytest.raises(ValueError, match="does not mention the concept's token <cup>"):
             run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a cup", seed=0, batch_size=1, steps=1)
@@ -139,7 +219,7 @@ def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
                        class_word="cup", initializer_word="")
         settings = dict(teacher=teacher, student=student, concept=concept, steps=4,
                         parameterisation="custom_diffusion", memory="12 GB", echo=True, seed=5, preview_every=0)
-        straight, _, _ = run(pack, "EchoDistillTrain", **settings)
+        straight, *_ = run(pack, "EchoDistillTrain", **settings)
 
         class CancelAtStepTwo(comfy.Progress):
             def update(self, step, preview=None):
@@ -155,7 +235,7 @@ def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
             comfy.Progress = original
         states = training.EchoDistillTrain.state_choices()
         assert states[1:] == ["cup_seed5_step2.safetensors"]
-        resumed, _, _ = run(pack, "EchoDistillTrain", **settings, resume_state=states[1])
+        resumed, *_ = run(pack, "EchoDistillTrain", **settings, resume_state=states[1])
     for key, value in straight.personalization.student_adapters.state_dict().items():
         torch.testing.assert_close(resumed.personalization.student_adapters.state_dict()[key], value)
     torch.testing.assert_close(resumed.personalization.token.vector, straight.personalization.token.vector)

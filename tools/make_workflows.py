@@ -98,29 +98,37 @@ TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "memory"
                   "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
                   "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0}
 SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4}
+PAPER_IMAGE_NETWORKS = {  # method.md's discriminators and feature network, from the files ComfyUI users have
+    "id": 12, "type": "EchoDistillLoadImageNetworks", "pos": [400, 40], "size": [400, 230],
+    "widgets": {"discriminators": "paper", "feature_network": "ip-adapter",
+                "clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "ip_adapter": "ip-adapter_sd15.safetensors",
+                "dino": "dino-vits16", "dinov2": "dinov2-large", "precision": "auto"}}
 
 
 def personalize(teacher: str, student: str, images: dict, token: str, class_word: str, train: dict,
-                prompt: str, save_name: str) -> list[dict]:
-    return [
+                prompt: str, save_name: str, image_networks: dict | None = None) -> list[dict]:
+    """The personalization graph; `image_networks` (a Load Image Networks node) feeds Train when given."""
+    networks = {"image_networks": (image_networks["id"], 0)} if image_networks else {}
+    return [*([image_networks] if image_networks else []),
         {"id": 1, "type": "EchoDistillLoadTeacher", "pos": [40, 40],
          "widgets": {"model": teacher, "family": "auto-detect", "precision": "auto"}},
-        {"id": 2, "type": "EchoDistillLoadStudent", "pos": [40, 240],
+        {"id": 2, "type": "EchoDistillLoadStudent", "pos": [40, 260],
          "widgets": {"model": student, "family": "auto-detect", "precision": "auto"}},
         images,
         {"id": 4, "type": "EchoDistillConceptImages", "pos": [400, 440], "size": [320, 260],
          "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": ""},
          "inputs": {"images": (3, 0)}},
-        {"id": 5, "type": "EchoDistillTrain", "pos": [780, 40], "size": [360, 560],
-         "widgets": {**TRAIN_DEFAULTS, **train}, "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0)}},
-        {"id": 6, "type": "EchoDistillOneStepSample", "pos": [1200, 40], "size": [340, 240],
+        {"id": 5, "type": "EchoDistillTrain", "pos": [840, 40], "size": [380, 800],
+         "widgets": {**TRAIN_DEFAULTS, **train},
+         "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0), **networks}},
+        {"id": 6, "type": "EchoDistillOneStepSample", "pos": [1260, 40], "size": [340, 240],
          "widgets": {"prompt": prompt, **SAMPLE, "steps": 1}, "inputs": {"model": (5, 0)}},
-        {"id": 7, "type": "PreviewImage", "pos": [1580, 40], "inputs": {"images": (6, 0)}},
-        {"id": 8, "type": "EchoDistillTeacherSample", "pos": [1200, 320], "size": [340, 260],
+        {"id": 7, "type": "PreviewImage", "pos": [1640, 40], "inputs": {"images": (6, 0)}},
+        {"id": 8, "type": "EchoDistillTeacherSample", "pos": [1260, 360], "size": [340, 260],
          "widgets": {"prompt": prompt, **SAMPLE, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
-        {"id": 9, "type": "PreviewImage", "pos": [1580, 320], "inputs": {"images": (8, 0)}},
-        {"id": 10, "type": "PreviewImage", "pos": [1200, 620], "inputs": {"images": (5, 2)}},
-        {"id": 11, "type": "EchoDistillSavePersonalized", "pos": [780, 860], "widgets": {"name": save_name},
+        {"id": 9, "type": "PreviewImage", "pos": [1640, 360], "inputs": {"images": (8, 0)}},
+        {"id": 10, "type": "PreviewImage", "pos": [1260, 700], "inputs": {"images": (5, 2)}},
+        {"id": 11, "type": "EchoDistillSavePersonalized", "pos": [840, 920], "widgets": {"name": save_name},
          "inputs": {"model": (5, 0)}},
     ]
 
@@ -130,13 +138,13 @@ def main(folder: Path = ROOT / "workflows") -> None:
     graphs = {
         "1_personalize_tiny_models.json": personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
-            {"id": 3, "type": "EchoDistillDemoConceptImages", "pos": [40, 440], "widgets": {"size": 32}},
+            {"id": 3, "type": "EchoDistillDemoConceptImages", "pos": [40, 480], "widgets": {"size": 32}},
             "<heart>", "toy", {"steps": 300}, "a small <heart> toy on teal", "tiny_heart"),
         "2_personalize_sd_turbo_with_sd21_teacher.json": personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
-            {"id": 3, "type": "LoadImage", "pos": [40, 440], "widgets": {"image": "my_dog.png", "upload": "image"}},
-            "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "preview_every": 50},
-            "a photo of a <my-dog> dog on the beach", "my_dog"),
+            {"id": 3, "type": "LoadImage", "pos": [40, 480], "widgets": {"image": "my_dog.png", "upload": "image"}},
+            "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "preview_every": 50, "memory": "24 GB"},
+            "a photo of a <my-dog> dog on the beach", "my_dog", PAPER_IMAGE_NETWORKS),
         "3_use_saved_result_with_stock_nodes.json": [
             {"id": 1, "type": "CheckpointLoaderSimple", "pos": [40, 40], "widgets": {"ckpt_name": "sd_turbo.safetensors"}},
             {"id": 2, "type": "LoraLoader", "pos": [400, 40], "inputs": {"model": (1, 0), "clip": (1, 1)},
@@ -151,7 +159,7 @@ def main(folder: Path = ROOT / "workflows") -> None:
              "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0,
                          "sampler_name": "euler_ancestral", "scheduler": "sgm_uniform", "denoise": 1.0}},
             {"id": 7, "type": "VAEDecode", "pos": [1480, 40], "inputs": {"samples": (6, 0), "vae": (1, 2)}},
-            {"id": 8, "type": "SaveImage", "pos": [1720, 40], "widgets": {"filename_prefix": "echodistill"}},
+            {"id": 8, "type": "SaveImage", "pos": [1840, 40], "widgets": {"filename_prefix": "echodistill"}},
         ],
     }
     graphs["3_use_saved_result_with_stock_nodes.json"][-1]["inputs"] = {"images": (7, 0)}

@@ -1,11 +1,14 @@
 // EchoDistill's live training view: loss curves drawn inside the EchoDistill Train node while it
-// runs, from the "echodistill.progress" websocket messages the node sends each step. The latest
-// one-step preview is ComfyUI's own progress preview, shown on the same node.
+// runs, from the "echodistill.progress" websocket messages the node sends each step, and below them
+// what the run computes (its losses, discriminators and echo), from the "echodistill.summary" message
+// sent when it starts. The latest one-step preview is ComfyUI's own progress preview, on the same node.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const CURVES = { teacher: "#4287f5", student: "#f58230", discriminator: "#5abe5a", echo: "#b45ac8" };
 const HEIGHT = 140;
+const SUMMARY_HEIGHT = 150;
+const NO_SUMMARY = "The active losses and discriminators are listed here when the run starts.";
 
 function draw(canvas, run) {
   const context = canvas.getContext("2d");
@@ -58,6 +61,18 @@ app.registerExtension({
         getMinHeight: () => HEIGHT,
         getHeight: () => HEIGHT,
       });
+      const summary = document.createElement("div");
+      summary.className = "echodistill-summary";
+      summary.textContent = NO_SUMMARY;
+      Object.assign(summary.style, { height: `${SUMMARY_HEIGHT}px`, overflowY: "auto", whiteSpace: "pre-wrap",
+        font: "10.5px/1.35 sans-serif", color: "#ccc", background: "#18181c", padding: "4px 6px",
+        boxSizing: "border-box" });
+      this.echodistill.summary = summary;
+      this.addDOMWidget("summary", "echodistill_summary", summary, {
+        serialize: false,
+        getMinHeight: () => SUMMARY_HEIGHT,
+        getHeight: () => SUMMARY_HEIGHT,
+      });
       draw(canvas, this.echodistill.run);
       return result;
     };
@@ -72,6 +87,10 @@ app.registerExtension({
       Object.assign(run, { step: detail.step, total: detail.total, cancelled: null });
       run.points.push({ step: detail.step, losses: detail.losses });
       draw(node.echodistill.canvas, run);
+    });
+    api.addEventListener("echodistill.summary", ({ detail }) => {
+      const node = find(detail.node);
+      if (node?.echodistill) node.echodistill.summary.textContent = detail.lines.join("\n");
     });
     api.addEventListener("echodistill.cancelled", ({ detail }) => {
       const node = find(detail.node);

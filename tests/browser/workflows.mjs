@@ -9,8 +9,11 @@
 // it with app.graphToPrompt, checking that every class_type of the API prompt is in /object_info.
 // The workflow whose file name starts with "1_" is also run from the UI (the Run button); the test
 // waits for its /history entry to say "success" and checks the live loss view of EchoDistillTrain
-// (canvas.echodistill-losses inside the node's DOM widget) is drawn, with screenshots mid-run and
-// after. Exit code 0 when all checks pass; the last line printed is a JSON summary.
+// (canvas.echodistill-losses inside the node's DOM widget) is drawn and that the node lists the run's
+// losses and discriminators (div.echodistill-summary), with screenshots mid-run and after. Every
+// workflow is also checked for overlapping nodes and photographed as loaded (<name>_loaded.png, and
+// <name>_image_networks.png at 100 % where it has Load Image Networks). Exit code 0 when all checks
+// pass; the last line printed is a JSON summary.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), ECHODISTILL_RUN_TIMEOUT (seconds, default 900),
 // ECHODISTILL_RUN_WORKFLOW (file-name prefix of the workflow to run, default "1_"),
@@ -200,6 +203,9 @@ async function loadAndConvert(page, file, workflow, objectInfo) {
           `${file}: combo values not offered by the server: ${JSON.stringify(result.invalidComboValues)}`);
   }
   if (results.pageErrors.length > errorsBefore) result.pageErrors = results.pageErrors.slice(errorsBefore);
+  result.overlaps = await overlappingNodes(page);
+  check(!result.overlaps.length, `${file}: nodes overlap: ${result.overlaps.join("; ")}`);
+  await photograph(page, basename(file, ".json"));
 
   const prompt = await page.evaluate(async () => {
     const { output } = await window.app.graphToPrompt();
@@ -223,6 +229,52 @@ async function loadAndConvert(page, file, workflow, objectInfo) {
       + (Object.keys(result.invalidComboValues).length ? `, unavailable choices ${JSON.stringify(result.invalidComboValues)}` : ""));
   await closeDialogs(page);
   return result;
+}
+
+// Pairs of nodes whose boxes (title bar included, as laid out by the frontend) intersect.
+async function overlappingNodes(page) {
+  return page.evaluate(() => {
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const boxes = window.app.graph.nodes.map((node) => ({
+      name: `${node.id}:${node.type}`, x: node.pos[0], y: node.pos[1] - title, w: node.size[0], h: node.size[1] + title }));
+    const overlaps = [];
+    boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b) => {
+      if (a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h)
+        overlaps.push(`${a.name} [${a.x},${a.y},${a.w},${a.h}] and ${b.name} [${b.x},${b.y},${b.w},${b.h}]`);
+    }));
+    return overlaps;
+  });
+}
+
+// The whole graph fitted to the window; and Load Image Networks at 100 %, if the graph has it.
+async function photograph(page, name) {
+  await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
+  await sleep(800);
+  await screenshot(page, `${name}_loaded.png`);
+  const networks = await page.evaluate(() => {
+    const node = window.app.graph.nodes.find((n) => n.type === "EchoDistillLoadImageNetworks");
+    if (!node) return false;
+    window.app.canvas.ds.scale = 1;
+    window.app.canvas.centerOnNode(node);
+    window.app.canvas.setDirty(true, true);
+    return true;
+  });
+  if (networks) {
+    await sleep(500);
+    await screenshot(page, `${name}_image_networks.png`);
+  }
+}
+
+// The Train node's summary of the run: its text and whether it is on screen inside the node.
+async function summaryText(page, nodeId) {
+  return page.evaluate((id) => {
+    const element = window.app.graph.getNodeById(id)?.widgets?.find((w) => w.name === "summary")?.element;
+    if (!element) return { found: false };
+    const domWidget = element.closest(".dom-widget");
+    const rect = element.getBoundingClientRect();
+    return { found: true, className: element.className, text: element.textContent,
+             visible: rect.width > 0 && rect.height > 0 && !!domWidget && getComputedStyle(domWidget).display !== "none" };
+  }, nodeId);
 }
 
 // Pixels of the loss canvas: how many differ from the background, overall and in the plot band
@@ -293,6 +345,9 @@ async function runFromUi(page, file, workflow) {
   }
   const before = await lossCanvas(page, trainId);
   run.before = before;
+  run.summaryBefore = await summaryText(page, trainId);
+  check(run.summaryBefore.found && run.summaryBefore.className === "echodistill-summary",
+        `${file}: the Train node has no "summary" DOM widget (div.echodistill-summary)`);
   check(before.found, `${file}: the Train node has no "losses" DOM widget with a canvas`);
   check(before.className === "echodistill-losses", `${file}: the losses widget element is not canvas.echodistill-losses`);
   check(before.inDomWidget && before.connected, `${file}: the loss canvas is not attached inside a .dom-widget element`);
@@ -357,13 +412,19 @@ async function runFromUi(page, file, workflow) {
   check(after.run && after.run.points >= 2, `${file}: the live view holds ${after.run?.points} points`);
   check(after.plotPixels > 200 && after.plotPixels > 5 * (before.plotPixels || 0) ,
         `${file}: the loss curves are not drawn: ${after.plotPixels} non-background pixels in the plot band (before the run ${before.plotPixels})`);
+  run.summary = await summaryText(page, trainId);
+  check(run.summary.visible, `${file}: the run's summary is not visible in the Train node`);
+  check(/student loss: adversarial/.test(run.summary.text) && /discriminators: \S/.test(run.summary.text)
+        && run.summary.text !== run.summaryBefore.text,
+        `${file}: the Train node does not list the run's losses and discriminators: ${JSON.stringify(run.summary.text)}`);
   await screenshot(page, "1_after_run_loss_view.png", page.locator("canvas.echodistill-losses").first());
   await screenshot(page, "1_after_run_train_node.png");
   await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
   await sleep(800);
   await screenshot(page, "1_after_run_fit_view.png");
   log(`${file}: ${run.status} in ${run.seconds} s; ${run.progressMessages} progress messages; loss view `
-      + `${after.plotPixels} curve pixels (${before.plotPixels} before), step ${after.run?.step}/${after.run?.total}`);
+      + `${after.plotPixels} curve pixels (${before.plotPixels} before), step ${after.run?.step}/${after.run?.total}; `
+      + `summary ${JSON.stringify(run.summary.text)}`);
   return run;
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from ..echodistill_core.demo import demo_concept_images
 from ..echodistill_core.image_networks import RunNetworks, choose_networks
 from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import loss_plot
-from ..echodistill_core.trainer import EchoDistillTrainer, training_resolution
+from ..echodistill_core.safekeeping import keep
+from ..echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
+                                        training_resolution)
 from . import comfy
 from .sockets import (CATEGORY, CONCEPT, IMAGE_NETWORKS, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER,
                       Concept, Personalized)
@@ -124,6 +127,9 @@ class EchoDistillTrain:
             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training "
                            "resolution in pixels; 0: the student's own (512 for SD-Turbo, also with a 768 px teacher). Lower "
                            "is faster and lighter, at some cost in detail."}),
+            "save_every": ("INT", {"default": 250, "min": 0, "max": 100000, "tooltip": "Every N steps keep a "
+                           "resumable state (output/echodistill_states, replaced each time), so a crash loses at "
+                           "most N steps; 0: never. The finished result is always saved to models/echodistill."}),
             "image_networks": (IMAGE_NETWORKS, {"tooltip": "From Load Image Networks: the discriminators' backbones "
                                "and the feature network. Unconnected: the frozen teacher's features for both (no "
                                "download)."}),
@@ -137,7 +143,7 @@ class EchoDistillTrain:
 
     def train(self, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
               preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0,
-              image_networks: RunNetworks | None = None, node_id=None):
+              save_every=250, image_networks: RunNetworks | None = None, node_id=None):
         preset = preset if preset != "auto" else ("tiny" if teacher.tiny else "paper")
         memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
         config = memory.apply(PRESETS[preset].replace(
@@ -162,9 +168,12 @@ class EchoDistillTrain:
             comfy.send_to_browser("echodistill.summary", {"node": node_id, "lines": summary})
             comfy.free_device_memory_for_training()
             try:
-                self._run(trainer, node_id)
+                self._run(trainer, node_id, save_every)
             finally:
                 comfy.release_device_memory()
+        result = keep(trainer.personalization.save,
+                      comfy.unused_path(comfy.results_folder(), f"{_word(trainer)}_seed{trainer.config.seed}"))
+        log.info("EchoDistill: the result is saved as %s (Load Personalized lists it)", result)
         one_step = Personalized(student, teacher.text, trainer.personalization, "student", trainer.history)
         personal_teacher = Personalized(teacher, teacher.text, trainer.personalization, "teacher", trainer.history)
         return (one_step, personal_teacher, loss_plot(trainer.history), "\n".join(summary))
@@ -179,8 +188,9 @@ class EchoDistillTrain:
             log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
                         "choose that precision in Load Teacher and Load Student", memory.name, wanted)
 
-    def _run(self, trainer: EchoDistillTrainer, node_id) -> None:
+    def _run(self, trainer: EchoDistillTrainer, node_id, save_every: int = 0) -> None:
         progress = comfy.Progress(trainer.config.steps, node_id)
+        autosave = comfy.states_folder() / f"{_word(trainer)}_seed{trainer.config.seed}_autosave.safetensors"
 
         def on_step(report):
             preview = None
@@ -189,6 +199,8 @@ class EchoDistillTrain:
             comfy.send_to_browser("echodistill.progress", {
                 "node": node_id, "step": report.step, "total": report.total,
                 "losses": {name: round(value, 5) for name, value in report.losses.items()}})
+            if save_every and report.step % save_every == 0 and report.step < report.total:
+                keep(trainer.save_state, autosave)
             progress.update(report.step, preview)  # raises if the user pressed Cancel
 
         try:
@@ -196,17 +208,28 @@ class EchoDistillTrain:
         except comfy.interruption_types():
             self._keep_state(trainer, node_id)
             raise
+        except Exception as error:  # a non-finite loss, out of memory, anything: the last good step is kept
+            path = self._keep_state(trainer, node_id, "failed")
+            advice = {TrainingOutOfMemoryError: ", with a smaller memory preset",
+                      NonFiniteLossError: ", with lower learning rates"}.get(type(error), " once the cause is fixed")
+            raise RuntimeError(f"EchoDistill stopped: {error}. The state after step {trainer.step} is saved as "
+                               f"{path.name} in {path.parent}: choose it as resume_state to continue{advice}") from error
         if not finished:
             self._keep_state(trainer, node_id)
             comfy.throw_if_interrupted()
             raise comfy.Interrupted(f"training stopped at step {trainer.step}")
 
     @staticmethod
-    def _keep_state(trainer: EchoDistillTrainer, node_id) -> None:
-        word = "".join(c for c in trainer.config.token if c.isalnum() or c in "-_") or "concept"
-        path = trainer.save_state(comfy.unused_path(comfy.states_folder(),
-                                                    f"{word}_seed{trainer.config.seed}_step{trainer.step}"))
-        message = (f"EchoDistill: cancelled after step {trainer.step}; the state is saved as {path.name} in "
+    def _keep_state(trainer: EchoDistillTrainer, node_id, why: str = "cancelled") -> Path:
+        stem = f"{_word(trainer)}_seed{trainer.config.seed}_step{trainer.step}"
+        path = keep(trainer.save_state, comfy.unused_path(comfy.states_folder(), stem))
+        message = (f"EchoDistill: {why} after step {trainer.step}; the state is saved as {path.name} in "
                    f"{path.parent}. Choose it as resume_state to continue.")
         log.warning(message)
         comfy.send_to_browser("echodistill.cancelled", {"node": node_id, "step": trainer.step, "state": path.name})
+        return path
+
+
+def _word(trainer: EchoDistillTrainer) -> str:
+    """The token as a file-name stem: <my-dog> -> my-dog."""
+    return "".join(c for c in trainer.config.token if c.isalnum() or c in "-_") or "concept"

@@ -117,7 +117,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
             assert all(key.startswith("lora_unet_") and key.endswith(".diff") for key in file.keys())
 
         result = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadPersonalized"].INPUT_TYPES()["required"]["result"][0]
-        assert result == ["my toy.safetensors", "my toy_00001.safetensors"]
+        assert result == ["my toy.safetensors", "my toy_00001.safetensors", "toy_seed1.safetensors"]  # Train's own
         loaded, _ = run(pack, "EchoDistillLoadPersonalized", teacher=teacher, student=student,
                         result="my toy.safetensors")
         again_images, = run(pack, "EchoDistillOneStepSample", model=loaded, prompt="a photo of a <toy> toy",
@@ -126,6 +126,33 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
 
 
 NO_FILES = dict(clip_vision="none", ip_adapter="none", dino="none", dinov2="none")
+
+
+def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, comfy, monkeypatch):
+    trainer_module = sys.modules["echodistill_pack.echodistill_core.trainer"]
+    original = trainer_module.EchoDistillTrainer.train_step
+
+    def nan_at_step_three(trainer):
+        if trainer.step == 2:
+            raise trainer_module.NonFiniteLossError("the student loss became nan at step 3")
+        return original(trainer)
+    monkeypatch.setattr(trainer_module.EchoDistillTrainer, "train_step", nan_at_step_three)
+    with torch.inference_mode():
+        teacher, student = bundled_pair(pack)
+        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                       class_word="cup", initializer_word="")
+        settings = dict(teacher=teacher, student=student, concept=concept, steps=4, parameterisation="lora",
+                        memory="12 GB", echo=False, seed=0, preview_every=0)
+        with pytest.raises(RuntimeError, match="nan at step 3. The state after step 2 is saved as "
+                           "cup_seed0_step2.safetensors in .*: choose it as resume_state to continue, with lower "
+                           "learning rates"):
+            run(pack, "EchoDistillTrain", **settings, save_every=1)
+        states = comfy.states_folder()
+        assert sorted(p.name for p in states.iterdir()) == ["cup_seed0_autosave.safetensors", "cup_seed0_step2.safetensors"]
+        monkeypatch.setattr(trainer_module.EchoDistillTrainer, "train_step", original)
+        one_step, _, _, _ = run(pack, "EchoDistillTrain", **settings, resume_state="cup_seed0_step2.safetensors")
+    assert [entry["step"] for entry in one_step.history] == [1, 2, 3, 4]
+    assert (comfy.results_folder() / "cup_seed0.safetensors").is_file()  # the finished result, saved by Train
 
 
 def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, comfy, monkeypatch):

@@ -96,7 +96,7 @@ def workflow(nodes: list[dict], pack: dict) -> dict:
 
 TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "memory": "12 GB", "echo": True, "seed": 42,
                   "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
-                  "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0}
+                  "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0, "save_every": 250}
 SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4}
 PAPER_IMAGE_NETWORKS = {  # method.md's discriminators and feature network, from the files ComfyUI users have
     "id": 12, "type": "EchoDistillLoadImageNetworks", "pos": [400, 40], "size": [400, 230],
@@ -118,7 +118,7 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
         {"id": 4, "type": "EchoDistillConceptImages", "pos": [400, 440], "size": [320, 260],
          "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": ""},
          "inputs": {"images": (3, 0)}},
-        {"id": 5, "type": "EchoDistillTrain", "pos": [840, 40], "size": [380, 800],
+        {"id": 5, "type": "EchoDistillTrain", "pos": [840, 40], "size": [380, 830],
          "widgets": {**TRAIN_DEFAULTS, **train},
          "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0), **networks}},
         {"id": 6, "type": "EchoDistillOneStepSample", "pos": [1260, 40], "size": [340, 240],

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 TRAINING_TEMPLATES = (
     "a photo of a {}",
@@ -27,7 +27,9 @@ TRAINING_TEMPLATES = (
 SMALL_EDITS = ("far away ", "very small ")
 LARGE_EDITS = ("zoomed in ", "close up ")
 MIN_IMAGE_SIDE = 8
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: more than any camera photo needs; a larger file is refused unread
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+HIGH_DEPTH_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}  # mode -> white
 
 
 class ConceptImageError(ValueError):
@@ -35,7 +37,8 @@ class ConceptImageError(ValueError):
 
 
 def read_images(folder: Path) -> list[Image.Image]:
-    """Every image file in `folder`, sorted by name; a file that will not open is named in the error."""
+    """Every image file in `folder`, sorted by name, upright as its camera's orientation tag says. A file
+    that will not open, or holds more than MAX_IMAGE_PIXELS, is named in the error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConceptImageError(f"{folder} is not a folder of images")
@@ -43,8 +46,16 @@ def read_images(folder: Path) -> list[Image.Image]:
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
             with Image.open(path) as image:
-                images.append(image.copy())
-        except OSError as error:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ConceptImageError(
+                        f"{path.name} is {image.width}x{image.height} px, more than {MAX_IMAGE_PIXELS // 10**6} MP; "
+                        "resize it (the training resolution is 512 px)")
+                upright = ImageOps.exif_transpose(image)
+                upright.filename = path.name  # names the file in to_tensor's errors
+                images.append(upright)
+        except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
+            if isinstance(error, ConceptImageError):
+                raise
             raise ConceptImageError(f"{path} is not a readable image ({error}); remove or re-save it") from error
     return images
 
@@ -62,12 +73,7 @@ def to_tensor(image, index: int = 0) -> torch.Tensor:
     RGBA is composited over white and grey is repeated to RGB.
     """
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image)
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        tensor = _pil_to_tensor(image, _label(image, index))
     elif isinstance(image, torch.Tensor) or isinstance(image, np.ndarray):
         tensor = torch.as_tensor(image).detach().cpu()
         tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
@@ -88,12 +94,32 @@ def to_tensor(image, index: int = 0) -> torch.Tensor:
         raise ConceptImageError(f"image {index} is a {type(image).__name__}; give PIL images or tensors")
     if min(tensor.shape[1:]) < MIN_IMAGE_SIDE:
         raise ConceptImageError(
-            f"image {index} is {tensor.shape[2]}x{tensor.shape[1]} px; concept images need at least "
+            f"{_label(image, index)} is {tensor.shape[2]}x{tensor.shape[1]} px; concept images need at least "
             f"{MIN_IMAGE_SIDE} px a side (ideally the training resolution or more)"
         )
     if not torch.isfinite(tensor).all():
-        raise ConceptImageError(f"image {index} contains NaN or infinite values")
+        raise ConceptImageError(f"{_label(image, index)} contains NaN or infinite values")
     return tensor.clamp(0, 1) * 2 - 1
+
+
+def _label(image, index: int) -> str:
+    return getattr(image, "filename", "") or f"image {index}"
+
+
+def _pil_to_tensor(image: Image.Image, label: str) -> torch.Tensor:
+    """[3, H, W] in 0..1 from any PIL mode: transparency composited over white, 16-bit and float grey
+    scaled by their own white, palette, CMYK and YCbCr converted to RGB."""
+    if image.mode in HIGH_DEPTH_MODES:
+        grey = np.asarray(image, dtype=np.float32) / HIGH_DEPTH_MODES[image.mode]
+        return torch.from_numpy(grey).clamp(0, 1)[None].expand(3, -1, -1).contiguous()
+    try:
+        if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (ValueError, OSError) as error:
+        raise ConceptImageError(f"{label} is in the {image.mode} colour mode, which cannot be read as RGB ({error}); "
+                                "re-save it as an RGB PNG or JPEG") from error
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def resize(image: torch.Tensor, size: int) -> torch.Tensor:

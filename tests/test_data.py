@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from echodistill_core.data import ConceptDataset, ConceptImageError, augment, to_tensor
+from echodistill_core.data import ConceptDataset, ConceptImageError, augment, read_images, to_tensor
 
 
 @pytest.mark.parametrize("image", [
@@ -69,3 +69,29 @@ def test_prompts_fill_templates_with_the_subject():
     batch = dataset.sample(8, torch.Generator().manual_seed(1))
     assert batch.images.shape == (8, 3, 16, 16) and batch.masks.shape == (8, 1, 16, 16)
     assert all("<v> mug" in prompt for prompt in batch.prompts)
+
+
+def test_photos_arrive_upright_in_every_mode_or_are_refused_by_file_name(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    tall = Image.new("RGB", (20, 40), (255, 0, 0))
+    tall.paste((0, 0, 255), (0, 0, 20, 10))  # blue on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; show it rotated 90 degrees clockwise
+    tall.save(folder / "a_rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(folder / "b_grey16.png")  # mid grey, 16 bit
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(folder / "c_cmyk.jpg", quality=95)  # red in print colours
+    Image.new("P", (16, 16), 0).save(folder / "d_palette.png", transparency=0)  # fully transparent: white
+    rotated, grey, cmyk, palette = (to_tensor(image) for image in read_images(folder))
+    assert rotated.shape == (3, 20, 40) and rotated[2, :, -5:].mean() > 0.8  # upright: blue now on the right
+    assert grey.mean().item() == pytest.approx(0.0, abs=0.01)  # 32768 / 65535, in [-1, 1]
+    assert cmyk[0].mean() > 0.8 and cmyk[1:].mean() < -0.8
+    assert palette.min().item() == pytest.approx(1.0)
+
+    Image.new("1", (9000, 8000)).save(folder / "e_huge.png")  # 72 MP, small on disk
+    with pytest.raises(ConceptImageError, match="e_huge.png is 9000x8000 px, more than 64 MP; resize it"):
+        read_images(folder)
+    (folder / "e_huge.png").unlink()
+    Image.new("RGB", (4, 4)).save(folder / "f_tiny.png")
+    with pytest.raises(ConceptImageError, match="f_tiny.png is 4x4 px; concept images need at least 8 px"):
+        [to_tensor(image) for image in read_images(folder)]

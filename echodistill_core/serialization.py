@@ -9,6 +9,7 @@ partial file ever carries the final name.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 TREE_KEY = "echodistill.tree"
+CHECKSUM_KEY = "echodistill.sha256"  # of the skeleton and every tensor's bytes: damage is detected on load
 
 
 class ResultFileError(ValueError):
@@ -99,8 +101,17 @@ def _umask() -> int:
 def save_tree(path: str | Path, tree: dict, metadata: dict[str, str] | None = None) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(tree, "", tensors)
-    header = {TREE_KEY: json.dumps(skeleton), **(metadata or {})}
+    text = json.dumps(skeleton)
+    header = {TREE_KEY: text, CHECKSUM_KEY: _checksum(text, tensors), **(metadata or {})}
     return write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=header))
+
+
+def _checksum(skeleton: str, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(skeleton.encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_tree(path: str | Path) -> dict:
@@ -117,4 +128,7 @@ def load_tree(path: str | Path) -> dict:
         raise ResultFileError(f"{path} is corrupt or truncated ({error}); save it again") from error
     if TREE_KEY not in metadata:
         raise ResultFileError(f"{path} is a safetensors file but not one EchoDistill wrote")
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != _checksum(metadata[TREE_KEY], tensors):
+        raise ResultFileError(f"{path} is damaged (its contents no longer match the checksum written with it); "
+                              "use another copy or start fresh")
     return _unflatten(json.loads(metadata[TREE_KEY]), tensors)

@@ -15,6 +15,7 @@ undoes a failed step lives.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -409,8 +410,17 @@ class EchoDistillTrainer:
             optimizer.load_state_dict(state["optimizers"][name])
 
     def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "config": self.config.to_dict(),
+        return {"format": STATE_FORMAT, "config": self.config.to_dict(), "trained_on": self.trained_on(),
                 "history": [dict(entry) for entry in self.history], **_cloned(self._trainable_state())}
+
+    def trained_on(self) -> dict:
+        """What a state is only valid with: the concept images (a digest of them as prepared) and each
+        base model (its adapted layers' mean absolute weights, which survive a change of precision)."""
+        images = hashlib.sha256()
+        for image in self.concept.images:
+            images.update(image.float().contiguous().numpy().tobytes())
+        return {"concept_images": images.hexdigest(), "teacher": _weight_signature(self.teacher, self.teacher_adapters),
+                "student": _weight_signature(self.student, self.student_adapters)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
@@ -420,15 +430,45 @@ class EchoDistillTrainer:
         if changed:
             raise ValueError(f"the saved state was trained with other settings ({', '.join(changed)}); "
                              f"resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} may change)")
+        self._check_trained_on(state.get("trained_on"))
         self.history[:] = [dict(entry) for entry in state["history"]]
         self._load_trainable_state(_cloned(state))
+
+    def _check_trained_on(self, saved: dict | None) -> None:
+        if saved is None:
+            log.warning("this state does not record what it was trained on; resuming without checking the images and models")
+            return
+        mine = self.trained_on()
+        if saved["concept_images"] != mine["concept_images"]:
+            raise ValueError("the saved state was trained on other concept images; resume with the same photos "
+                             "(same files, same order, same resolution), or start fresh")
+        for role in ("teacher", "student"):
+            if not torch.allclose(torch.tensor(saved[role]), torch.tensor(mine[role]), rtol=1e-2, atol=1e-6):
+                raise ValueError(f"the saved state was trained with another {role} model; resume with the same "
+                                 f"{role} (any precision), or start fresh")
 
     def save_state(self, path: str | Path) -> Path:
         """A resumable training state, one safetensors file, written atomically."""
         return save_tree(path, self.state_dict())
 
     def load_state(self, path: str | Path) -> None:
-        self.load_state_dict(load_tree(path))
+        """Continue from a state file; a damaged or malformed one is refused naming the file."""
+        state = load_tree(path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
+            raise ResultFileError(f"{path} is an EchoDistill state with malformed contents ({type(error).__name__}: "
+                                  f"{error}); it cannot be resumed: start fresh or use another state") from error
+
+
+def _weight_signature(model: DiffusionModel, adapters) -> list[float]:
+    """The mean absolute frozen weight of each adapted layer: tells models apart, survives bf16 / fp16."""
+    signature = []
+    for path in adapters.paths():
+        layer = model.unet.get_submodule(path)
+        weight = getattr(layer, "base", layer).weight
+        signature.append(float(weight.detach().abs().float().mean()))
+    return signature
 
 
 def training_resolution(config: EchoDistillConfig, student: DiffusionModel) -> int:

@@ -9,9 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import SIZE, concept_images, tiny_config
 from echodistill_core import cli, safekeeping
 from echodistill_core import trainer as trainer_module
-from echodistill_core.serialization import load_tree, save_tree
+from echodistill_core.data import ConceptDataset
+from echodistill_core.serialization import ResultFileError, load_tree, save_tree
+from echodistill_core.tiny import tiny_model, tiny_pair
+from echodistill_core.trainer import EchoDistillTrainer
 from test_cli import model_folders  # noqa: F401 (a fixture: tiny diffusers folders and concept images)
 
 
@@ -122,3 +126,41 @@ def test_files_get_the_users_umask_and_abandoned_partial_files_are_removed(tmp_p
     finally:
         os.umask(previous)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o640) and not abandoned.exists()
+
+
+def state_trainer(images=None, teacher_seed: int = 0, dtype=torch.float32):
+    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=SIZE)
+    if teacher_seed:
+        teacher = tiny_model("v_prediction", image_size=SIZE, seed=teacher_seed)
+    for model in (teacher, student):
+        model.unet.to(dtype)
+    config = tiny_config(steps=2)
+    concept = ConceptDataset(images or concept_images(), config.token, config.class_word, SIZE)
+    return EchoDistillTrainer(teacher, student, text, concept, config)
+
+
+def test_a_state_resumes_only_with_the_photos_and_models_it_was_trained_on(tmp_path):
+    first = state_trainer()
+    first.train(should_cancel=lambda: first.step == 1)
+    path = first.save_state(tmp_path / "state.safetensors")
+    state_trainer(dtype=torch.bfloat16).load_state(path)  # the same models in another precision: fine
+    with pytest.raises(ValueError, match="trained on other concept images; resume with the same photos"):
+        state_trainer(images=concept_images(colour=(0.1, 0.9, 0.1))).load_state(path)
+    with pytest.raises(ValueError, match="trained with another teacher model"):
+        state_trainer(teacher_seed=5).load_state(path)
+
+
+def test_a_damaged_or_malformed_state_is_refused_naming_the_file(tmp_path):
+    trainer = state_trainer()
+    path = trainer.save_state(tmp_path / "state.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # one byte of a tensor flipped, as a bad disk or copy would
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ResultFileError, match="damaged.safetensors is damaged"):
+        state_trainer().load_state(damaged)
+    state = trainer.state_dict()
+    del state["history"]
+    malformed = save_tree(tmp_path / "malformed.safetensors", state)
+    with pytest.raises(ResultFileError, match="malformed.safetensors is an EchoDistill state with malformed contents"):
+        state_trainer().load_state(malformed)

@@ -127,6 +127,9 @@ def _load_pair(args, dtype: torch.dtype = torch.float32):
 
 
 def _train(args) -> int:
+    if args.teacher.resolve() == args.student.resolve():
+        raise ValueError(f"{args.teacher} is given as both teacher and student; EchoDistill trains a multi-step "
+                         "teacher (e.g. SD 2.1) with a one-step student (e.g. SD-Turbo)")
     state_path = args.out.with_suffix(".state.safetensors")
     check_output(args.out, replace_own=args.overwrite or args.resume is not None)
     check_output(state_path, replace_own=True)  # a state of ours is superseded; another file never replaced

@@ -114,6 +114,10 @@ def test_outputs_are_checked_before_any_work_and_other_files_never_replaced(trai
     blocked.write_text("")
     assert train(out=blocked / "x.safetensors") == 2 and "cannot write in" in capsys.readouterr().err
     assert train(out=tmp_path / "result.png") == 2 and "must end in .safetensors" in capsys.readouterr().err
+    same = ["--teacher", str(tmp_path), "--student", str(tmp_path)]
+    assert cli.main(["train", *same, "--images", str(tmp_path), "--class-word", "toy", "--out",
+                     str(tmp_path / "y.safetensors")]) == 2
+    assert "is given as both teacher and student" in capsys.readouterr().err
     assert not started  # no model was loaded for any of these
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from . import losses as L
 from .backbones import TEACHER_FEATURES, TeacherUNetFeatures
 from .config import RESUMABLE_CHANGES, EchoDistillConfig
-from .data import ConceptDataset, random_choice
+from .data import LARGE_EDITS, SMALL_EDITS, ConceptDataset, random_choice
 from .discriminators import Discriminator
 from .memory import Offload
 from .models import DiffusionModel, TextConditioner, check_pair
@@ -96,6 +96,7 @@ class EchoDistillTrainer:
             self.feature_network = None if feature_network is None else self._backbone(feature_network).to(teacher.device)
         if self.feature_network is None:
             log.info("feature loss off: no feature network")
+        self._check_token_within_the_text_window()
         for unet in (teacher.unet, student.unet):
             if config.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
@@ -117,6 +118,23 @@ class EchoDistillTrainer:
         self.step = 0
         self.echo_samples = 0
         self._uncond: torch.Tensor | None = None
+
+    def _check_token_within_the_text_window(self) -> None:
+        """Every prompt training can draw (the captions, or each template with each edit; the echo's contexts
+        come after the token) must keep the token inside the text encoder's window, or it would be cut off."""
+        concept, tokenizer = self.concept, self.text.tokenizer
+        if concept.captions is not None:
+            prompts = list(concept.captions)
+        else:
+            edits = ("",) + SMALL_EDITS + LARGE_EDITS
+            prompts = [template.format(edit + concept.subject) for template in concept.templates for edit in edits]
+        last = tokenizer.model_max_length - 2  # after the start token, before the end token
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids
+            if self.token.token_id in ids and ids.index(self.token.token_id) >= last:
+                raise ValueError(f"in the prompt {prompt!r} the token {self.token.token} comes after the text "
+                                 f"encoder's {tokenizer.model_max_length}-token window and would be cut off; "
+                                 "shorten the caption or put the token earlier")
 
     def _backbone(self, backbone: nn.Module | str) -> nn.Module:
         if backbone == TEACHER_FEATURES:

@@ -90,7 +90,7 @@ def test_interrupt_saves_a_state_that_resumes(model_folders, tmp_path, monkeypat
 
 
 def test_image_networks_a_choice_lacks_are_named_before_any_model_loads(tmp_path, capsys):
-    nowhere = ["--teacher", str(tmp_path / "nowhere"), "--student", str(tmp_path / "nowhere")]
+    nowhere = ["--teacher", str(tmp_path / "no-teacher"), "--student", str(tmp_path / "no-student")]
     assert cli.main(["train", *nowhere, "--images", str(tmp_path), "--class-word", "toy", "--out",
                      str(tmp_path / "x.safetensors"), "--discriminators", "paper", "--feature-network",
                      "ip-adapter"]) == 2

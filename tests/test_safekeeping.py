@@ -168,3 +168,13 @@ def test_a_damaged_or_malformed_state_is_refused_naming_the_file(tmp_path):
     malformed = save_tree(tmp_path / "malformed.safetensors", state)
     with pytest.raises(ResultFileError, match="malformed.safetensors is an EchoDistill state with malformed contents"):
         state_trainer().load_state(malformed)
+
+
+def test_a_caption_that_pushes_the_token_out_of_the_text_window_is_refused_before_training():
+    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=SIZE)  # a 16-token window
+    config = tiny_config()
+    captions = ["a <sks> dog", "one two three four five six seven eight nine ten eleven twelve thirteen fourteen <sks> dog",
+                "a <sks> dog", "a <sks> dog"]
+    concept = ConceptDataset(concept_images(), config.token, config.class_word, SIZE, captions=captions)
+    with pytest.raises(ValueError, match="the token <sks> comes after the text encoder's 16-token window"):
+        EchoDistillTrainer(teacher, student, text, concept, config)

@@ -1,4 +1,4 @@
-"""Does EchoDistill personalize the one-step student better than the obvious alternatives? (issue 3)
+"""Does EchoDistill personalize the one-step student better than the obvious alternatives?
 
 Five methods, the same models, concept, optimisation steps and seed:
 1. Textual Inversion on the student alone;

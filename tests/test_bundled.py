@@ -1,7 +1,7 @@
 """The bundled tiny teacher and one-step student: they load offline and follow the world's prompts.
 
 The full measurement (200 prompts) is `tools/evaluate_tiny.py`; here a fixed reduced sample, with the
-targets of issue 3: the teacher's 25-step samples at least 90 % right for shape, colour, size and
+targets set for them: the teacher's 25-step samples at least 90 % right for shape, colour, size and
 background, the student's ONE-step samples at least 80 %.
 """
 

@@ -334,7 +334,7 @@ def test_stock_nodes_apply_the_saved_lora_and_embedding_with_no_unloaded_keys(se
         assert f"embedding:{name} does not exist" not in log, log[-3000:]  # the embedding was found
 
 
-# A full-size SD-Turbo checkpoint, as Stability publishes it, with random weights (issue 5).
+# A full-size SD-Turbo checkpoint, as Stability publishes it, with random weights.
 
 APPLY_LORA = """
 import json, sys

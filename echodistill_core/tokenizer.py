@@ -9,10 +9,13 @@ every token it knows, which is what the tiny bundled models use.
 from __future__ import annotations
 
 import gzip
+import inspect
+import json
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from transformers import CLIPTokenizer
+from transformers import CLIPTokenizerFast
 
 MERGES_FILE = Path(__file__).parent / "assets" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 FULL_NUM_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges of the file: 48,894
@@ -40,10 +43,12 @@ def _all_merges() -> tuple[tuple[str, str], ...]:
     return tuple(tuple(line.split()) for line in lines)
 
 
-def build_clip_tokenizer(num_merges: int | None = None, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+def build_clip_tokenizer(num_merges: int | None = None, pad_token: str = "<|endoftext|>") -> CLIPTokenizerFast:
     """OpenAI CLIP's tokenizer with its first `num_merges` merges (all of them when None).
 
     `pad_token` is "<|endoftext|>" for SD 1.x and "!" for the SD 2.x family (OpenCLIP's padding).
+    The tokenizers-backed ("fast") class on every transformers version: transformers 5 builds it from the
+    vocabulary and merges themselves, transformers 4 only from the two files, written to a temporary folder.
     """
     merges = list(_all_merges()[:num_merges])
     symbols = list(_bytes_to_unicode().values())
@@ -51,7 +56,14 @@ def build_clip_tokenizer(num_merges: int | None = None, pad_token: str = "<|endo
     symbols += ["".join(merge) for merge in merges]
     symbols += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {symbol: index for index, symbol in enumerate(symbols)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+    options = dict(pad_token=pad_token, model_max_length=77)
+    if "vocab" in inspect.signature(CLIPTokenizerFast.__init__).parameters:  # transformers 5
+        return CLIPTokenizerFast(vocab=vocab, merges=merges, **options)
+    with tempfile.TemporaryDirectory(prefix="echodistill-clip-") as folder:  # transformers 4
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        return CLIPTokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file), **options)
 
 
 def check_tokenizer(tokenizer, source: str) -> None:

@@ -9,8 +9,8 @@ VAE_DECODES = ("plain", "checkpointed", "tiled")
 ROLLBACKS = ("device", "host", "off")
 # Settings a saved state may be resumed with changed: the run's length, feedback, and memory (after an
 # out-of-memory error the advice is a smaller memory preset, which may lower the batch size).
-RESUMABLE_CHANGES = ("steps", "preview_every", "batch_size", "gradient_checkpointing", "vae_decode", "offload",
-                     "rollback")
+RESUMABLE_CHANGES = ("steps", "preview_every", "preview_prompt", "batch_size", "gradient_checkpointing", "vae_decode",
+                     "offload", "rollback")
 
 NEW_CONTEXTS = (
     "on the beach", "in the snow", "in red", "on a wooden table", "in the jungle", "at night",
@@ -73,7 +73,7 @@ class EchoDistillConfig:
 
     # Feedback.
     preview_every: int = 50
-    preview_prompt: str = ""  # empty: "a photo of a <token> <class word>"
+    preview_prompt: str = ""  # one prompt a line; empty: "a photo of a <token> <class word>"
     preview_seed: int = 0
 
     # Memory: how an iteration runs, not what it computes (memory.py's presets set these and batch_size).

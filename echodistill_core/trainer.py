@@ -60,7 +60,7 @@ class StepReport:
     step: int
     total: int
     losses: dict[str, float]
-    preview: torch.Tensor | None  # [H, W, 3] in [0, 1], every `preview_every` steps
+    preview: torch.Tensor | None  # [H, W * prompts, 3] in [0, 1]: at step 1, every `preview_every` steps, the last
 
 
 class EchoDistillTrainer:
@@ -386,18 +386,23 @@ class EchoDistillTrainer:
         return {name: float(value.detach()) if torch.is_tensor(value) else float(value) for name, value in losses.items()}
 
     def _preview_due(self) -> bool:
-        every = self.config.preview_every
-        return every > 0 and (self.step % every == 0 or self.step == self.config.steps)
+        every = self.config.preview_every  # the first step too: something to see early
+        return every > 0 and (self.step == 1 or self.step % every == 0 or self.step == self.config.steps)
 
-    def preview_prompt(self) -> str:
-        return self.config.preview_prompt or f"a photo of a {self.concept.subject}"
+    def preview_prompts(self) -> list[str]:
+        """The config's preview prompts, one a line; none given: "a photo of a <token> <class word>"."""
+        lines = [line.strip() for line in self.config.preview_prompt.splitlines() if line.strip()]
+        return lines or [f"a photo of a {self.concept.subject}"]
 
     def preview(self) -> torch.Tensor:
-        """The student's one-step image of the validation prompt and seed, [H, W, 3] in [0, 1]."""
+        """The student's one-step images of the preview prompts with the preview seed, side by side in prompt
+        order: [H, W * prompts, 3] in [0, 1]."""
         applied = isinstance(self.text.text_encoder.get_input_embeddings(), PlaceholderEmbedding)
         on_device = self.offload.using(self.text.text_encoder, self.student.vae)
+        prompts = self.preview_prompts()
         with nullcontext() if applied else self.applied(), on_device:
-            return generate_student(self.student, self.text, [self.preview_prompt()], [self.config.preview_seed])[0]
+            images = generate_student(self.student, self.text, prompts, [self.config.preview_seed] * len(prompts))
+        return torch.cat(list(images), dim=1)
 
     # State: everything needed to continue exactly.
     def _trainable_state(self) -> dict:

@@ -284,9 +284,21 @@ def test_callback_gets_losses_and_previews(pair):
     reports = []
     make_trainer(pair, steps=4, preview_every=2).train(callback=reports.append)
     assert [r.step for r in reports] == [1, 2, 3, 4]
-    assert [r.preview is not None for r in reports] == [False, True, False, True]
+    assert [r.preview is not None for r in reports] == [True, True, False, True]  # step 1 too: seen early
     assert reports[1].preview.shape == (SIZE, SIZE, 3) and 0 <= reports[1].preview.min()
     assert {"teacher", "student", "discriminator", "latent", "color", "adversarial"} <= set(reports[0].losses)
+
+
+def test_several_preview_prompts_are_drawn_side_by_side_in_their_order(pair):
+    prompts = ["a photo of a <sks> dog", "a <sks> dog in the snow", "a red ring"]
+    trainer = make_trainer(pair, steps=1, preview_every=1, preview_prompt="\n".join(prompts) + "\n\n")
+    assert trainer.preview_prompts() == prompts
+    strip = trainer.preview()
+    assert strip.shape == (SIZE, 3 * SIZE, 3)
+    with trainer.applied():
+        alone = generate_student(trainer.student, trainer.text, [prompts[1]], [trainer.config.preview_seed])[0]
+    torch.testing.assert_close(strip[:, SIZE:2 * SIZE], alone)
+    assert make_trainer(pair, steps=1).preview_prompts() == ["a photo of a <sks> dog"]
 
 
 def test_one_state_resumes_two_runs_identically(pair):

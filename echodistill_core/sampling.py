@@ -6,9 +6,13 @@ image whatever else is in the batch, because each image's noise comes from its o
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .models import DiffusionModel, TextConditioner
+
+Progress = Callable[[int, int], None]  # called after each network evaluation with (steps done, steps); may raise to stop
 
 
 def initial_noise(model: DiffusionModel, seeds: list[int]) -> torch.Tensor:
@@ -26,7 +30,7 @@ def timesteps_for(model: DiffusionModel, steps: int) -> list[int]:
 
 @torch.no_grad()
 def student_sample(student: DiffusionModel, cond: torch.Tensor, noise: torch.Tensor, steps: int = 1,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, callback: Progress | None = None) -> torch.Tensor:
     """Clean latents from the one-step student (steps 2-4: Euler ancestral in sigma space, no CFG).
 
     Step one evaluates the student at its terminal timestep on pure noise, as in SD-Turbo.
@@ -36,6 +40,8 @@ def student_sample(student: DiffusionModel, cond: torch.Tensor, noise: torch.Ten
     for index, timestep in enumerate(timesteps):
         t = torch.full((len(z),), timestep, device=z.device, dtype=torch.long)
         x0 = student.predict_x0(z, t, cond)
+        if callback is not None:
+            callback(index + 1, len(timesteps))
         if index + 1 == len(timesteps):
             return x0
         z = _euler_ancestral_step(student, z, x0, timestep, timesteps[index + 1], generator)
@@ -68,13 +74,15 @@ def guided_x0(model: DiffusionModel, z_t: torch.Tensor, t: torch.Tensor, cond: t
 
 @torch.no_grad()
 def teacher_sample(teacher: DiffusionModel, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
-                   steps: int = 25, guidance_scale: float = 7.5) -> torch.Tensor:
+                   steps: int = 25, guidance_scale: float = 7.5, callback: Progress | None = None) -> torch.Tensor:
     """Clean latents by deterministic DDIM (eta = 0) with classifier-free guidance."""
     timesteps = timesteps_for(teacher, steps)
     z = noise
     for index, timestep in enumerate(timesteps):
         t = torch.full((len(z),), timestep, device=z.device, dtype=torch.long)
         x0 = guided_x0(teacher, z, t, cond, uncond, guidance_scale)
+        if callback is not None:
+            callback(index + 1, len(timesteps))
         if index + 1 == len(timesteps):
             return x0
         eps = teacher.schedule.to_eps_from_x0(x0, z, t)
@@ -90,21 +98,22 @@ def to_images(latents_or_images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_student(student: DiffusionModel, text: TextConditioner, prompts: list[str], seeds: list[int],
-                     steps: int = 1) -> torch.Tensor:
+                     steps: int = 1, callback: Progress | None = None) -> torch.Tensor:
     """The one-step student: prompts and seeds to images ([B, H, W, 3] in [0, 1])."""
     _check_seeds(prompts, seeds)
     generator = torch.Generator().manual_seed(int(seeds[0]) + 1)
-    latents = student_sample(student, text(prompts), initial_noise(student, seeds), steps, generator)
+    latents = student_sample(student, text(prompts), initial_noise(student, seeds), steps, generator, callback)
     return to_images(student.decode(latents))
 
 
 @torch.no_grad()
 def generate_teacher(teacher: DiffusionModel, text: TextConditioner, prompts: list[str], seeds: list[int],
-                     steps: int = 25, guidance_scale: float = 7.5, negative_prompt: str = "") -> torch.Tensor:
+                     steps: int = 25, guidance_scale: float = 7.5, negative_prompt: str = "",
+                     callback: Progress | None = None) -> torch.Tensor:
     """The multi-step teacher, DDIM with CFG: prompts and seeds to images ([B, H, W, 3] in [0, 1])."""
     _check_seeds(prompts, seeds)
     cond, uncond = text(prompts), text([negative_prompt])
-    latents = teacher_sample(teacher, cond, uncond, initial_noise(teacher, seeds), steps, guidance_scale)
+    latents = teacher_sample(teacher, cond, uncond, initial_noise(teacher, seeds), steps, guidance_scale, callback)
     return to_images(teacher.decode(latents))
 
 

@@ -57,3 +57,20 @@ def test_prediction_types_invert_each_other(prediction):
 def test_unknown_prediction_type_is_refused():
     with pytest.raises(ValueError, match="prediction type"):
         NoiseSchedule(torch.ones(10), "flow")
+
+
+def test_samplers_report_each_step_and_stop_when_the_callback_raises(pair):
+    teacher, student, text = pair
+    calls = []
+    generate_teacher(teacher, text, ["a photo of a dog"], [0], steps=5, callback=lambda *step: calls.append(step))
+    generate_student(student, text, ["a photo of a dog"], [0], steps=3, callback=lambda *step: calls.append(step))
+    assert calls == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5), (1, 3), (2, 3), (3, 3)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(done, total):
+        if done == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        generate_teacher(teacher, text, ["a photo of a dog"], [0], steps=5, callback=stop_at_two)

@@ -1,7 +1,8 @@
 """The ComfyUI face of EchoDistill: node declarations that delegate to `echodistill_core`.
 
 All contact with ComfyUI goes through `comfy.py`; node ids are saved in workflow files, so they are
-prefixed with the pack name and never renamed.
+prefixed with the pack name and never renamed. Display names all begin with "EchoDistill", so the node
+search finds every node of the pack by that word and lists them together.
 """
 
 from .image_networks import LoadImageNetworks
@@ -11,16 +12,16 @@ from .sampling import OneStepSample, TeacherSample
 from .training import ConceptImages, DemoConceptImages, EchoDistillTrain
 
 NODES = {
-    "EchoDistillLoadTeacher": (LoadTeacher, "Load Teacher (EchoDistill)"),
-    "EchoDistillLoadStudent": (LoadStudent, "Load Student (EchoDistill)"),
-    "EchoDistillLoadImageNetworks": (LoadImageNetworks, "Load Image Networks (EchoDistill)"),
-    "EchoDistillDemoConceptImages": (DemoConceptImages, "Demo Concept Images (EchoDistill)"),
-    "EchoDistillConceptImages": (ConceptImages, "Concept Images (EchoDistill)"),
+    "EchoDistillLoadTeacher": (LoadTeacher, "EchoDistill Load Teacher"),
+    "EchoDistillLoadStudent": (LoadStudent, "EchoDistill Load Student"),
+    "EchoDistillLoadImageNetworks": (LoadImageNetworks, "EchoDistill Load Image Networks"),
+    "EchoDistillDemoConceptImages": (DemoConceptImages, "EchoDistill Demo Concept Images"),
+    "EchoDistillConceptImages": (ConceptImages, "EchoDistill Concept Images"),
     "EchoDistillTrain": (EchoDistillTrain, "EchoDistill Train"),
-    "EchoDistillOneStepSample": (OneStepSample, "One-Step Personalized Sample"),
-    "EchoDistillTeacherSample": (TeacherSample, "Teacher Sample (EchoDistill)"),
-    "EchoDistillSavePersonalized": (SavePersonalized, "Save Personalized (EchoDistill)"),
-    "EchoDistillLoadPersonalized": (LoadPersonalized, "Load Personalized (EchoDistill)"),
+    "EchoDistillOneStepSample": (OneStepSample, "EchoDistill One-Step Sample"),
+    "EchoDistillTeacherSample": (TeacherSample, "EchoDistill Teacher Sample"),
+    "EchoDistillSavePersonalized": (SavePersonalized, "EchoDistill Save Personalized"),
+    "EchoDistillLoadPersonalized": (LoadPersonalized, "EchoDistill Load Personalized"),
 }
 NODE_CLASS_MAPPINGS = {node_id: node for node_id, (node, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

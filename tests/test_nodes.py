@@ -1,12 +1,16 @@
 """The nodes' contract, without ComfyUI: declarations, and the whole graph run inside inference mode."""
 
+import base64
 import dataclasses
 import importlib.util
+import io
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +64,7 @@ def test_teacher_and_student_sockets_differ(pack):
 
 def test_load_image_networks_feeds_trains_optional_input(pack):
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["EchoDistillLoadImageNetworks"] == "Load Image Networks (EchoDistill)"
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["EchoDistillLoadImageNetworks"] == "EchoDistill Load Image Networks"
     train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"].INPUT_TYPES()
     assert train["optional"]["image_networks"][0] == node.RETURN_TYPES[0] == "ECHODISTILL_IMAGE_NETWORKS"
     widgets = node.INPUT_TYPES()["required"]
@@ -117,7 +121,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
             assert all(key.startswith("lora_unet_") and key.endswith(".diff") for key in file.keys())
 
         result = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadPersonalized"].INPUT_TYPES()["required"]["result"][0]
-        assert result == ["my toy.safetensors", "my toy_00001.safetensors", "toy_seed1.safetensors"]  # Train's own
+        assert result == ["my toy.safetensors", "my toy_00001.safetensors", "toy_seed1_2steps.safetensors"]  # Train's
         loaded, _ = run(pack, "EchoDistillLoadPersonalized", teacher=teacher, student=student,
                         result="my toy.safetensors")
         again_images, = run(pack, "EchoDistillOneStepSample", model=loaded, prompt="a photo of a <toy> toy",
@@ -152,7 +156,7 @@ def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, c
         monkeypatch.setattr(trainer_module.EchoDistillTrainer, "train_step", original)
         one_step, _, _, _ = run(pack, "EchoDistillTrain", **settings, resume_state="cup_seed0_step2.safetensors")
     assert [entry["step"] for entry in one_step.history] == [1, 2, 3, 4]
-    assert (comfy.results_folder() / "cup_seed0.safetensors").is_file()  # the finished result, saved by Train
+    assert (comfy.results_folder() / "cup_seed0_4steps.safetensors").is_file()  # the finished result, saved by Train
 
 
 def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, comfy, monkeypatch):
@@ -177,7 +181,10 @@ def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, co
     assert "feature x1 on the base teacher's features" in lines[1] and unconnected == summary
     assert "no feature loss" in without_feature.splitlines()[1] and "feature x" not in without_feature
     summaries = [data for event, data in sent if event == "echodistill.summary"]
-    assert summaries[0] == {"node": "7", "lines": lines} and summaries[2]["lines"] == without_feature.splitlines()
+    assert lines[-1] == f"result: {comfy.results_folder() / 'cup_seed0_1steps.safetensors'}"
+    assert summaries[0]["node"] == "7" and summaries[0]["lines"] == lines[:-1]  # the run's parts, shown as it starts
+    assert summaries[0]["total"] == 1 and summaries[0]["echo_start"] is None and summaries[0]["history"] == []
+    assert summaries[2]["lines"] == without_feature.splitlines()[:-1]
 
 
 def test_train_refuses_image_networks_its_memory_preset_has_no_room_for(pack):
@@ -266,3 +273,127 @@ def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
     for key, value in straight.personalization.student_adapters.state_dict().items():
         torch.testing.assert_close(resumed.personalization.student_adapters.state_dict()[key], value)
     torch.testing.assert_close(resumed.personalization.token.vector, straight.personalization.token.vector)
+
+
+def test_display_names_all_begin_with_the_packs_name(pack):
+    names = list(pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+    assert all(name.startswith("EchoDistill ") for name in names) and len(set(names)) == len(names)
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["EchoDistillOneStepSample"] == "EchoDistill One-Step Sample"
+
+
+def train_widgets(**changes):
+    return {"steps": 300, "preview_every": 25, "teacher_lr": 0.0, "student_lr": 0.0, "resolution": 0, "lora_rank": 4,
+            "resume_state": "none (start fresh)", **changes}
+
+
+def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, comfy):
+    train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
+    assert train.VALIDATE_INPUTS(**train_widgets()) is True
+    assert train.VALIDATE_INPUTS(**train_widgets(teacher_lr=1e-4, resolution=64)) is True
+    refused = train.VALIDATE_INPUTS(**train_widgets(steps=0, resolution=100, student_lr=-1.0))
+    assert "steps must be at least 1, not 0" in refused
+    assert "resolution must be 0 (the student's size) or a multiple of 8 from 8 px, not 100" in refused
+    assert "student_lr must be positive, not -1.0" in refused and refused.endswith("queue again.")
+    assert "lora_rank must be at least 1" in train.VALIDATE_INPUTS(**train_widgets(lora_rank=0))
+    assert "preview_every must be 0 (never) or more" in train.VALIDATE_INPUTS(**train_widgets(preview_every=-5))
+    gone = train.VALIDATE_INPUTS(**train_widgets(resume_state="dog_seed1_step9.safetensors"))
+    assert "resume_state dog_seed1_step9.safetensors is no longer in" in gone and "none (start fresh)" in gone
+    assert train.VALIDATE_INPUTS(steps=None, resolution=None) is True  # linked from other nodes: checked at run
+
+
+def test_samplers_and_save_refuse_empty_prompts_and_paths_at_queue_time(pack):
+    for node_id in ("EchoDistillOneStepSample", "EchoDistillTeacherSample"):
+        node = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert node.VALIDATE_INPUTS(prompt="a <cup> cup") is True and "the prompt is empty" in node.VALIDATE_INPUTS(prompt=" ")
+    save = pack.NODE_CLASS_MAPPINGS["EchoDistillSavePersonalized"]
+    assert save.VALIDATE_INPUTS(name="my cup") is True
+    assert "must be a plain file name" in save.VALIDATE_INPUTS(name="../models/cup")
+
+
+@pytest.fixture
+def trained_cup(pack, comfy):
+    with torch.inference_mode():
+        teacher, student = bundled_pair(pack)
+        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                       class_word="cup", initializer_word="")
+        one_step, teacher_model, plot, summary = run(
+            pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept, steps=1,
+            parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0, lora_rank=2)
+    return one_step, teacher_model, plot, summary
+
+
+def test_train_exposes_lora_rank_and_lists_the_learning_rates_it_uses(pack, trained_cup):
+    one_step, _, plot, summary = trained_cup
+    config = one_step.personalization.config
+    assert config.lora_rank == 2 and "LoRA rank 2" in summary
+    assert config.teacher_lr == 2e-4 and "lr 0.0002" in summary  # 0 on the widget: the tiny preset's, shown
+    assert f"result: {sys.modules['echodistill_pack.nodes.comfy'].results_folder()}" in summary
+    assert plot.shape[2] == 768  # the training view's picture
+
+
+def test_save_lists_what_it_wrote_and_where_and_replaces_only_when_asked(pack, comfy, trained_cup, tmp_path):
+    one_step = trained_cup[0]
+    umask = os.umask(0o022)
+    try:
+        with torch.inference_mode():
+            first = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup")["ui"]["text"]
+            replaced = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup", overwrite=True)["ui"]["text"]
+            kept = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup")["ui"]["text"]
+    finally:
+        os.umask(umask)
+    loras = tmp_path / "models" / "loras"
+    assert first == replaced and first[0] == f"LoRA: cup.safetensors in {loras}"
+    assert first[1].startswith(f"embedding: cup.safetensors in {tmp_path / 'models' / 'embeddings'}")
+    assert "embedding:cup cup" in first[1] and first[2].startswith(f"result: cup.safetensors in {comfy.results_folder()}")
+    assert kept[0] == f"LoRA: cup_00001.safetensors in {loras}"
+    for folder in ("loras", "embeddings", "echodistill"):
+        for path in (tmp_path / "models" / folder).iterdir():
+            assert path.stat().st_mode & 0o777 == 0o644, f"{path} is not readable by others"
+
+
+def test_train_sends_previews_from_step_one_at_their_real_size_with_their_prompts(pack, comfy, monkeypatch):
+    sent = []
+    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
+    with torch.inference_mode():
+        teacher, student = bundled_pair(pack)
+        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                       class_word="cup", initializer_word="")
+        run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept, steps=5,
+            parameterisation="lora", memory="12 GB", echo=True, seed=0, preview_every=2, node_id="4",
+            preview_prompts="a <cup> cup\n\na red ring on teal\n")
+    previews = [data for event, data in sent if event == "echodistill.preview"]
+    assert [data["step"] for data in previews] == [1, 2, 4, 5]
+    assert previews[0]["prompts"] == ["a <cup> cup", "a red ring on teal"] and previews[0]["size"] == [32, 32]
+    for url in previews[0]["images"]:
+        image = Image.open(io.BytesIO(base64.b64decode(url.removeprefix("data:image/png;base64,"))))
+        assert image.size == (32, 32)  # the browser enlarges it and says its real size
+    progress = [data for event, data in sent if event == "echodistill.progress"]
+    assert [data["step"] for data in progress] == [1, 2, 3, 4, 5] and progress[0]["echo_start"] == 5
+    assert set(progress[0]["losses"]) == {"teacher", "student", "discriminator"} and "echo" in progress[-1]["losses"]
+    assert [data["node"] for event, data in sent if event == "echodistill.finished"] == ["4"]
+
+
+def test_samplers_show_progress_stop_on_cancel_and_upscale_for_viewing(pack, comfy, trained_cup, monkeypatch):
+    one_step, personal_teacher, _, _ = trained_cup
+    updates = []
+
+    class Recording(comfy.Progress):
+        def update(self, step, preview=None):
+            updates.append((step, self.total))
+            if self.total == 6 and step == 3:
+                raise comfy.Interrupted("cancelled")
+    monkeypatch.setattr(comfy, "Progress", Recording)
+    with torch.inference_mode():
+        images, = run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a <cup> cup", seed=0, batch_size=2,
+                      steps=1)
+        large, = run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a <cup> cup", seed=0, batch_size=2,
+                     steps=1, upscale=4)
+        teacher_images, = run(pack, "EchoDistillTeacherSample", model=personal_teacher, prompt="a <cup> cup", seed=0,
+                              batch_size=1, steps=4, cfg=3.0)
+        with pytest.raises(comfy.Interrupted):
+            run(pack, "EchoDistillTeacherSample", model=personal_teacher, prompt="a <cup> cup", seed=0, batch_size=1,
+                steps=6, cfg=3.0)
+    assert updates == [(1, 1), (1, 1), (1, 4), (2, 4), (3, 4), (4, 4), (1, 6), (2, 6), (3, 6)]
+    size = images.shape[1]
+    assert large.shape == (2, 4 * size, 4 * size, 3) and teacher_images.shape == (1, size, size, 3)
+    assert torch.equal(large[:, ::4, ::4], images) and torch.equal(large[:, 3::4, 1::4], images)

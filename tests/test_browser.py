@@ -72,7 +72,7 @@ def test_workflows_load_convert_and_run_in_the_frontend(tmp_path_factory):
     screenshots = tmp_path_factory.mktemp("browser-screenshots")
     try:
         done = subprocess.run(
-            [NODE, "workflows.mjs", f"http://127.0.0.1:{server.port}", str(ROOT / "workflows"), str(screenshots)],
+            [NODE, "workflows.mjs", f"http://127.0.0.1:{server.port}", str(ROOT / "example_workflows"), str(screenshots)],
             cwd=BROWSER, env={**os.environ, "CHROMIUM": CHROMIUM}, capture_output=True, text=True, timeout=1800)
     finally:
         server.stop()

@@ -109,6 +109,8 @@ def api_prompt(workflow: dict) -> dict:
     pack = make_workflows.pack_nodes()
     prompt = {}
     for node in workflow["nodes"]:
+        if node["type"] in make_workflows.NOTES:  # the frontend's own, never queued
+            continue
         _, widgets, _ = make_workflows.signature(node["type"], pack)
         inputs = {name: value for name, value in zip(widgets, node["widgets_values"])
                   if name not in ("control_after_generate", "upload")}
@@ -121,7 +123,7 @@ def api_prompt(workflow: dict) -> dict:
 
 
 def tiny_workflow(steps: int, name: str) -> dict:
-    prompt = api_prompt(json.loads((ROOT / "workflows" / "1_personalize_tiny_models.json").read_text()))
+    prompt = api_prompt(json.loads((ROOT / "example_workflows" / "1_personalize_tiny_models.json").read_text()))
     prompt["5"]["inputs"].update(steps=steps, preview_every=2)
     prompt["6"]["inputs"]["batch_size"] = prompt["8"]["inputs"]["batch_size"] = 1
     prompt["8"]["inputs"]["steps"] = 5
@@ -155,7 +157,7 @@ def test_other_workflows_validate_given_their_models(server):
     """Workflows 2 and 3 name real models. Without them ComfyUI refuses only those choices; with files of
     those names in place (empty stand-ins here) the graphs pass validation and are queued."""
     names = ("2_personalize_sd_turbo_with_sd21_teacher.json", "3_use_saved_result_with_stock_nodes.json")
-    prompts = [api_prompt(json.loads((ROOT / "workflows" / name).read_text())) for name in names]
+    prompts = [api_prompt(json.loads((ROOT / "example_workflows" / name).read_text())) for name in names]
     for prompt in prompts:
         with pytest.raises(AssertionError) as refused:
             server.queue(prompt)
@@ -168,8 +170,8 @@ def test_other_workflows_validate_given_their_models(server):
     models = server.root / "models"
     for file in ("checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
                  "loras/my_dog.safetensors", "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-                 "ipadapter/ip-adapter_sd15.safetensors", "dino/dino-vits16/config.json",
-                 "dino/dinov2-large/config.json"):
+                 "ipadapter/ip-adapter_sd15.safetensors", "dino/dino-vits16.safetensors",
+                 "dino/dinov2-large.safetensors"):
         (models / file).parent.mkdir(parents=True, exist_ok=True)
         (models / file).write_bytes(b"")
     from PIL import Image

@@ -1,5 +1,6 @@
-"""The shareable workflows reference only nodes and inputs that exist, and are what the generator
-writes (so they stay in step with the nodes' declarations)."""
+"""The shareable workflows reference only nodes and inputs that exist, are what the generator writes (so
+they stay in step with the nodes' declarations), and explain themselves: laid out without overlaps, in
+groups, with a note, titled outputs and the models they need."""
 
 import importlib.util
 import json
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+FOLDER = ROOT / "example_workflows"
+WORKFLOWS = sorted(FOLDER.glob("*.json"))
 # Choices listed from ComfyUI's folders, empty outside it: the user's files, not the pack's to offer.
 FOLDER_LISTINGS = {"model", "resume_state", "clip_vision", "ip_adapter", "dino", "dinov2"}
 
@@ -21,9 +23,11 @@ def generator():
     return module
 
 
-def test_there_are_three_workflows_served_as_examples():
+def test_there_are_three_workflows_in_one_real_folder_the_template_browser_lists_once():
     assert len(WORKFLOWS) == 3
-    assert sorted(p.name for p in (ROOT / "example_workflows").glob("*.json")) == [p.name for p in WORKFLOWS]
+    assert FOLDER.is_dir() and not FOLDER.is_symlink()  # a symlink packs as an empty folder, and breaks on Windows
+    for other in ("example", "examples", "workflow", "workflows"):  # ComfyUI lists these folders too
+        assert not (ROOT / other).exists(), f"{other}/ would list the workflows twice"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -61,3 +65,57 @@ def test_workflow_files_are_what_the_generator_writes(tmp_path):
 def test_the_workflows_use_every_node_but_load_personalized():
     used = {node["type"] for path in WORKFLOWS for node in json.loads(path.read_text())["nodes"]}
     assert used >= set(generator().pack_nodes()) - {"EchoDistillLoadPersonalized"}
+
+
+def boxes(graph: dict) -> dict[int, tuple[float, float, float, float]]:
+    """Each node's box with its title bar: (left, top, right, bottom)."""
+    title = generator().TITLE
+    return {n["id"]: (n["pos"][0], n["pos"][1] - title, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in graph["nodes"]}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_are_laid_out_in_groups_without_overlaps(path):
+    graph = json.loads(path.read_text())
+    box = boxes(graph)
+    for a in box:
+        for b in box:
+            if a < b:
+                (l1, t1, r1, b1), (l2, t2, r2, b2) = box[a], box[b]
+                assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"nodes {a} and {b} overlap"
+    grouped = set()
+    for group in graph["groups"]:
+        left, top, width, height = group["bounding"]
+        inside = {i for i, (l, t, r, b) in box.items() if left <= l and r <= left + width and top <= t and b <= top + height}
+        assert inside and not inside & grouped, group["title"]
+        grouped |= inside
+    notes = [n for n in graph["nodes"] if n["type"] == "MarkdownNote"]
+    assert grouped | {n["id"] for n in notes} == set(box)  # every node in a group, but the note
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_say_what_they_do_and_title_their_outputs(path):
+    graph = json.loads(path.read_text())
+    note, = [n for n in graph["nodes"] if n["type"] == "MarkdownNote"]
+    assert note["widgets_values"][0].startswith("## ") and "**To change:**" in note["widgets_values"][0]
+    for node in graph["nodes"]:
+        if node["type"] in ("PreviewImage", "SaveImage"):
+            assert node.get("title"), f"untitled {node['type']} {node['id']}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_name_the_models_they_need_where_they_go_and_where_they_come_from(path):
+    graph = json.loads(path.read_text())
+    chosen = {str(value).split("/")[-1] for node in graph["nodes"] for value in node["widgets_values"]
+              if str(value).endswith(".safetensors")}
+    listed = {model["name"]: model for model in graph.get("models", [])}
+    downloadable = chosen - {"my_dog.safetensors"}  # the user's own LoRA, from Save Personalized
+    assert set(listed) == downloadable
+    note = next(n for n in graph["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    for name, model in listed.items():
+        assert set(model) == {"name", "url", "directory"}
+        # the frontend offers a download only from these sites and of .safetensors files
+        assert model["url"].startswith("https://huggingface.co/") and name.endswith(".safetensors")
+        assert model["directory"] in ("checkpoints", "clip_vision", "ipadapter", "dino")
+        if path.name.startswith("2_"):
+            assert f"models/{model['directory']}" in note and name in note

@@ -1,8 +1,11 @@
-"""Write the pack's shareable workflows (UI-format ComfyUI .json) into workflows/.
+"""Write the pack's shareable workflows (UI-format ComfyUI .json) into example_workflows/, the folder
+ComfyUI's template browser lists (with `<name>.jpg` beside each as its card's picture).
 
 Each graph is described once below as nodes and links; widget values follow each node's declared
 inputs (the pack's own INPUT_TYPES, and a table for the stock nodes used), so the files stay in step
-with the nodes. Run: python tools/make_workflows.py
+with the nodes. Every graph is laid out in columns without overlaps, its nodes in titled groups, with a
+note that says what it does and what to change, and the models it needs (name, folder, download
+address) for ComfyUI's missing-model dialog. Run: python tools/make_workflows.py
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ STOCK = {
                  ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
                  [("LATENT", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
+    "MarkdownNote": ([], ["text"], []),  # a note in the frontend only: never part of the prompt
 }
+NOTES = {"MarkdownNote"}
 SEED_INPUTS = {"seed"}  # the frontend adds a "control_after_generate" widget after these
 
 
@@ -61,8 +66,10 @@ def signature(node_type: str, pack: dict) -> tuple[list, list, list]:
     return sockets, widgets, list(zip(names, node.RETURN_TYPES))
 
 
-def workflow(nodes: list[dict], pack: dict) -> dict:
-    """nodes: {"id", "type", "pos", "widgets": {name: value}, "inputs": {socket: (node id, output index)}}."""
+def workflow(nodes: list[dict], pack: dict, groups: list[tuple[str, list[int]]] = (),
+             models: list[dict] = ()) -> dict:
+    """nodes: {"id", "type", "pos", "size", "title", "widgets": {name: value}, "inputs": {socket: (node id,
+    output index)}}; groups: (title, node ids) boxes drawn around those nodes; models: what the graph needs."""
     by_id = {node["id"]: node for node in nodes}
     links, ui_nodes = [], []
     for order, node in enumerate(nodes):
@@ -77,95 +84,237 @@ def workflow(nodes: list[dict], pack: dict) -> dict:
                 link = len(links) + 1
                 links.append([link, source, slot, node["id"], len(inputs), kind])
             inputs.append({"name": name, "type": kind, "link": link})
-        ui_nodes.append({
-            "id": node["id"], "type": node["type"], "pos": list(node["pos"]), "size": node.get("size", [320, 160]),
+        ui_node = {
+            "id": node["id"], "type": node["type"], "pos": list(node["pos"]), "size": list(node["size"]),
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": [
                 {"name": name, "type": kind, "slot_index": index, "links": []}
                 for index, (name, kind) in enumerate(outputs)],
-            "properties": {"Node name for S&R": node["type"]},
-            "widgets_values": [node.get("widgets", {}).get(name, node.get("defaults", {}).get(name))
-                               for name in widget_names],
-        })
+            "properties": {} if node["type"] in NOTES else {"Node name for S&R": node["type"]},
+            "widgets_values": [node.get("widgets", {}).get(name) for name in widget_names],
+        }
+        if "title" in node:
+            ui_node["title"] = node["title"]
+        if node["type"] in NOTES:
+            ui_node["color"], ui_node["bgcolor"] = "#432", "#653"  # the frontend's yellow, as for a new note
+        ui_nodes.append(ui_node)
     for link_id, source, slot, _, _, _ in links:
         next(n for n in ui_nodes if n["id"] == source)["outputs"][slot]["links"].append(link_id)
     for node in ui_nodes:
         assert None not in node["widgets_values"], f"{node['type']}: give every widget a value"
-    return {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    boxes = [{"id": index + 1, "title": title, "bounding": group_box([by_id[i] for i in members]),
+              "color": GROUP_COLOUR, "font_size": 24, "flags": {}} for index, (title, members) in enumerate(groups)]
+    graph = {"last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+             "groups": boxes, "config": {}, "extra": {}, "version": 0.4}
+    if models:
+        graph["models"] = list(models)
+    return graph
+
+
+# Layout. A node's pos is the top left of its body; its title bar (30 px) sits above it. Sizes are at least
+# what the frontend computes for the node's widgets (tests/browser/workflows.mjs checks it).
+TITLE, GAP, GROUP_TITLE, GROUP_PAD, GROUP_COLOUR = 30, 50, 46, 15, "#3f789e"
+
+
+def column(x: float, y: float, nodes: list[dict]) -> list[dict]:
+    """`nodes` stacked from (x, y) with room for each title bar between them."""
+    for node in nodes:
+        node["pos"] = [x, y + TITLE]
+        y += TITLE + node["size"][1] + GAP
+    return nodes
+
+
+def group_box(members: list[dict]) -> list[float]:
+    left = min(n["pos"][0] for n in members) - GROUP_PAD
+    top = min(n["pos"][1] for n in members) - TITLE - GROUP_TITLE
+    right = max(n["pos"][0] + n["size"][0] for n in members) + GROUP_PAD
+    bottom = max(n["pos"][1] + n["size"][1] for n in members) + GROUP_PAD
+    return [left, top, right - left, bottom - top]
+
+
+def bottom_of(nodes: list[dict]) -> float:
+    return max(n["pos"][1] + n["size"][1] for n in nodes)
+
+
+# Where each model comes from: shown by ComfyUI's missing-model dialog, which offers the download into the
+# folder (only from huggingface.co or civitai.com, only .safetensors files).
+MODELS = {
+    "v2-1_768-ema-pruned.safetensors": ("checkpoints", "https://huggingface.co/stabilityai/stable-diffusion-2-1/"
+                                        "resolve/main/v2-1_768-ema-pruned.safetensors"),
+    "sd_turbo.safetensors": ("checkpoints", "https://huggingface.co/stabilityai/sd-turbo/resolve/main/"
+                             "sd_turbo.safetensors"),
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision", "https://huggingface.co/h94/IP-Adapter/resolve/"
+                                                    "main/models/image_encoder/model.safetensors"),
+    "ip-adapter_sd15.safetensors": ("ipadapter", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/"
+                                    "ip-adapter_sd15.safetensors"),
+    "dino-vits16.safetensors": ("dino", "https://huggingface.co/facebook/dino-vits16/resolve/refs%2Fpr%2F1/"
+                                "model.safetensors"),
+    "dinov2-large.safetensors": ("dino", "https://huggingface.co/facebook/dinov2-large/resolve/main/"
+                                 "model.safetensors"),
+}
+
+
+def models(*names: str) -> list[dict]:
+    return [{"name": name, "url": MODELS[name][1], "directory": MODELS[name][0]} for name in names]
+
+
+def note(node_id: int, text: str, size: list[int]) -> dict:
+    return {"id": node_id, "type": "MarkdownNote", "title": "Read me", "size": size, "widgets": {"text": text}}
 
 
 TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "memory": "12 GB", "echo": True, "seed": 42,
                   "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
-                  "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0, "save_every": 250}
-SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4}
+                  "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0, "save_every": 250,
+                  "lora_rank": 4, "preview_prompts": ""}
+SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4, "upscale": 1}
 PAPER_IMAGE_NETWORKS = {  # method.md's discriminators and feature network, from the files ComfyUI users have
-    "id": 12, "type": "EchoDistillLoadImageNetworks", "pos": [400, 40], "size": [400, 230],
+    "id": 12, "type": "EchoDistillLoadImageNetworks", "size": [420, 220],
     "widgets": {"discriminators": "paper", "feature_network": "ip-adapter",
                 "clip_vision": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "ip_adapter": "ip-adapter_sd15.safetensors",
-                "dino": "dino-vits16", "dinov2": "dinov2-large", "precision": "auto"}}
+                "dino": "dino-vits16.safetensors", "dinov2": "dinov2-large.safetensors", "precision": "auto"}}
 
 
-def personalize(teacher: str, student: str, images: dict, token: str, class_word: str, train: dict,
-                prompt: str, save_name: str, image_networks: dict | None = None) -> list[dict]:
-    """The personalization graph; `image_networks` (a Load Image Networks node) feeds Train when given."""
+def personalize(teacher: str, student: str, images: dict, token: str, class_word: str, train: dict, prompt: str,
+                save_name: str, readme: str, sample: dict, image_networks: dict | None = None) -> tuple:
+    """The personalization graph (nodes, groups): inputs on the left, Train in the middle, what to look at
+    and keep on the right; `image_networks` (a Load Image Networks node) feeds Train when given."""
     networks = {"image_networks": (image_networks["id"], 0)} if image_networks else {}
-    return [*([image_networks] if image_networks else []),
-        {"id": 1, "type": "EchoDistillLoadTeacher", "pos": [40, 40],
+    readme_node = note(13, readme, [420, 400])
+    readme_node["pos"] = [40, 40 + TITLE]
+    inputs = column(40, 40 + TITLE + 400 + GAP + GROUP_TITLE, [
+        {"id": 1, "type": "EchoDistillLoadTeacher", "size": [420, 110],
          "widgets": {"model": teacher, "family": "auto-detect", "precision": "auto"}},
-        {"id": 2, "type": "EchoDistillLoadStudent", "pos": [40, 260],
+        {"id": 2, "type": "EchoDistillLoadStudent", "size": [420, 110],
          "widgets": {"model": student, "family": "auto-detect", "precision": "auto"}},
+        *([image_networks] if image_networks else []),
         images,
-        {"id": 4, "type": "EchoDistillConceptImages", "pos": [400, 440], "size": [320, 260],
+        {"id": 4, "type": "EchoDistillConceptImages", "size": [420, 240],
          "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": ""},
          "inputs": {"images": (3, 0)}},
-        {"id": 5, "type": "EchoDistillTrain", "pos": [840, 40], "size": [380, 830],
-         "widgets": {**TRAIN_DEFAULTS, **train},
-         "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0), **networks}},
-        {"id": 6, "type": "EchoDistillOneStepSample", "pos": [1260, 40], "size": [340, 240],
-         "widgets": {"prompt": prompt, **SAMPLE, "steps": 1}, "inputs": {"model": (5, 0)}},
-        {"id": 7, "type": "PreviewImage", "pos": [1640, 40], "inputs": {"images": (6, 0)}},
-        {"id": 8, "type": "EchoDistillTeacherSample", "pos": [1260, 360], "size": [340, 260],
-         "widgets": {"prompt": prompt, **SAMPLE, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
-        {"id": 9, "type": "PreviewImage", "pos": [1640, 360], "inputs": {"images": (8, 0)}},
-        {"id": 10, "type": "PreviewImage", "pos": [1260, 700], "inputs": {"images": (5, 2)}},
-        {"id": 11, "type": "EchoDistillSavePersonalized", "pos": [840, 920], "widgets": {"name": save_name},
+    ])
+    training = column(520, 40 + GROUP_TITLE, [
+        {"id": 5, "type": "EchoDistillTrain", "size": [560, 1150], "widgets": {**TRAIN_DEFAULTS, **train},
+         "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0), **networks}}])
+    looking = column(1140, 40 + GROUP_TITLE, [
+        {"id": 6, "type": "EchoDistillOneStepSample", "size": [380, 270],
+         "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 1}, "inputs": {"model": (5, 0)}},
+        {"id": 8, "type": "EchoDistillTeacherSample", "size": [380, 300],
+         "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
+        {"id": 11, "type": "EchoDistillSavePersonalized", "size": [380, 190], "widgets": {"name": save_name,
+                                                                                        "overwrite": False},
          "inputs": {"model": (5, 0)}},
-    ]
+    ])
+    shown = column(1580, 40 + GROUP_TITLE, [
+        {"id": 7, "type": "PreviewImage", "title": "Student: one step", "size": [560, 330], "inputs": {"images": (6, 0)}},
+        {"id": 9, "type": "PreviewImage", "title": "Teacher: 25 steps", "size": [560, 330], "inputs": {"images": (8, 0)}},
+        {"id": 10, "type": "PreviewImage", "title": "Training view (loss_plot)", "size": [560, 420],
+         "inputs": {"images": (5, 2)}},
+    ])
+    nodes = [readme_node, *inputs, *training, *looking, *shown]
+    groups = [("1 · Models and photos", [n["id"] for n in inputs]), ("2 · Train", [5]),
+              ("3 · Look and keep", [n["id"] for n in looking + shown])]
+    return sorted(nodes, key=lambda n: n["id"]), groups
 
 
-def main(folder: Path = ROOT / "workflows") -> None:
+TINY_README = """## Personalize the bundled tiny models
+
+EchoDistill teaches a **one-step** model a new subject from a few photos by training it together with a
+multi-step teacher. This workflow runs on a CPU in a few minutes: the bundled 32 px models learn a pink
+heart (a shape they never saw) as the word `<heart>`.
+
+**Press Run.** The Train node draws the losses as it goes and shows the student's previews from step 1;
+Cancel keeps a state you can resume (`resume_state`). The results land on the right: the student's and
+the teacher's images, the training view, and Save Personalized lists the files it wrote.
+
+**To change:**
+- your own photos: replace *Demo Concept Images* with Load Image → *Concept Images*;
+- `token` and `class_word` in Concept Images, and the prompts (they must contain the token);
+- `steps`, `preview_prompts` (one a line) and the learning rates on Train;
+- `upscale` on the samplers enlarges the 32 px images for viewing."""
+
+TURBO_README = """## Personalize SD-Turbo with an SD 2.1 teacher (the paper's setting)
+
+Needs a GPU with 24 GB (memory preset `24 GB`) and these files, which ComfyUI offers to download
+when the workflow opens:
+- `models/checkpoints`: `v2-1_768-ema-pruned.safetensors` (teacher), `sd_turbo.safetensors` (student);
+- `models/clip_vision`: `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`;
+- `models/ipadapter`: `ip-adapter_sd15.safetensors`;
+- `models/dino`: `dino-vits16.safetensors`, `dinov2-large.safetensors`.
+
+**To change:** your photos in *Load Image* (3-20 of one subject; chain Concept Images nodes for more),
+`token` / `class_word`, the prompts, and `memory` to your GPU (8, 12 or 24 GB). Without the image
+networks, delete *Load Image Networks*: Train then uses the teacher's own features. Press Run: 1000
+steps take about an hour on a 24 GB GPU. Save Personalized writes a LoRA and an embedding for stock
+ComfyUI (workflow 3)."""
+
+STOCK_README = """## Use a saved result with stock ComfyUI nodes
+
+Save Personalized wrote a LoRA (`models/loras`) and an embedding (`models/embeddings`) under the
+name you gave it (`my_dog` here). With them, stock nodes draw your subject in **one step**:
+- *Load Checkpoint*: `sd_turbo.safetensors` (the student's base model);
+- *Load LoRA*: your LoRA;
+- the prompt says `embedding:my_dog dog` where the subject goes;
+- KSampler: 1 step, CFG 1, euler_ancestral.
+
+**To change:** the LoRA's name, the embedding's name in the prompt, and the rest of the prompt."""
+
+
+def main(folder: Path = ROOT / "example_workflows") -> None:
     pack = pack_nodes()
     graphs = {
-        "1_personalize_tiny_models.json": personalize(
+        "1_personalize_tiny_models.json": (*personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
-            {"id": 3, "type": "EchoDistillDemoConceptImages", "pos": [40, 480], "widgets": {"size": 32}},
-            "<heart>", "toy", {"steps": 300}, "a small <heart> toy on teal", "tiny_heart"),
-        "2_personalize_sd_turbo_with_sd21_teacher.json": personalize(
+            {"id": 3, "type": "EchoDistillDemoConceptImages", "size": [420, 60], "widgets": {"size": 32}},
+            "<heart>", "toy", {"steps": 300, "memory": "unlimited", "preset": "tiny", "teacher_lr": 2e-4,
+                               "student_lr": 3e-4, "preview_prompts": "a photo of a <heart> toy\n"
+                               "a small <heart> toy on teal\na big <heart> toy on yellow"},
+            "a small <heart> toy on teal", "tiny_heart", TINY_README, {"upscale": 8}), []),
+        "2_personalize_sd_turbo_with_sd21_teacher.json": (*personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
-            {"id": 3, "type": "LoadImage", "pos": [40, 480], "widgets": {"image": "my_dog.png", "upload": "image"}},
-            "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "preview_every": 50, "memory": "24 GB"},
-            "a photo of a <my-dog> dog on the beach", "my_dog", PAPER_IMAGE_NETWORKS),
-        "3_use_saved_result_with_stock_nodes.json": [
-            {"id": 1, "type": "CheckpointLoaderSimple", "pos": [40, 40], "widgets": {"ckpt_name": "sd_turbo.safetensors"}},
-            {"id": 2, "type": "LoraLoader", "pos": [400, 40], "inputs": {"model": (1, 0), "clip": (1, 1)},
-             "widgets": {"lora_name": "my_dog.safetensors", "strength_model": 1.0, "strength_clip": 1.0}},
-            {"id": 3, "type": "CLIPTextEncode", "pos": [760, 40], "inputs": {"clip": (2, 1)},
-             "widgets": {"text": "a photo of a embedding:my_dog dog on the beach"}},
-            {"id": 4, "type": "CLIPTextEncode", "pos": [760, 260], "inputs": {"clip": (2, 1)}, "widgets": {"text": ""}},
-            {"id": 5, "type": "EmptyLatentImage", "pos": [760, 480], "widgets": {"width": 512, "height": 512,
-                                                                                 "batch_size": 1}},
-            {"id": 6, "type": "KSampler", "pos": [1120, 40], "size": [320, 280],
-             "inputs": {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0)},
-             "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0,
-                         "sampler_name": "euler_ancestral", "scheduler": "sgm_uniform", "denoise": 1.0}},
-            {"id": 7, "type": "VAEDecode", "pos": [1480, 40], "inputs": {"samples": (6, 0), "vae": (1, 2)}},
-            {"id": 8, "type": "SaveImage", "pos": [1840, 40], "widgets": {"filename_prefix": "echodistill"}},
-        ],
+            {"id": 3, "type": "LoadImage", "size": [420, 340], "widgets": {"image": "my_dog.png", "upload": "image"}},
+            "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "teacher_lr": 1e-5, "student_lr": 2e-5,
+                                "preview_every": 50, "memory": "24 GB", "preview_prompts":
+                                "a photo of a <my-dog> dog\na <my-dog> dog on the beach"},
+            "a photo of a <my-dog> dog on the beach", "my_dog", TURBO_README, {"batch_size": 2},
+            PAPER_IMAGE_NETWORKS),
+            models(*MODELS)),
+        "3_use_saved_result_with_stock_nodes.json": stock_graph(),
     }
-    graphs["3_use_saved_result_with_stock_nodes.json"][-1]["inputs"] = {"images": (7, 0)}
-    for name, nodes in graphs.items():
-        (folder / name).write_text(json.dumps(workflow(nodes, pack), indent=1) + "\n")
+    folder.mkdir(exist_ok=True)
+    for name, (nodes, groups, needed) in graphs.items():
+        (folder / name).write_text(json.dumps(workflow(nodes, pack, groups, needed), indent=1) + "\n")
         print(folder / name)
+
+
+def stock_graph() -> tuple:
+    readme = note(9, STOCK_README, [400, 330])
+    readme["pos"] = [40, 40 + TITLE]
+    loading = column(40, 40 + TITLE + 330 + GAP + GROUP_TITLE, [
+        {"id": 1, "type": "CheckpointLoaderSimple", "size": [400, 100], "widgets": {"ckpt_name": "sd_turbo.safetensors"}},
+        {"id": 2, "type": "LoraLoader", "size": [400, 130], "inputs": {"model": (1, 0), "clip": (1, 1)},
+         "widgets": {"lora_name": "my_dog.safetensors", "strength_model": 1.0, "strength_clip": 1.0}},
+    ])
+    prompts = column(490, 40 + GROUP_TITLE, [
+        {"id": 3, "type": "CLIPTextEncode", "title": "Prompt (with the embedding)", "size": [400, 160],
+         "inputs": {"clip": (2, 1)}, "widgets": {"text": "a photo of a embedding:my_dog dog on the beach"}},
+        {"id": 4, "type": "CLIPTextEncode", "title": "Negative prompt (unused at CFG 1)", "size": [400, 120],
+         "inputs": {"clip": (2, 1)}, "widgets": {"text": ""}},
+        {"id": 5, "type": "EmptyLatentImage", "size": [400, 110], "widgets": {"width": 512, "height": 512,
+                                                                             "batch_size": 1}},
+    ])
+    drawing = column(940, 40 + GROUP_TITLE, [
+        {"id": 6, "type": "KSampler", "title": "KSampler (one step)", "size": [340, 270],
+         "inputs": {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0)},
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0,
+                     "sampler_name": "euler_ancestral", "scheduler": "sgm_uniform", "denoise": 1.0}},
+        {"id": 7, "type": "VAEDecode", "size": [340, 50], "inputs": {"samples": (6, 0), "vae": (1, 2)}},
+    ])
+    saving = column(1330, 40 + GROUP_TITLE, [
+        {"id": 8, "type": "SaveImage", "title": "Save Image: your subject", "size": [540, 580],
+         "inputs": {"images": (7, 0)}, "widgets": {"filename_prefix": "echodistill"}},
+    ])
+    groups = [("1 · The base model and your LoRA", [1, 2]), ("2 · Prompt", [3, 4, 5]), ("3 · One step", [6, 7, 8])]
+    return sorted([readme, *loading, *prompts, *drawing, *saving], key=lambda n: n["id"]), groups, models(
+        "sd_turbo.safetensors")
 
 
 if __name__ == "__main__":

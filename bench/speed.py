@@ -1,13 +1,28 @@
-"""Speed of EchoDistill on the tiny models, as ratios that carry over between machines.
+"""Speed of EchoDistill, as ratios measured within one run, so that they carry over between machines.
 
-- one EchoDistill iteration / one teacher-only Custom Diffusion step (same models, same batch), and
-  where an iteration's time goes: each of method.md's five steps (the trainer names them for
-  torch.profiler) in teacher-step units;
-- one-step student sampling against 25-step teacher sampling (DDIM + CFG);
-- the sampler's overhead over the bare network calls it makes.
+Two pairs, each timed in its own interleaved rounds:
+- pixel: the bundled tiny pair's architecture (random, pixel space: no VAE ever runs), `--size` px;
+- latent: an SD-proportioned small pair: SD 2.1's and SD-Turbo's UNet layout (4 levels, 2 layers a
+  level, cross-attention in the first 3, the same heads) and the SD VAE's layout (4 levels, 2 layers),
+  every width divided by `--width-divisor` (4: UNet 80-320 channels, VAE 32-128), at `--latent-size`
+  px, so that the UNet, VAE and their ratio keep SD's proportions, as where users run it.
 
-Usage: python bench/speed.py [--size 32] [--batch 4] [--repeats 10]
-The last line of output is one JSON object with the figures.
+Figures, for each pair:
+- one EchoDistill iteration (`_guarded_step`, as a run calls it) in teacher-only Custom Diffusion steps
+  (same models, same batch: drawing and encoding the batch, the teacher's loss, its update), before the
+  echo stage and in it. Each round times a teacher step, an iteration before the echo and one in it,
+  back to back; a ratio is taken within each round, and the median of the rounds is reported with
+  its spread (half the range of the rounds' ratios), so drift in the machine's speed cancels;
+- where an iteration goes: each of method.md's named phases (the trainer names them for
+  torch.profiler), as fractions of the profiled iteration, times the median ratio;
+- one-step student sampling against 25-step teacher sampling (DDIM + CFG), interleaved;
+- each sampler's overhead over the bare network calls it makes (text encoder, UNet, VAE decoder),
+  interleaved: the 25-step teacher's and the one-step student's.
+
+One thread by default (`--threads`): a small shared machine gives steadier ratios on one.
+
+Usage: python bench/speed.py [--size 32] [--batch 4] [--repeats 7] [--latent-size 128] [--pairs pixel latent]
+The last line of output is one JSON object with the figures (pixel ones unprefixed, latent ones `latent_`).
 """
 
 from __future__ import annotations
@@ -23,122 +38,223 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+
 from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import ConceptDataset  # noqa: E402
 from echodistill_core.demo import demo_concept_images  # noqa: E402
+from echodistill_core.families import FAMILIES  # noqa: E402
+from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, generate_teacher, initial_noise, timesteps_for  # noqa: E402
-from echodistill_core.tiny import tiny_pair  # noqa: E402
+from echodistill_core.schedule import NoiseSchedule  # noqa: E402
+from echodistill_core.tiny import TINY_TEXT_WIDTH, tiny_pair, tiny_text  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 
-def median_seconds(function, repeats: int, warmup: int = 2) -> float:
+# Timing.
+
+def interleaved_seconds(functions: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Each function's time in each of `repeats` rounds; within a round they run back to back."""
     for _ in range(warmup):
-        function()
-    times = []
+        for function in functions.values():
+            function()
+    times = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def paired_median_seconds(first, second, repeats: int) -> tuple[float, float]:
-    first(), second()
-    times = ([], [])
-    for _ in range(repeats):
-        for function, bucket in zip((first, second), times):
+        for name, function in functions.items():
             start = time.perf_counter()
             function()
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> tuple[float, float]:
+    """The median over rounds of numerator / denominator within each round, and the spread: half the
+    range of the rounds' ratios."""
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
+    return statistics.median(ratios), (max(ratios) - min(ratios)) / 2
 
 
 def phase_shares(iteration, repeats: int) -> dict[str, float]:
     """The fraction of an iteration spent in each phase the trainer names ("echodistill/..."), under
-    torch.profiler; fractions, so that the profiler's own overhead cancels out."""
+    torch.profiler; fractions, so that the profiler's own overhead cancels out. A phase that runs inside
+    another (found from the events' times) is listed but not counted twice."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         start = time.perf_counter()
         for _ in range(repeats):
             iteration()
         total = time.perf_counter() - start
-    phases = {event.key.removeprefix("echodistill/"): event.cpu_time_total / 1e6
-              for event in profiler.key_averages() if event.key.startswith("echodistill/")}
+    events = [event for event in profiler.events() if event.name.startswith("echodistill/")]
+    phases: dict[str, float] = {}
+    nested: set[str] = set()
+    for event in events:
+        name = event.name.removeprefix("echodistill/")
+        phases[name] = phases.get(name, 0.0) + event.time_range.elapsed_us() / 1e6
+        if any(other is not event and other.name != event.name and other.time_range.start <= event.time_range.start
+               and event.time_range.end <= other.time_range.end for other in events):
+            nested.add(name)
     phases = dict(sorted(phases.items()))
-    nested = phases.get("echo samples", 0.0)  # inside "1 teacher step"
-    phases["other"] = max(0.0, total - sum(phases.values()) + nested)
+    phases["other"] = max(0.0, total - sum(seconds for name, seconds in phases.items() if name not in nested))
     return {name: seconds / total for name, seconds in phases.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=32, help="image size in px (pixel-space tiny models)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=args.size)
-    config = PRESETS["tiny"].replace(class_word="toy", batch_size=args.batch, steps=10**6, preview_every=0)
-    concept = ConceptDataset(demo_concept_images(args.size), config.token, config.class_word, args.size)
+# The two pairs.
+
+def sd_proportioned_pair(image_size: int, divisor: int, seed: int = 0):
+    """SD 2.1 (v) teacher and SD-Turbo (epsilon) student UNets and the SD VAE, from the bundled family
+    configs with every width (and GroupNorm's group count) divided by `divisor`; a tiny text encoder."""
+    def read(family: str, part: str, name: str = "config.json") -> dict:
+        return json.loads((FAMILIES[family].config / part / name).read_text())
+
+    def narrower(config: dict) -> dict:
+        config = {key: value for key, value in config.items() if not key.startswith("_")}
+        config["block_out_channels"] = [channels // divisor for channels in config["block_out_channels"]]
+        config["norm_num_groups"] = config["norm_num_groups"] // divisor
+        return config
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(narrower(read("sd2-768-v", "vae"))).eval().requires_grad_(False)
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    models = []
+    for family, name in (("sd2-768-v", "SD 2.1-proportioned teacher"), ("sd-turbo", "SD-Turbo-proportioned student")):
+        config = narrower(read(family, "unet")) | {"cross_attention_dim": TINY_TEXT_WIDTH,
+                                                   "sample_size": image_size // scale}
+        unet = UNet2DConditionModel.from_config(config).eval().requires_grad_(False)
+        schedule = NoiseSchedule.from_scheduler_config(read(family, "scheduler", "scheduler_config.json"))
+        models.append(DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=name))
+    return models[0], models[1], tiny_text(seed)
+
+
+def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) -> dict:
+    config = PRESETS["tiny"].replace(class_word="toy", batch_size=batch, steps=10**6, preview_every=0)
+    concept = ConceptDataset(demo_concept_images(size), config.token, config.class_word, size)
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
-    prompts = [f"a photo of a {concept.subject}"] * args.batch
-    seeds = list(range(args.batch))
+    prompts = [f"a photo of a {concept.subject}"] * batch
+    seeds = list(range(batch))
+    echo_start = config.echo_start_step
+
+    def teacher_step():  # a teacher-only Custom Diffusion step: draw, encode, the loss, the update
+        sample = concept.sample(batch, trainer.generator)
+        with torch.no_grad():
+            z = teacher.encode(sample.images.to(teacher.device))
+        mask = torch.nn.functional.interpolate(sample.masks, size=z.shape[-2:], mode="area")
+        trainer._teacher_step(z, sample.prompts, torch.randn(z.shape, generator=trainer.generator), mask)
+
+    def iteration(step: int):
+        def run():
+            trainer.step = step
+            trainer._guarded_step()
+        return run
 
     with trainer.applied():
-        batch = concept.sample(args.batch, trainer.generator)
-        z, mask = batch.images, batch.masks
-        eps = torch.randn_like(z)
-        teacher_step = median_seconds(lambda: trainer._teacher_step(z, batch.prompts, eps, mask), args.repeats)
-        iteration = median_seconds(trainer.train_step, args.repeats)
-        phases = phase_shares(trainer.train_step, args.repeats)
-        trainer.step = config.echo_start_step  # the last quarter of a run adds the echo
-        echo_iteration = median_seconds(trainer.train_step, args.repeats)
-        echo_phases = phase_shares(trainer.train_step, args.repeats)
-        student_sampling = median_seconds(lambda: generate_student(student, text, prompts, seeds), args.repeats)
+        times = interleaved_seconds({"teacher step": teacher_step, "iteration": iteration(0),
+                                     "echo iteration": iteration(echo_start)}, repeats)
+        phases = phase_shares(iteration(0), max(1, repeats // 2))
+        echo_phases = phase_shares(iteration(echo_start), max(1, repeats // 2))
+
         cond, uncond = text(prompts), text([""])
         noise = initial_noise(teacher, seeds)
         both = torch.cat([uncond.expand_as(cond), cond])
+        last = torch.full((batch,), student.schedule.terminal_timestep)
 
         @torch.no_grad()
         def bare_teacher_calls():
             text(prompts), text([""])
+            z = noise
             for timestep in timesteps_for(teacher, 25):
-                teacher.unet(torch.cat([noise, noise]), torch.full((2 * args.batch,), timestep), both)
+                z = teacher.unet(torch.cat([z, z]), torch.full((2 * batch,), timestep), both).sample[:batch]
+            teacher.decode(z)
 
-        # Interleaved, so that drift in the machine's speed hits both alike.
-        teacher_sampling, bare = paired_median_seconds(
-            lambda: generate_teacher(teacher, text, prompts, seeds, steps=25), bare_teacher_calls,
-            max(5, args.repeats // 2))
+        @torch.no_grad()
+        def bare_student_calls():
+            c = text(prompts)
+            student.decode(student.unet(noise, last, c).sample)
 
+        sampling = interleaved_seconds({
+            "student 1 step": lambda: generate_student(student, text, prompts, seeds),
+            "bare student calls": bare_student_calls,
+            "teacher 25 steps": lambda: generate_teacher(teacher, text, prompts, seeds, steps=25),
+            "bare teacher calls": bare_teacher_calls,
+        }, repeats)
+
+    before, before_spread = ratio(times, "iteration", "teacher step")
+    echo, echo_spread = ratio(times, "echo iteration", "teacher step")
+    echo_vs_before, echo_vs_before_spread = ratio(times, "echo iteration", "iteration")
+    speedup, speedup_spread = ratio(sampling, "teacher 25 steps", "student 1 step")
+    student_overhead, student_overhead_spread = ratio(sampling, "student 1 step", "bare student calls")
+    teacher_overhead, teacher_overhead_spread = ratio(sampling, "teacher 25 steps", "bare teacher calls")
     echo_fraction = 1 - config.echo_start
-    mixed_iteration = (1 - echo_fraction) * iteration + echo_fraction * echo_iteration
-    figures = {
-        "iteration_vs_teacher_step": round(mixed_iteration / teacher_step, 3),
-        "iteration_vs_teacher_step_before_echo": round(iteration / teacher_step, 3),
-        "iteration_vs_teacher_step_in_echo": round(echo_iteration / teacher_step, 3),
-        "one_step_speedup_vs_25_steps": round(teacher_sampling / student_sampling, 2),
-        "sampler_overhead": round(teacher_sampling / bare - 1, 4),
-        "phases_vs_teacher_step": {name: round(share * iteration / teacher_step, 3) for name, share in phases.items()},
-        "echo_phases_vs_teacher_step": {name: round(share * echo_iteration / teacher_step, 3)
-                                        for name, share in echo_phases.items()},
-        "seconds": {"teacher_step": teacher_step, "iteration": iteration, "echo_iteration": echo_iteration,
-                    "student_1_step": student_sampling, "teacher_25_steps": teacher_sampling,
-                    "bare_25_teacher_calls": bare},
-        "setup": {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads(),
-                  "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters())},
+    return {
+        "iteration_vs_teacher_step": round((1 - echo_fraction) * before + echo_fraction * echo, 3),
+        "iteration_vs_teacher_step_before_echo": round(before, 3),
+        "iteration_vs_teacher_step_before_echo_spread": round(before_spread, 3),
+        "iteration_vs_teacher_step_in_echo": round(echo, 3),
+        "iteration_vs_teacher_step_in_echo_spread": round(echo_spread, 3),
+        "echo_iteration_vs_iteration_before_echo": round(echo_vs_before, 3),
+        "echo_iteration_vs_iteration_before_echo_spread": round(echo_vs_before_spread, 3),
+        "one_step_speedup_vs_25_steps": round(speedup, 2),
+        "one_step_speedup_vs_25_steps_spread": round(speedup_spread, 2),
+        "one_step_sampler_overhead": round(student_overhead - 1, 4),
+        "one_step_sampler_overhead_spread": round(student_overhead_spread, 4),
+        "sampler_overhead": round(teacher_overhead - 1, 4),
+        "sampler_overhead_spread": round(teacher_overhead_spread, 4),
+        "phases_vs_teacher_step": {name: round(share * before, 3) for name, share in phases.items()},
+        "echo_phases_vs_teacher_step": {name: round(share * echo, 3) for name, share in echo_phases.items()},
+        "seconds": {name: statistics.median(values) for name, values in (times | sampling).items()},
+        "setup": {"size": size, "batch": batch, "rounds": repeats, "in_pixel_space": teacher.in_pixel_space,
+                  "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters()),
+                  "vae_parameters": sum(p.numel() for p in teacher.vae.parameters()) if teacher.vae else 0},
     }
-    print(f"teacher-only Custom Diffusion step   {teacher_step * 1000:8.1f} ms")
-    print(f"EchoDistill iteration (before echo)  {iteration * 1000:8.1f} ms  "
-          f"x{figures['iteration_vs_teacher_step_before_echo']}")
-    print(f"EchoDistill iteration (echo stage)   {echo_iteration * 1000:8.1f} ms  "
-          f"x{figures['iteration_vs_teacher_step_in_echo']}")
-    print(f"whole-run average (echo last {echo_fraction:.0%})     x{figures['iteration_vs_teacher_step']}")
-    print("where an iteration goes, in teacher steps (before echo / echo stage):")
-    for name in echo_phases:
-        print(f"  {name:28} {figures['phases_vs_teacher_step'].get(name, 0):6.2f} "
-              f"{figures['echo_phases_vs_teacher_step'][name]:6.2f}")
-    print(f"student 1 step {student_sampling * 1000:.1f} ms vs teacher 25 steps {teacher_sampling * 1000:.1f} ms: "
-          f"{figures['one_step_speedup_vs_25_steps']}x faster")
-    print(f"sampler overhead over bare network calls: {figures['sampler_overhead']:.2%}")
+
+
+def report(name: str, figures: dict) -> None:
+    seconds = figures["seconds"]
+    print(f"[{name}] {figures['setup']}")
+    print(f"  teacher-only Custom Diffusion step   {seconds['teacher step'] * 1000:8.1f} ms (median)")
+    print(f"  EchoDistill iteration, before echo   {seconds['iteration'] * 1000:8.1f} ms  "
+          f"x{figures['iteration_vs_teacher_step_before_echo']} ± {figures['iteration_vs_teacher_step_before_echo_spread']}")
+    print(f"  EchoDistill iteration, echo stage    {seconds['echo iteration'] * 1000:8.1f} ms  "
+          f"x{figures['iteration_vs_teacher_step_in_echo']} ± {figures['iteration_vs_teacher_step_in_echo_spread']} "
+          f"({figures['echo_iteration_vs_iteration_before_echo']} ± "
+          f"{figures['echo_iteration_vs_iteration_before_echo_spread']} of the stage before)")
+    print(f"  whole-run average                          x{figures['iteration_vs_teacher_step']}")
+    print("  where an iteration goes, in teacher steps (before echo / echo stage):")
+    for phase in figures["echo_phases_vs_teacher_step"]:
+        print(f"    {phase:28} {figures['phases_vs_teacher_step'].get(phase, 0):6.2f} "
+              f"{figures['echo_phases_vs_teacher_step'][phase]:6.2f}")
+    print(f"  student 1 step {seconds['student 1 step'] * 1000:.1f} ms vs teacher 25 steps "
+          f"{seconds['teacher 25 steps'] * 1000:.1f} ms: {figures['one_step_speedup_vs_25_steps']}x "
+          f"± {figures['one_step_speedup_vs_25_steps_spread']} faster")
+    print(f"  sampler overhead over bare network calls: one-step {figures['one_step_sampler_overhead']:.2%} "
+          f"± {figures['one_step_sampler_overhead_spread']:.2%}, 25-step teacher {figures['sampler_overhead']:.2%} "
+          f"± {figures['sampler_overhead_spread']:.2%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=32, help="image size in px of the pixel-space pair")
+    parser.add_argument("--latent-size", type=int, default=128, help="image size in px of the latent pair")
+    parser.add_argument("--width-divisor", type=int, default=4, help="the latent pair's widths: SD's divided by this")
+    parser.add_argument("--batch", type=int, default=4, help="the pixel pair's batch")
+    parser.add_argument("--latent-batch", type=int, default=2, help="the latent pair's batch (the paper's)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", nargs="+", default=["pixel", "latent"], choices=("pixel", "latent"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    if "pixel" in args.pairs:
+        torch.manual_seed(0)
+        teacher, student, text = tiny_pair("v_prediction", "sample", image_size=args.size)
+        results["pixel"] = measure_pair(teacher, student, text, args.size, args.batch, args.repeats)
+        report("pixel", results["pixel"])
+    if "latent" in args.pairs:
+        teacher, student, text = sd_proportioned_pair(args.latent_size, args.width_divisor)
+        results["latent"] = measure_pair(teacher, student, text, args.latent_size, args.latent_batch, args.repeats)
+        report("latent", results["latent"])
+    figures = dict(results.get("pixel", {}))
+    for key, value in results.get("latent", {}).items():
+        figures[f"latent_{key}"] = value
+    figures["threads"] = torch.get_num_threads()
     print(json.dumps(figures))
 
 

@@ -297,6 +297,156 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, netw
     }
 
 
+# The estimate: the same iteration on the meta device, every live device storage counted.
+
+class LiveStorages:
+    """A dispatch mode counting the bytes of every meta-device storage alive, and their peak.
+
+    Storages are seen as the operations that make them run (model construction included, when it runs
+    inside the mode) and forgotten when their last tensor dies, so the count is what a GPU's allocator
+    would hold, without its fragmentation: weights, optimizer moments, the snapshot, activations kept
+    for backward and transients. Values the host reads and copies to the host meet stand-ins
+    (bench/flops.py's HostWaits), which the meta device cannot give."""
+
+    def __init__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        flops = _bench_module("flops")
+        counter = self
+        self.live, self.now, self.peak = {}, 0, 0
+        self._finalize = weakref.finalize
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                import torch
+
+                out = func(*args, **(kwargs or {}))
+                for tensor in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+                        counter.track(tensor)
+                return out
+
+        self.modes = (Mode(), flops.HostWaits())
+
+    def track(self, tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.now += self.live[key]
+        self.peak = max(self.peak, self.now)
+        self._finalize(storage, self._free, key)
+
+    def _free(self, key) -> None:
+        self.now -= self.live.pop(key, 0)
+
+    def reset_peak(self) -> None:
+        self.peak = self.now
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        self._attention, F.scaled_dot_product_attention = F.scaled_dot_product_attention, flash_attention
+        for mode in self.modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+
+        for mode in reversed(self.modes):
+            mode.__exit__(*exc)
+        F.scaled_dot_product_attention = self._attention
+
+
+def flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **options):
+    """Attention as a GPU (flash or memory-efficient) and PyTorch's CPU flash kernel compute it, memory
+    linear in the tokens: the meta device would otherwise take the math path and its full score matrix."""
+    import torch
+
+    if attn_mask is not None or options:  # CLIP's causal mask: small; the math path is fine
+        return _math_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, **options)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal,
+                                                                      scale=scale)[0]
+
+
+def _math_attention(*args, **kwargs):
+    import torch
+
+    return torch._C._nn.scaled_dot_product_attention(*args, **kwargs)
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def estimate_preset(name: str, resolution: int, networks_choice: str, tiny: bool = False) -> dict:
+    """One echo-stage iteration of `name` on the meta device in the preset's own GPU dtype, its live
+    device memory counted per phase (LiveStorages): no data, no arithmetic, seconds per preset."""
+    import gc
+
+    import torch
+
+    from echodistill_core.config import PRESETS
+    from echodistill_core.data import ConceptDataset
+    from echodistill_core.demo import demo_concept_images
+    from echodistill_core.memory import MEMORY_PRESETS
+    from echodistill_core.trainer import EchoDistillTrainer
+
+    started = time.perf_counter()
+    preset = MEMORY_PRESETS[name]
+    dtype = preset.frozen_dtype or torch.float32
+    gc.collect()
+    with LiveStorages() as counter:
+        with torch.device("meta"):
+            teacher, student, text = (build_tiny_models if tiny else build_models)(resolution, dtype)
+            networks = build_networks(networks_choice, dtype, tiny)
+        gc.collect()
+        frozen = counter.now
+        config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
+        concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
+        trainer = EchoDistillTrainer(teacher, student, text, concept, config,
+                                     discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+        prime_optimizers(trainer)
+        trainer.step = config.echo_start_step
+        records = {}
+        phase_started = [0]
+
+        def closing(phase, method):
+            def measured(*args, **kwargs):
+                result = method(*args, **kwargs)
+                records[phase] = max(records.get(phase, 0), counter.peak)
+                counter.reset_peak()
+                return result
+            return measured
+
+        for phase, method in zip(PHASES, ("_teacher_step", "_student_step", "_discriminator_step")):
+            setattr(trainer, method, closing(phase, getattr(trainer, method)))
+        with trainer.applied(), trainer.offload.parked():
+            gc.collect()
+            resident = counter.now
+            counter.reset_peak()
+            trainer._guarded_step()
+        del phase_started
+    phases = {phase: {"peak_gb": records[phase] / GB} for phase in PHASES}
+    return {
+        "peak_gb": max(record["peak_gb"] for record in phases.values()),
+        "phases": phases,
+        "setup": {"resolution": resolution, "batch_size": config.batch_size, "dtype": str(dtype).removeprefix("torch."),
+                  "frozen_gb": frozen / GB, "resident_gb": resident / GB,
+                  "networks": describe_networks(networks_choice, networks), "tiny": tiny,
+                  "seconds": time.perf_counter() - started},
+    }
+
+
 # The driver: one process per preset, watched so that none takes the machine's memory.
 
 def run_in_subprocess(name: str, args) -> dict:
@@ -358,6 +508,9 @@ def main() -> None:
                              "paper's image networks (DINO, DINOv2, CLIP-H with IP-Adapter's projection), random")
     parser.add_argument("--tiny", action="store_true",
                         help="the bundled tiny pair and one-layer image networks: checks that the benchmark runs")
+    parser.add_argument("--estimate", action="store_true",
+                        help="no measurement: count the live device memory of the iteration on the meta device "
+                             "(seconds per preset, the preset's own dtype, no allocator fragmentation)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.resolution % 64:
@@ -373,6 +526,14 @@ def main() -> None:
     unknown = [name for name in names if name not in MEMORY_PRESETS]
     if unknown:
         parser.error(f"unknown presets {unknown}; choose from {list(MEMORY_PRESETS)}")
+    if args.estimate:
+        estimates = {name: estimate_preset(name, args.resolution, args.networks, args.tiny) for name in names}
+        print(f"{'preset':<10} " + " ".join(f"{phase:>15}" for phase in PHASES) + f" {'peak GB':>9}   (meta-device estimate)")
+        for name, result in estimates.items():
+            print(f"{name:<10} " + " ".join(f"{result['phases'][phase]['peak_gb']:>15.2f}" for phase in PHASES)
+                  + f" {result['peak_gb']:>9.2f}   {result['setup']['seconds']:.1f} s")
+        print(json.dumps({"presets": estimates, "estimate": True}))
+        return
     results = {}
     for name in names:
         print(f"measuring {name} at {args.resolution} px with the {args.networks} networks ...", flush=True)

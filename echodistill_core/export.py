@@ -1,8 +1,10 @@
 """Export a personalization as files stock ComfyUI uses with no help from this pack.
 
-- The student's adapters as a LoRA file with kohya key names (`lora_unet_<diffusers module path>`):
-  LoRA factors as `lora_down.weight` / `lora_up.weight` / `alpha`, Custom Diffusion's full key/value
-  changes as `.diff` weight differences. ComfyUI's LoraLoader maps these names for SD 1.x/2.x UNets.
+- The student's adapters as a LoRA file with kohya key names (`lora_unet_<diffusers module path>`),
+  factors as `lora_down.weight` / `lora_up.weight` / `alpha`, which ComfyUI's LoraLoader and diffusers'
+  `load_lora_weights` both read for SD 1.x/2.x UNets. Custom Diffusion's full key/value changes are
+  factored exactly (SVD, alpha = rank, at most the rank the change has): a kohya file of full-weight
+  `.diff` patches loads in ComfyUI only, diffusers refuses it.
 - The token as a textual-inversion embedding (`emb_params`), used in prompts as `embedding:<name>`.
 Metadata names the trigger word and the base model; safetensors metadata values are strings.
 """
@@ -23,13 +25,30 @@ def kohya_name(module_path: str) -> str:
     return "lora_unet_" + module_path.replace(".", "_")
 
 
+FACTOR_TOLERANCE = 1e-4  # of a change's norm: well below what fp16 storage itself keeps
+
+
+def low_rank_factors(delta: torch.Tensor, tolerance: float = FACTOR_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up, down) with up @ down = `delta` [out, in], dropping only the smallest singular values whose joint
+    (Frobenius) norm is at most `tolerance` times the change's: the exact change at the rank it really has."""
+    u, s, vh = torch.linalg.svd(delta.detach().float(), full_matrices=False)
+    tail = s.square().flip(0).cumsum(0).flip(0)  # tail[i]: the squared norm of singular values i, i+1, ...
+    rank = max(1, int((tail > tolerance**2 * tail[0]).sum()))
+    root = s[:rank].sqrt()  # split the scale evenly, so neither factor leaves fp16's range
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
 def student_lora_tensors(personalization: Personalization, student_unet: torch.nn.Module,
                          dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     adapters = personalization.student_adapters
     tensors = {}
     if adapters.kind == "custom_diffusion":
         for path, delta in adapters.deltas(student_unet).items():
-            tensors[f"{kohya_name(path)}.diff"] = delta.to(dtype).contiguous()
+            up, down = low_rank_factors(delta)
+            name = kohya_name(path)
+            tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
+            tensors[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(float(down.shape[0]), dtype=dtype)  # scale alpha / rank = 1
         return tensors
     for key, adapter in adapters.adapters.items():
         name = kohya_name(key.replace("__", "."))

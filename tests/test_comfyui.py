@@ -414,11 +414,16 @@ def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(
 
     lora_file = server.root / "models" / "loras" / "turbo_dog.safetensors"
     lora = load_file(str(lora_file))
+
+    def delta(stem):  # the weight difference the file's factors stand for
+        up, down = lora[f"{stem}.lora_up.weight"].float(), lora[f"{stem}.lora_down.weight"].float()
+        return up @ down * (lora[f"{stem}.alpha"].float() / down.shape[0])
+
     deltas = {  # ComfyUI's UNet key -> the saved weight difference
         "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
-            lora["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.diff"],
+            delta("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"),
         "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight":
-            lora["lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v.diff"],
+            delta("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v"),
     }
     payload = json.dumps([str(server.root / "models" / "checkpoints" / "sd_turbo_random.safetensors"),
                           str(lora_file), list(deltas)])

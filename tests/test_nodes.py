@@ -118,7 +118,8 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
             assert file.get_tensor("emb_params").shape == (1, teacher.text.width)
         with safe_open(str(tmp_path / "models" / "loras" / "my toy.safetensors"), "pt") as file:
             assert file.metadata()["echodistill.trigger_word"] == "<toy>"
-            assert all(key.startswith("lora_unet_") and key.endswith(".diff") for key in file.keys())
+            assert all(key.startswith("lora_unet_") and key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
+                       for key in file.keys())
 
         result = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadPersonalized"].INPUT_TYPES()["required"]["result"][0]
         assert result == ["my toy.safetensors", "my toy_00001.safetensors", "toy_seed1_2steps.safetensors"]  # Train's

@@ -1,4 +1,5 @@
-"""Load Teacher / Load Student: the bundled tiny models, the user's diffusers folders and single-file checkpoints."""
+"""EchoDistill Load Teacher / Load Student: the bundled tiny models, the user's diffusers folders and single-file
+checkpoints."""
 
 from __future__ import annotations
 
@@ -84,6 +85,18 @@ class _Loader:
                        "Ignored for the bundled models and diffusers folders."}),
             "precision": PRECISION_INPUT,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model=None):
+        """At queue time: a model that is there; one that is not is named with the folder it belongs in."""
+        if model is None or model in model_choices(cls.ROLE):
+            return True
+        kind, _, name = model.partition("/")
+        if kind not in ("checkpoints", "diffusers") or not name:
+            return f"{model!r} is not a {cls.ROLE} this node knows; choose one from the list"
+        where = comfy.model_folder(kind)
+        return (f"{name} is not in ComfyUI's models/{kind} folder ({where}). Put the {cls.ROLE} there (the "
+                "workflow's note says where to download it), refresh the page and queue again, or choose another")
 
     def load(self, model, family, precision):
         return (load(self.ROLE, model, family, precision),)

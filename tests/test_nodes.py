@@ -302,6 +302,15 @@ def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, c
     assert train.VALIDATE_INPUTS(steps=None, resolution=None) is True  # linked from other nodes: checked at run
 
 
+def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, comfy, tmp_path):
+    for node_id, role in (("EchoDistillLoadTeacher", "teacher"), ("EchoDistillLoadStudent", "student")):
+        node = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert node.VALIDATE_INPUTS(model=node.INPUT_TYPES()["required"]["model"][0][0]) is True  # the bundled one
+        refused = node.VALIDATE_INPUTS(model="checkpoints/sd_turbo.safetensors")
+        assert refused.startswith("sd_turbo.safetensors is not in ComfyUI's models/checkpoints folder "
+                                  f"({tmp_path / 'models' / 'checkpoints'}). Put the {role} there")
+
+
 def test_samplers_and_save_refuse_empty_prompts_and_paths_at_queue_time(pack):
     for node_id in ("EchoDistillOneStepSample", "EchoDistillTeacherSample"):
         node = pack.NODE_CLASS_MAPPINGS[node_id]

@@ -110,7 +110,8 @@ def plot_data(history: list[dict], total: int | None = None, echo_start: int | N
         # spike does not flatten the rest (it and its echo in the smoothed curve are clipped to the edge).
         low = min(smoothed[-1], float(np.percentile(raw, 2)))
         high = max(smoothed[-1], float(np.percentile(raw, 98)))
-        pad = (high - low) * 0.08 or abs(high) * 0.1 or 1.0
+        flat = high - low <= 1e-9 * max(abs(low), abs(high), 1e-12)  # equal up to rounding: no span to scale
+        pad = (abs(high) * 0.1 or 1.0) if flat else (high - low) * 0.08
         ticks = nice_ticks(low - pad, high + pad, 3)
         panels.append(Panel(name, steps, raw, smoothed, ticks[0], ticks[-1], ticks))
     x_end = axis_end(step, total)

@@ -2,7 +2,8 @@
 
 Needs COMFYUI_DIR (and COMFYUI_PYTHON, as tests/test_comfyui.py), /usr/bin/chromium (or CHROMIUM) and
 node/npm; skipped otherwise. The server is test_comfyui's Server, with its own user folder, so the
-settings the frontend test stores do not touch the checkout. Screenshots stay in pytest's tmp folder."""
+settings the frontend test stores do not touch the checkout. Screenshots stay in pytest's tmp folder, or
+in ECHODISTILL_SCREENSHOTS."""
 
 import contextlib
 import json
@@ -62,18 +63,22 @@ def test_workflows_load_convert_and_run_in_the_frontend(tmp_path_factory):
     why_not = playwright_installed()
     if why_not:
         pytest.skip(why_not)
-    from test_comfyui import Server
+    from test_comfyui import Server, run_while_working
 
     root = tmp_path_factory.mktemp("comfyui-browser")
     user = root / "user"
     user.mkdir()
     with own_user_directory(user):
         server = Server(root)
-    screenshots = tmp_path_factory.mktemp("browser-screenshots")
+    # Kept where ECHODISTILL_SCREENSHOTS says (to look at them, or to make the templates' thumbnails with
+    # tools/make_workflows.py --thumbnails), else in pytest's tmp folder.
+    kept = os.environ.get("ECHODISTILL_SCREENSHOTS")
+    screenshots = Path(kept) if kept else tmp_path_factory.mktemp("browser-screenshots")
+    screenshots.mkdir(parents=True, exist_ok=True)
     try:
-        done = subprocess.run(
+        done = run_while_working(  # waited for while it or the server works: 3600 CPU seconds at most
             [NODE, "workflows.mjs", f"http://127.0.0.1:{server.port}", str(ROOT / "example_workflows"), str(screenshots)],
-            cwd=BROWSER, env={**os.environ, "CHROMIUM": CHROMIUM}, capture_output=True, text=True, timeout=1800)
+            server, 3600, cwd=BROWSER, env={**os.environ, "CHROMIUM": CHROMIUM, "ECHODISTILL_RUN_TIMEOUT": "86400"})
     finally:
         server.stop()
     print(done.stdout[-6000:], done.stderr[-3000:], sep="\n")
@@ -86,4 +91,6 @@ def test_workflows_load_convert_and_run_in_the_frontend(tmp_path_factory):
     assert done.returncode == 0 and summary["ok"], "\n".join(summary["failures"]) + f"\nserver log: {server.log}"
     assert summary["run"]["status"] == "success"
     assert {Path(p).name for p in summary["screenshots"]} >= {
-        "1_mid_run.png", "1_after_run_train_node.png", "2_personalize_sd_turbo_with_sd21_teacher_image_networks.png"}
+        "1_train_node_mid_run.png", "1_train_node_after_run.png", "templates.png",
+        "2_personalize_sd_turbo_with_sd21_teacher_image_networks.png",
+        "2_personalize_sd_turbo_with_sd21_teacher_missing_models.png"}

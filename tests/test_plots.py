@@ -88,3 +88,9 @@ def test_the_picture_has_a_panel_per_loss_and_the_echo_marked_where_it_starts():
         colours, counts = np.unique(pixels[30:22 + panel_height - 5, x0:x1].reshape(-1, 3), axis=0, return_counts=True)
         return tuple(colours[counts.argmax()])
     assert background(left + 5, marker - 5) != background(marker + 5, width - right - 5)  # the echo stage is shaded
+
+
+def test_a_loss_flat_up_to_rounding_gets_a_readable_scale():
+    history = [{"step": step, "teacher": 0.3 + (1e-15 if step % 2 else 0.0)} for step in range(1, 11)]
+    panel, = plot_data(history, total=10).panels
+    assert 2 <= len(panel.ticks) <= 5 and panel.low < 0.3 < panel.high and panel.high - panel.low >= 0.01

@@ -119,3 +119,12 @@ def test_workflows_name_the_models_they_need_where_they_go_and_where_they_come_f
         assert model["directory"] in ("checkpoints", "clip_vision", "ipadapter", "dino")
         if path.name.startswith("2_"):
             assert f"models/{model['directory']}" in note and name in note
+
+
+def test_each_workflow_has_a_thumbnail_for_its_template_card():
+    from PIL import Image
+
+    for path in WORKFLOWS:  # the template browser asks for <name>.jpg beside the workflow
+        with Image.open(path.with_suffix(".jpg")) as picture:
+            assert picture.format == "JPEG" and picture.size == (512, 512), path.name
+    assert sorted(p.stem for p in FOLDER.iterdir() if p.suffix == ".jpg") == [p.stem for p in WORKFLOWS]

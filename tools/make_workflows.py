@@ -192,14 +192,14 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
          "inputs": {"images": (3, 0)}},
     ])
     training = column(520, 40 + GROUP_TITLE, [
-        {"id": 5, "type": "EchoDistillTrain", "size": [560, 1150], "widgets": {**TRAIN_DEFAULTS, **train},
+        {"id": 5, "type": "EchoDistillTrain", "size": [560, 1220], "widgets": {**TRAIN_DEFAULTS, **train},
          "inputs": {"teacher": (1, 0), "student": (2, 0), "concept": (4, 0), **networks}}])
     looking = column(1140, 40 + GROUP_TITLE, [
         {"id": 6, "type": "EchoDistillOneStepSample", "size": [380, 270],
          "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 1}, "inputs": {"model": (5, 0)}},
         {"id": 8, "type": "EchoDistillTeacherSample", "size": [380, 300],
          "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
-        {"id": 11, "type": "EchoDistillSavePersonalized", "size": [380, 190], "widgets": {"name": save_name,
+        {"id": 11, "type": "EchoDistillSavePersonalized", "size": [380, 240], "widgets": {"name": save_name,
                                                                                         "overwrite": False},
          "inputs": {"model": (5, 0)}},
     ])
@@ -317,5 +317,29 @@ def stock_graph() -> tuple:
         "sd_turbo.safetensors")
 
 
+def thumbnails(screenshots: Path, folder: Path = ROOT / "example_workflows", size: int = 512) -> None:
+    """Each workflow's card picture for the template browser (`<name>.jpg` beside it), from the browser
+    test's screenshots (ECHODISTILL_SCREENSHOTS=<folder> pytest tests/test_browser.py): workflow 1's
+    training view after its run, the others' graphs as loaded; on the canvas's colour, square."""
+    from PIL import Image, ImageChops
+
+    for workflow in sorted(folder.glob("*.json")):
+        name = workflow.stem
+        shot = screenshots / ("1_training_view_after_run.png" if name.startswith("1_") else f"{name}_loaded.png")
+        image = Image.open(shot).convert("RGB")
+        if not name.startswith("1_"):  # the graph without the empty canvas and the window's bars around it
+            image = image.crop((70, 80, image.width - 10, image.height - 10))
+            background = Image.new("RGB", image.size, image.getpixel((5, 5)))
+            image = image.crop(ImageChops.difference(image, background).point(lambda v: 255 if v > 24 else 0).getbbox())
+        side = max(image.size)
+        square = Image.new("RGB", (side, side), image.getpixel((0, 0)) if name.startswith("1_") else (32, 32, 32))
+        square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+        square.resize((size, size), Image.LANCZOS).save(folder / f"{name}.jpg", quality=88)
+        print(folder / f"{name}.jpg")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--thumbnails"]:
+        thumbnails(Path(sys.argv[2]))
+    else:
+        main()

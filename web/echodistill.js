@@ -16,7 +16,7 @@ import { api } from "../../scripts/api.js";
 
 const LOSSES = { teacher: "#4287f5", student: "#f58230", discriminator: "#5abe5a", echo: "#b45ac8" };
 const BACKGROUND = "#18181c", PANEL = "#202026", GRID = "#3a3a42", TEXT = "#d2d2d7", ECHO_SHADE = "#30263a";
-const VIEW_HEIGHT = 300, PREVIEW_HEIGHT = 190, SUMMARY_HEIGHT = 96, SAVED_HEIGHT = 84;
+const VIEW_HEIGHT = 340, PREVIEW_HEIGHT = 190, SUMMARY_HEIGHT = 112, SAVED_HEIGHT = 120;
 const NO_SUMMARY = "What the run computes (losses, discriminators, echo, learning rates) is listed here when it starts.";
 const NO_PREVIEW = "The student's one-step previews appear here from step 1.";
 
@@ -37,7 +37,7 @@ function niceStep(span, count) {
 }
 function niceTicks(low, high, count = 4) {
   const step = niceStep(high - low, count);
-  const first = Math.floor(low / step + 1e-9), last = Math.max(Math.ceil(high / step - 1e-9), first + 1);
+  const first = Math.floor(low / step + 1e-9), last = Math.min(Math.max(Math.ceil(high / step - 1e-9), first + 1), first + 20);
   const ticks = [];
   for (let i = first; i <= last; i++) ticks.push(Number((i * step).toPrecision(12)));
   return ticks;
@@ -47,6 +47,7 @@ function axisEnd(step, total) {
   if (3 * step >= total) return total;
   return Math.min(total, niceTicks(0, Math.max(1.5 * step, 10), 4).at(-1));
 }
+const flat = (low, high) => high - low <= 1e-9 * Math.max(Math.abs(low), Math.abs(high), 1e-12);
 function percentile(values, p) {
   const sorted = [...values].sort((a, b) => a - b);
   const position = (sorted.length - 1) * p / 100, below = Math.floor(position);
@@ -58,7 +59,7 @@ function tickLabel(value) {
   return String(Number(value.toPrecision(3)));
 }
 
-function panels(run) {
+function panels(run, tickCount) {
   const window = smoothingWindow(run.total || run.step);
   const names = Object.keys(LOSSES).filter((name) => name !== "echo" || run.echoStart != null
     || run.points.some((p) => p.losses.echo !== undefined));
@@ -69,8 +70,8 @@ function panels(run) {
     if (!raw.length) return { name, points, raw, smoothed };
     const current = smoothed.at(-1);
     const low = Math.min(current, percentile(raw, 2)), high = Math.max(current, percentile(raw, 98));
-    const pad = (high - low) * 0.08 || Math.abs(high) * 0.1 || 1;
-    const ticks = niceTicks(low - pad, high + pad, 3);
+    const pad = flat(low, high) ? Math.abs(high) * 0.1 || 1 : (high - low) * 0.08;
+    const ticks = niceTicks(low - pad, high + pad, tickCount);
     return { name, points, raw, smoothed, current, ticks, low: ticks[0], high: ticks.at(-1) };
   });
 }
@@ -88,7 +89,9 @@ function drawView(canvas, run) {
   context.textBaseline = "middle";
   const left = px(46), right = px(10), header = px(18), axis = px(28);
   const plotWidth = width - left - right;
-  const shown = panels(run);
+  const count = Object.keys(LOSSES).length - (run.echoStart == null ? 1 : 0);
+  const panelHeight = (height - axis - count * header) / count;
+  const shown = panels(run, panelHeight / dpr >= 84 ? 3 : 2);  // ticks at least ~28 px apart
   if (!run.points.length) {
     context.fillStyle = TEXT;
     const status = run.cancelled ? cancelledText(run) : "The losses are drawn here, a panel each, when the run starts.";
@@ -99,7 +102,6 @@ function drawView(canvas, run) {
   const xTicks = niceTicks(0, xEnd, 5).filter((t) => t <= xEnd);
   if (xTicks.at(-1) !== xEnd) xTicks.push(xEnd);
   const x = (step) => left + (step / Math.max(xEnd, 1)) * plotWidth;
-  const panelHeight = (height - axis - shown.length * header) / shown.length;
   shown.forEach((panel, index) => {
     const top = index * (panelHeight + header) + header, bottom = top + panelHeight;
     context.fillStyle = PANEL;
@@ -187,13 +189,14 @@ function showPreviews(element, preview) {
   const [height, width] = preview.size;
   const available = Math.max(element.clientWidth - 12, 120);
   const count = preview.images.length;
-  const shownWidth = Math.max(width, Math.min(256, Math.floor((available - 6 * (count - 1)) / count),
-                                              PREVIEW_HEIGHT - 44));
-  const scale = shownWidth / width;
+  // A whole number of screen pixels per image pixel (sharp blocks), as large as fits, at most 256 px.
+  const room = Math.min(256, Math.floor((available - 6 * (count - 1)) / count), PREVIEW_HEIGHT - 44);
+  const scale = room >= width ? Math.floor(room / width) : room / width;
+  const shownWidth = Math.round(width * scale);
   const label = document.createElement("div");
   label.className = "echodistill-preview-label";
   label.textContent = `step ${preview.step} of ${preview.total} · ${width} × ${height} px each`
-    + (scale !== 1 ? `, shown ${scale >= 1.95 ? `${Math.round(scale * 10) / 10}×` : "enlarged"}` : "");
+    + (scale > 1 ? `, shown ${scale}× (each pixel a block)` : scale < 1 ? ", shown smaller" : "");
   Object.assign(label.style, { marginBottom: "3px", color: TEXT });
   const row = document.createElement("div");
   Object.assign(row.style, { display: "flex", gap: "6px", overflowX: "auto" });

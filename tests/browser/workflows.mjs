@@ -10,12 +10,16 @@
 // The workflow whose file name starts with "1_" is also run from the UI (the Run button); the test
 // waits for its /history entry to say "success" and checks the live loss view of EchoDistillTrain
 // (canvas.echodistill-losses inside the node's DOM widget) is drawn and that the node lists the run's
-// losses and discriminators (div.echodistill-summary), with screenshots mid-run and after. Every
-// workflow is also checked for overlapping nodes and photographed as loaded (<name>_loaded.png, and
-// <name>_image_networks.png at 100 % where it has Load Image Networks). Exit code 0 when all checks
-// pass; the last line printed is a JSON summary.
+// losses and discriminators (div.echodistill-summary), with screenshots of the Train node mid-run and
+// after (1_train_node_mid_run.png, 1_train_node_after_run.png). Every workflow is also checked for
+// overlapping nodes, for nodes smaller than their widgets need (clipped), for the missing-model dialog
+// naming each model the workflow lists with its folder, and photographed as loaded (<name>_loaded.png,
+// and <name>_image_networks.png at 100 % where it has Load Image Networks). The template browser must
+// list each workflow once, with its thumbnail (templates.png). Exit code 0 when all checks pass; the
+// last line printed is a JSON summary.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), ECHODISTILL_RUN_TIMEOUT (seconds, default 900),
+// ECHODISTILL_PACK_FOLDER (the pack's folder name in custom_nodes, default comfyui-echodistill),
 // ECHODISTILL_RUN_WORKFLOW (file-name prefix of the workflow to run, default "1_"),
 // ECHODISTILL_TRAIN_STEPS (the Train node's steps are set to this in the UI before the run, as a user
 // would, default 30; "workflow" keeps the file's 300, which takes 3-15 min on 2 busy cores).
@@ -32,9 +36,12 @@ if (!url || !workflowsDir || !outDir) {
 const base = url.replace(/\/+$/, "");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const RUN_TIMEOUT = 1000 * Number(process.env.ECHODISTILL_RUN_TIMEOUT || 900);
+// How many times slower than an unshared machine this one is: every fixed wait below is that much longer.
+const TIME_SCALE = Math.max(1, Number(process.env.ECHODISTILL_TIME_SCALE || 1));
 const RUN_PREFIX = process.env.ECHODISTILL_RUN_WORKFLOW ?? "1_";
+const PACK_FOLDER = process.env.ECHODISTILL_PACK_FOLDER ?? "comfyui-echodistill";  // its folder in custom_nodes
 const TRAIN_STEPS = (process.env.ECHODISTILL_TRAIN_STEPS ?? "30") === "workflow" ? null : Number(process.env.ECHODISTILL_TRAIN_STEPS ?? 30);
-const BACKGROUND = [0x18, 0x18, 0x1c]; // the loss view's fill colour (web/echodistill.js)
+const CURVES = [[0x42, 0x87, 0xf5], [0xf5, 0x82, 0x30], [0x5a, 0xbe, 0x5a], [0xb4, 0x5a, 0xc8]]; // web/echodistill.js
 mkdirSync(outDir, { recursive: true });
 
 const results = { url: base, workflows: {}, run: null, screenshots: [], consoleErrors: [], pageErrors: [], failures: [] };
@@ -61,7 +68,11 @@ const SETTINGS = {
   "Comfy.Canvas.LeftMouseClickBehavior": "panning",
   "Comfy.Canvas.MouseWheelScroll": "zoom",
   "Comfy.Workflow.ShowMissingNodesWarning": true,
+  "Comfy.Workflow.ShowMissingModelsWarning": true,
   "LiteGraph.Canvas.MinFontSizeForLOD": 0,  // full detail in the zoomed-out screenshot, not grey boxes
+  "Comfy.Minimap.Visible": false,  // the graph alone in the screenshots (they make the templates' thumbnails)
+  "Comfy.Graph.CanvasInfo": false,
+  "Comfy.Graph.CanvasMenu": false,
 };
 
 async function main() {
@@ -82,7 +93,8 @@ async function main() {
            "--disable-sync", "--no-first-run"],
   });
   try {
-    const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, deviceScaleFactor: 1 });
+    const context = await browser.newContext({ viewport: { width: 1600, height: 1300 }, deviceScaleFactor: 1 });
+    context.setDefaultTimeout(30000 * TIME_SCALE);
     const page = await context.newPage();
     page.on("console", (message) => {
       if (message.type() !== "error") return;
@@ -104,8 +116,8 @@ async function main() {
       const app = window.app ?? window.comfyAPI?.app?.app;
       const registered = window.LiteGraph?.registered_node_types ?? {};
       return app?.graph && app?.canvas && app.extensions?.length && types.every((type) => type in registered);
-    }, expected, { timeout: 120000 }).catch(() => log("not every expected node type registered after 120 s"));
-    await page.waitForFunction(() => (window.app ?? window.comfyAPI?.app?.app)?.canvas, null, { timeout: 10000 });
+    }, expected, { timeout: 120000 * TIME_SCALE }).catch(() => log("not every expected node type registered after 120 s"));
+    await page.waitForFunction(() => (window.app ?? window.comfyAPI?.app?.app)?.canvas, null, { timeout: 10000 * TIME_SCALE });
     const loaded = await page.evaluate(() => {
       const app = (window.app = window.app ?? window.comfyAPI.app.app);
       // A probe extension: the frontend hands afterConfigureGraph the node types it could not find.
@@ -116,7 +128,7 @@ async function main() {
       });
       const api = window.comfyAPI.api.api;
       for (const type of ["execution_start", "execution_success", "execution_error", "execution_interrupted",
-                          "echodistill.progress", "echodistill.cancelled"]) {
+                          "echodistill.progress", "echodistill.preview", "echodistill.cancelled"]) {
         api.addEventListener(type, ({ detail }) => window.__probe.events.push({ type, detail, time: Date.now() }));
       }
       const queuePrompt = api.queuePrompt.bind(api);  // keep the prompt id the server answers with
@@ -150,6 +162,7 @@ async function main() {
       }
     }
     if (RUN_PREFIX && !results.run) fail(`no workflow file starts with "${RUN_PREFIX}"`);
+    results.templates = await templates(page, PACK_FOLDER, files);
   } finally {
     await browser.close();
   }
@@ -167,7 +180,7 @@ async function closeDialogs(page) {
 async function dialogTexts(page) {
   return page.evaluate(() => [...document.querySelectorAll(".p-dialog")]
     .filter((dialog) => dialog.offsetParent !== null || dialog.getClientRects().length)
-    .map((dialog) => dialog.innerText.trim().replace(/\s+/g, " ").slice(0, 400)));
+    .map((dialog) => dialog.innerText.trim().replace(/\s+/g, " ").slice(0, 2000)));
 }
 
 async function loadAndConvert(page, file, workflow, objectInfo) {
@@ -175,7 +188,7 @@ async function loadAndConvert(page, file, workflow, objectInfo) {
   await page.evaluate(() => { window.__probe.missing = null; });
   const errorsBefore = results.pageErrors.length;
   await page.evaluate(([w, name]) => window.app.loadGraphData(w, true, true, name), [workflow, basename(file, ".json")]);
-  await page.waitForFunction(() => window.__probe.missing !== null, null, { timeout: 30000 });
+  await page.waitForFunction(() => window.__probe.missing !== null, null, { timeout: 30000 * TIME_SCALE });
   await sleep(800);  // dialogs open asynchronously
   const state = await page.evaluate(() => {
     const app = window.app;
@@ -196,7 +209,16 @@ async function loadAndConvert(page, file, workflow, objectInfo) {
   check(!unregistered.length, `${file}: node types not registered in LiteGraph: ${unregistered}`);
   const broken = state.nodes.filter((n) => n.hasErrors).map((n) => `${n.id}:${n.type}`);
   check(!broken.length, `${file}: nodes with has_errors: ${broken}`);
-  check(!dialogs.some((text) => /missing/i.test(text)), `${file}: a missing-nodes dialog is open: ${dialogs}`);
+  check(!dialogs.some((text) => /Some Nodes Are Missing/i.test(text)), `${file}: a missing-nodes dialog is open: ${dialogs}`);
+  // The test server has none of the models a workflow lists: ComfyUI's dialog must name each, in its folder.
+  const missingModels = dialogs.find((text) => /Missing Models/.test(text)) ?? "";
+  result.missingModelsDialog = missingModels;
+  for (const model of workflow.models ?? [])
+    check(missingModels.includes(`${model.directory} / ${model.name}`),
+          `${file}: the missing-model dialog does not offer ${model.directory} / ${model.name}: ${JSON.stringify(dialogs)}`);
+  if (!(workflow.models ?? []).length) check(!missingModels, `${file}: a missing-model dialog for a workflow that needs no download`);
+  if (missingModels) await screenshot(page, `${basename(file, ".json")}_missing_models.png`);
+  await closeDialogs(page);
   for (const node of state.nodes) if (node.invalidCombos.length) result.invalidComboValues[`${node.id}:${node.type}`] = node.invalidCombos;
   if (file.startsWith(RUN_PREFIX)) {
     check(!Object.keys(result.invalidComboValues).length,
@@ -205,6 +227,11 @@ async function loadAndConvert(page, file, workflow, objectInfo) {
   if (results.pageErrors.length > errorsBefore) result.pageErrors = results.pageErrors.slice(errorsBefore);
   result.overlaps = await overlappingNodes(page);
   check(!result.overlaps.length, `${file}: nodes overlap: ${result.overlaps.join("; ")}`);
+  result.clipped = await clippedNodes(page);
+  check(!result.clipped.length, `${file}: nodes smaller than their widgets need: ${result.clipped.join("; ")}`);
+  result.titles = await page.evaluate(() => window.app.graph.nodes.map((n) => `${n.id}:${n.title}`));
+  result.groups = await page.evaluate(() => window.app.graph.groups.map((g) => g.title));
+  check(result.groups.length >= 2, `${file}: no groups: ${result.groups}`);
   await photograph(page, basename(file, ".json"));
 
   const prompt = await page.evaluate(async () => {
@@ -246,8 +273,18 @@ async function overlappingNodes(page) {
   });
 }
 
+// Nodes whose size is below what the frontend computes for their inputs, outputs and widgets.
+async function clippedNodes(page) {
+  return page.evaluate(() => window.app.graph.nodes.filter((node) => !node.isVirtualNode).flatMap((node) => {
+    const [width, height] = node.computeSize();
+    return node.size[0] + 1 < width || node.size[1] + 1 < height
+      ? [`${node.id}:${node.type} is ${node.size.map(Math.round)}, needs ${[width, height].map(Math.round)}`] : [];
+  }));
+}
+
 // The whole graph fitted to the window; and Load Image Networks at 100 %, if the graph has it.
 async function photograph(page, name) {
+  await page.mouse.move(800, 1290);  // no tooltip of the Run button over the graph
   await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
   await sleep(800);
   await screenshot(page, `${name}_loaded.png`);
@@ -277,43 +314,70 @@ async function summaryText(page, nodeId) {
   }, nodeId);
 }
 
-// Pixels of the loss canvas: how many differ from the background, overall and in the plot band
-// (between the legend row at the top and the status line at the bottom, where only curves draw).
+// The loss canvas: where it is, and how many of its pixels have a curve's colour (smoothed curves; the
+// faint raw values are mixed into the background and do not count).
 async function lossCanvas(page, nodeId) {
-  return page.evaluate(([id, background]) => {
+  return page.evaluate(([id, curves]) => {
     const node = window.app.graph.getNodeById(id);
-    const widget = node?.widgets?.find((w) => w.name === "losses");
-    const canvas = widget?.element;
+    const canvas = node?.widgets?.find((w) => w.name === "losses")?.element;
     if (!canvas) return { found: false };
     const domWidget = canvas.closest(".dom-widget");
     const rect = canvas.getBoundingClientRect();
     const { width, height } = canvas;
     const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
-    const dpr = window.devicePixelRatio || 1;
-    const top = Math.round(26 * dpr), bottom = height - Math.round(20 * dpr);
-    let differ = 0, plot = 0;
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        const i = 4 * (y * width + x);
-        const d = Math.abs(pixels[i] - background[0]) + Math.abs(pixels[i + 1] - background[1]) + Math.abs(pixels[i + 2] - background[2]);
-        if (d > 24) { differ++; if (y >= top && y < bottom) plot++; }
-      }
+    let curvePixels = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+      if (curves.some((c) => Math.abs(pixels[i] - c[0]) + Math.abs(pixels[i + 1] - c[1]) + Math.abs(pixels[i + 2] - c[2]) < 40)) curvePixels++;
     }
     const run = node.echodistill?.run;
     return {
       found: true, className: canvas.className, inDomWidget: !!domWidget, connected: canvas.isConnected,
       visible: rect.width > 0 && rect.height > 0 && !!domWidget && getComputedStyle(domWidget).display !== "none",
       size: [width, height], rect: [Math.round(rect.x), Math.round(rect.y), Math.round(rect.width), Math.round(rect.height)],
-      nonBackgroundPixels: differ, plotPixels: plot,
-      run: run ? { step: run.step, total: run.total, points: run.points.length, cancelled: run.cancelled ?? null,
-                   losses: Object.keys(run.points.at(-1)?.losses ?? {}) } : null,
+      curvePixels,
+      run: run ? { step: run.step, total: run.total, points: run.points.length, echoStart: run.echoStart,
+                   cancelled: run.cancelled ?? null, losses: Object.keys(run.points.at(-1)?.losses ?? {}) } : null,
     };
-  }, [nodeId, BACKGROUND]);
+  }, [nodeId, CURVES]);
 }
 
-async function screenshot(page, name, locator = null) {
+// The previews shown in the Train node: their label, real sizes, shown sizes and prompts.
+async function previewsShown(page, nodeId) {
+  return page.evaluate((id) => {
+    const element = window.app.graph.getNodeById(id)?.widgets?.find((w) => w.name === "previews")?.element;
+    if (!element) return { found: false };
+    const images = [...element.querySelectorAll("img")];
+    return { found: true, label: element.querySelector(".echodistill-preview-label")?.textContent ?? element.textContent,
+             images: images.map((img) => ({ natural: [img.naturalWidth, img.naturalHeight], shown: [img.width, img.height],
+                                            prompt: img.title, rendering: img.style.imageRendering })) };
+  }, nodeId);
+}
+
+// The Train node on screen, title bar included: its screenshot's clip rectangle.
+async function nodeClip(page, nodeId) {
+  return page.evaluate((id) => {
+    const canvas = window.app.canvas, node = window.app.graph.getNodeById(id);
+    const rect = canvas.canvas.getBoundingClientRect(), { scale, offset } = canvas.ds;
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const x = rect.x + (node.pos[0] + offset[0]) * scale - 4, y = rect.y + (node.pos[1] - title + offset[1]) * scale - 4;
+    return { x: Math.max(x, 0), y: Math.max(y, 0), width: node.size[0] * scale + 8, height: (node.size[1] + title) * scale + 8 };
+  }, nodeId);
+}
+
+// The Train node at 100 %, its top at the top of the window.
+async function showNode(page, nodeId) {
+  await page.evaluate((id) => {
+    const canvas = window.app.canvas, node = window.app.graph.getNodeById(id);
+    canvas.ds.scale = 1;
+    canvas.ds.offset = [40 - node.pos[0], 60 - node.pos[1]];
+    canvas.setDirty(true, true);
+  }, nodeId);
+  await sleep(500);
+}
+
+async function screenshot(page, name, clip = null) {
   const path = join(outDir, name);
-  await (locator ?? page).screenshot({ path });
+  await page.screenshot({ path, ...(clip ? { clip } : {}) });
   results.screenshots.push(path);
   log(`screenshot ${path}`);
   return path;
@@ -324,16 +388,10 @@ async function runFromUi(page, file, workflow) {
   await page.evaluate(([w, name]) => window.app.loadGraphData(w, true, true, name), [workflow, basename(file, ".json")]);
   await sleep(800);
   await closeDialogs(page);
-  const trainId = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "EchoDistillTrain")?.id ?? null);
+  const ids = await page.evaluate(() => Object.fromEntries(window.app.graph.nodes.map((n) => [n.type, n.id])));
+  const trainId = ids.EchoDistillTrain ?? null, saveId = ids.EchoDistillSavePersonalized ?? null;
   if (!check(trainId !== null, `${file}: no EchoDistillTrain node`)) return run;
-  // The Train node in the middle of the view at 100 %, so its DOM widget is on screen.
-  await page.evaluate((id) => {
-    const canvas = window.app.canvas;
-    canvas.ds.scale = 1;
-    canvas.centerOnNode(window.app.graph.getNodeById(id));
-    canvas.setDirty(true, true);
-  }, trainId);
-  await sleep(500);
+  await showNode(page, trainId);  // the Train node at 100 %, so its DOM widgets are on screen
   if (TRAIN_STEPS) {  // fewer steps, set on the node's widget as a user would
     run.steps = await page.evaluate(([id, steps]) => {
       const widget = window.app.graph.getNodeById(id).widgets.find((w) => w.name === "steps");
@@ -351,6 +409,7 @@ async function runFromUi(page, file, workflow) {
   check(before.found, `${file}: the Train node has no "losses" DOM widget with a canvas`);
   check(before.className === "echodistill-losses", `${file}: the losses widget element is not canvas.echodistill-losses`);
   check(before.inDomWidget && before.connected, `${file}: the loss canvas is not attached inside a .dom-widget element`);
+  await screenshot(page, "1_train_node_before_run.png", await nodeClip(page, trainId));
 
   await page.evaluate(() => { window.__probe.events = []; window.__probe.queued = null; });
   const started = Date.now();
@@ -362,14 +421,14 @@ async function runFromUi(page, file, workflow) {
     await page.evaluate(() => window.app.queuePrompt(0, 1));
     run.queuedWith = "app.queuePrompt(0, 1)";
   }
-  await page.waitForFunction(() => window.__probe.queued, null, { timeout: 60000 });
+  await page.waitForFunction(() => window.__probe.queued, null, { timeout: 60000 * TIME_SCALE });
   const queued = await page.evaluate(() => window.__probe.queued);
   run.promptId = queued.prompt_id;
   const nodeErrors = queued.node_errors && Object.keys(queued.node_errors).length ? queued.node_errors : null;
   if (!check(run.promptId && !nodeErrors, `${file}: the server refused the prompt: ${JSON.stringify(queued).slice(0, 1500)}`)) return run;
   log(`${file}: queued with the ${run.queuedWith}, prompt ${run.promptId}`);
 
-  // Mid-run: once a few progress messages have arrived (or later), screenshot the graph.
+  // Mid-run: once a third of the steps are done (and before the last), photograph the Train node.
   let midShot = null;
   let entry = null;
   while (Date.now() - started < RUN_TIMEOUT) {
@@ -379,8 +438,9 @@ async function runFromUi(page, file, workflow) {
       await sleep(300);
       run.mid = await lossCanvas(page, trainId);
       run.mid.progress = progress;
-      midShot = await screenshot(page, "1_mid_run.png");
-      await screenshot(page, "1_mid_run_loss_view.png", page.locator("canvas.echodistill-losses").first());
+      run.mid.previews = await previewsShown(page, trainId);
+      midShot = await screenshot(page, "1_train_node_mid_run.png", await nodeClip(page, trainId));
+      await screenshot(page, "1_mid_run.png");
       log(`${file}: mid-run at step ${progress.step}/${progress.total}, losses ${JSON.stringify(progress.losses)}`);
     }
     const history = await http(`/history/${run.promptId}`);
@@ -394,10 +454,12 @@ async function runFromUi(page, file, workflow) {
   run.status = entry.status.status_str;
   const messages = entry.status.messages ?? [];
   check(run.status === "success", `${file}: the run ended with ${run.status}: ${JSON.stringify(messages).slice(-2000)}`);
-  const events = await page.evaluate(() => window.__probe.events.map((e) => ({ type: e.type, prompt: e.detail?.prompt_id, node: e.detail?.node })));
+  const events = await page.evaluate(() => window.__probe.events.map((e) => ({ type: e.type, prompt: e.detail?.prompt_id, node: e.detail?.node, step: e.detail?.step })));
   run.progressMessages = events.filter((e) => e.type === "echodistill.progress").length;
+  run.previewSteps = events.filter((e) => e.type === "echodistill.preview").map((e) => e.step);
   run.executionSuccessSeen = events.some((e) => e.type === "execution_success" && e.prompt === run.promptId);
   check(run.progressMessages > 0, `${file}: the browser received no echodistill.progress message`);
+  check(run.previewSteps[0] === 1, `${file}: the first preview came at step ${run.previewSteps[0]}, not 1`);
   check(midShot, `${file}: no mid-run screenshot (no progress message between a third of the steps and the last)`);
   run.images = Object.values(entry.outputs ?? {}).flatMap((output) => output.images ?? []).length;
 
@@ -409,23 +471,68 @@ async function runFromUi(page, file, workflow) {
   check(after.visible, `${file}: the loss canvas is not visible on screen (rect ${after.rect})`);
   check(after.run && after.run.total > 0 && after.run.step === after.run.total,
         `${file}: the live view ends at step ${after.run?.step} of ${after.run?.total}`);
-  check(after.run && after.run.points >= 2, `${file}: the live view holds ${after.run?.points} points`);
-  check(after.plotPixels > 200 && after.plotPixels > 5 * (before.plotPixels || 0) ,
-        `${file}: the loss curves are not drawn: ${after.plotPixels} non-background pixels in the plot band (before the run ${before.plotPixels})`);
+  check(after.run && after.run.points === after.run.total, `${file}: the live view holds ${after.run?.points} points`);
+  check(after.curvePixels > 300 && (before.curvePixels ?? 0) < 20,
+        `${file}: the loss curves are not drawn: ${after.curvePixels} pixels of curve colour (${before.curvePixels} before the run)`);
+  run.previews = await previewsShown(page, trainId);
+  const shown = run.previews.images ?? [];
+  check(shown.length === 3 && shown.every((image) => image.natural[0] === 32 && image.shown[0] >= 96
+        && image.rendering === "pixelated") && /32 × 32 px/.test(run.previews.label),
+        `${file}: the previews are not the 3 prompts' 32 px images shown enlarged and labelled: ${JSON.stringify(run.previews)}`);
   run.summary = await summaryText(page, trainId);
+  const echoFrom = Number(/echo: from step (\d+)/.exec(run.summary.text)?.[1]);
+  check(echoFrom > 1 && after.run?.echoStart === echoFrom, `${file}: the view marks the echo from step ${after.run?.echoStart}, the run says ${echoFrom}`);
   check(run.summary.visible, `${file}: the run's summary is not visible in the Train node`);
   check(/student loss: adversarial/.test(run.summary.text) && /discriminators: \S/.test(run.summary.text)
-        && run.summary.text !== run.summaryBefore.text,
-        `${file}: the Train node does not list the run's losses and discriminators: ${JSON.stringify(run.summary.text)}`);
-  await screenshot(page, "1_after_run_loss_view.png", page.locator("canvas.echodistill-losses").first());
-  await screenshot(page, "1_after_run_train_node.png");
+        && /result saved as .*\.safetensors/.test(run.summary.text),
+        `${file}: the Train node does not list the run's losses, discriminators and result: ${JSON.stringify(run.summary.text)}`);
+  await screenshot(page, "1_train_node_after_run.png", await nodeClip(page, trainId));
+  await screenshot(page, "1_training_view_after_run.png", await page.evaluate((id) => {  // curves and previews
+    const widgets = window.app.graph.getNodeById(id).widgets;
+    const [top, bottom] = ["losses", "previews"].map((name) => widgets.find((w) => w.name === name).element.getBoundingClientRect());
+    return { x: top.x, y: top.y, width: top.width, height: bottom.bottom - top.y };
+  }, trainId));
+  if (check(saveId !== null, `${file}: no Save Personalized node`)) {
+    run.saved = await page.evaluate((id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === "saved")?.element?.textContent ?? null, saveId);
+    check(/^LoRA: \S+\.safetensors in \/.*loras/m.test(run.saved ?? "") && /embedding:\S+ toy/.test(run.saved ?? ""),
+          `${file}: Save Personalized does not list what it wrote and where: ${JSON.stringify(run.saved)}`);
+    await showNode(page, saveId);
+    await screenshot(page, "1_save_node_after_run.png", await nodeClip(page, saveId));
+  }
   await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
   await sleep(800);
   await screenshot(page, "1_after_run_fit_view.png");
-  log(`${file}: ${run.status} in ${run.seconds} s; ${run.progressMessages} progress messages; loss view `
-      + `${after.plotPixels} curve pixels (${before.plotPixels} before), step ${after.run?.step}/${after.run?.total}; `
-      + `summary ${JSON.stringify(run.summary.text)}`);
+  log(`${file}: ${run.status} in ${run.seconds} s; ${run.progressMessages} progress messages, previews at ${run.previewSteps}; `
+      + `loss view ${after.curvePixels} curve pixels (${before.curvePixels} before), step ${after.run?.step}/${after.run?.total}; `
+      + `summary ${JSON.stringify(run.summary.text)}; saved ${JSON.stringify(run.saved)}`);
   return run;
+}
+
+// The template browser: each workflow of the pack once, each card with its thumbnail.
+async function templates(page, packFolder, files) {
+  const listed = await http("/workflow_templates");
+  const names = listed[packFolder] ?? [];
+  const expected = files.map((f) => basename(f, ".json")).sort();
+  check(JSON.stringify([...names].sort()) === JSON.stringify(expected),
+        `/workflow_templates lists ${JSON.stringify(names)} for ${packFolder}, expected each of ${JSON.stringify(expected)} once`);
+  for (const name of expected) {
+    const response = await fetch(`${base}/api/workflow_templates/${packFolder}/${name}.jpg`);
+    check(response.ok && /image\/jpeg/.test(response.headers.get("content-type") ?? ""),
+          `no thumbnail ${name}.jpg for the template card (HTTP ${response.status})`);
+  }
+  await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.BrowseTemplates"));
+  await sleep(1500);
+  const category = page.getByText(packFolder, { exact: true }).first();
+  if (await category.count()) { await category.click(); await sleep(1500); }
+  const cards = await page.evaluate(() => [...document.querySelectorAll(".template-card")].map((card) => ({
+    title: card.querySelector("h3")?.textContent?.trim(),
+    images: [...card.querySelectorAll("img")].map((img) => ({ src: img.src, loaded: img.complete && img.naturalWidth > 0 })) })));
+  const ours = cards.filter((card) => expected.includes(card.title));
+  check(ours.length === expected.length && ours.every((card) => card.images.some((img) => img.loaded)),
+        `the template browser does not show each workflow once with its thumbnail: ${JSON.stringify(cards).slice(0, 1500)}`);
+  await screenshot(page, "templates.png");
+  await closeDialogs(page);
+  return { listed: names, cards: ours };
 }
 
 let crashed = null;

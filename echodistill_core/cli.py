@@ -26,7 +26,8 @@ from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
-from .safekeeping import check_output, keep
+from .safekeeping import check_output, is_echodistill_file, keep
+from .token import check_words
 from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError, training_resolution
 
 # Config fields the command line sets directly, with their help.
@@ -82,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_options(sample)
     sample.add_argument("--result", required=True, type=Path, help="a result written by train")
     sample.add_argument("--prompt", action="append", required=True, help="a prompt with the token (repeatable)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the first image; the rest count up")
+    sample.add_argument("--seed", type=_seed, default=0, help="seed of the first image; the rest count up")
     sample.add_argument("--model", choices=("student", "teacher"), default="student",
                         help="student: one step; teacher: DDIM with CFG")
-    sample.add_argument("--sample-steps", type=int, default=0, help="0: 1 for the student, 25 for the teacher")
+    sample.add_argument("--sample-steps", type=_sample_steps, default=0,
+                        help="0: 1 for the student, 25 for the teacher; at most 1000")
     sample.add_argument("--out", required=True, type=Path, help="PNG file for the image grid")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing PNG at --out")
 
     demo = commands.add_parser("demo", help="personalize the tiny default models to a demo concept")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
@@ -106,6 +109,21 @@ def _count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (never) or a number of steps")
+    return value
+
+
+def _sample_steps(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of sampling steps; give 1 to 1000, or 0 for the "
+                                         "model's own (1 for the student, 25 for the teacher)")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed; give a whole number from 0 to 2**63 - 1")
     return value
 
 
@@ -130,21 +148,27 @@ def _train(args) -> int:
     if args.teacher.resolve() == args.student.resolve():
         raise ValueError(f"{args.teacher} is given as both teacher and student; EchoDistill trains a multi-step "
                          "teacher (e.g. SD 2.1) with a one-step student (e.g. SD-Turbo)")
+    # Everything that can be checked without the models is checked before they load.
     state_path = args.out.with_suffix(".state.safetensors")
     check_output(args.out, replace_own=args.overwrite or args.resume is not None)
     check_output(state_path, replace_own=True)  # a state of ours is superseded; another file never replaced
+    if args.resume and not is_echodistill_file(args.resume):
+        raise ValueError(f"{args.resume} is not an EchoDistill training state (or is damaged); give the "
+                         "<out>.state.safetensors file an interrupted run wrote")
     memory = MEMORY_PRESETS[args.memory]
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
+                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
+    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
+    check_words(config.token, config.initializer_word or config.class_word,
+                "initializer word" if config.initializer_word else "class word")
+    images = read_images(args.images)
     dtype = memory.weight_dtype(_device(args.device)) or torch.float32
     files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
     networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
     memory.check_image_networks(networks)
     teacher, student, text, student_text = _load_pair(args, dtype)
-    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
-                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
-    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
-    concept = ConceptDataset(read_images(args.images), config.token, config.class_word,
-                             training_resolution(config, student))
+    concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text,
                                  discriminator_backbones=networks.discriminators, feature_network=networks.feature)
     if args.resume:
@@ -192,6 +216,11 @@ def run_with_progress(trainer: EchoDistillTrainer, out: Path, state_path: Path, 
 
 
 def _sample(args) -> int:
+    check_output(args.out, replace_own=args.overwrite, suffix=".png")
+    if not args.result.is_file():
+        raise ValueError(f"the result {args.result} does not exist; give a file written by train")
+    if not is_echodistill_file(args.result):
+        raise ValueError(f"{args.result} is not an EchoDistill result (or is damaged); give a file written by train")
     teacher, student, text, _ = _load_pair(args)
     personalization = Personalization.load(args.result, teacher, student, text)
     seeds = [args.seed + index for index in range(len(args.prompt))]

@@ -3,6 +3,7 @@ presets are data."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 VAE_DECODES = ("plain", "checkpointed", "tiled")
@@ -96,9 +97,12 @@ class EchoDistillConfig:
     @staticmethod
     def _ranges():
         """(field, what it must be, test) for every number and choice of the config."""
-        positive, non_negative = (lambda v: v > 0), (lambda v: v >= 0)
+        positive, non_negative = (lambda v: math.isfinite(v) and v > 0), (lambda v: math.isfinite(v) and v >= 0)
         fraction = lambda v: 0 <= v <= 1
+        seed = lambda v: isinstance(v, int) and 0 <= v < 2**63
         return [
+            ("seed", "a whole number from 0 to 2**63 - 1", seed),
+            ("preview_seed", "a whole number from 0 to 2**63 - 1", seed),
             ("steps", "at least 1", lambda v: v >= 1),
             ("batch_size", "at least 1", lambda v: v >= 1),
             ("resolution", "0 (the student's size) or a multiple of 8 from 8 px", lambda v: v == 0 or (v >= 8 and v % 8 == 0)),

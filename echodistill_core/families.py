@@ -129,8 +129,8 @@ def detect_family(state_dict: dict[str, torch.Tensor], *, role: str | None = Non
                 "those, or 'auto-detect'"
             )
         return family
-    if role == "student":
-        turbo = [name for name in candidates if FAMILIES[name].one_step]
+    turbo = [name for name in candidates if FAMILIES[name].one_step]
+    if role == "student" and turbo:  # a layout without a Turbo family (SD 1.x) is refused by `check_role`
         return FAMILIES[turbo[0]]
     if layout == "sdxl":
         return FAMILIES["sdxl"]

@@ -27,8 +27,12 @@ class ModelFolderError(ValueError):
 
 
 def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32,
-                          device: str | torch.device = "cpu") -> tuple[DiffusionModel, TextConditioner]:
-    """The folder's diffusion model and its text encoder, frozen, in `dtype` on `device`."""
+                          device: str | torch.device = "cpu", role: str | None = None
+                          ) -> tuple[DiffusionModel, TextConditioner]:
+    """The folder's diffusion model and its text encoder, frozen, in `dtype` on `device`.
+
+    A `role` of "student" is checked before any weight loads: the folder's scheduler must start sampling
+    at the last timestep, as a one-step model's does."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist; pass a diffusers-format folder")
@@ -40,15 +44,18 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
         )
     options = dict(local_files_only=True)
     try:
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        if role == "student":
+            check_one_step(scheduler, folder.name)
+        schedule = NoiseSchedule.from_scheduler_config(scheduler)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **options)
-        schedule = NoiseSchedule.from_scheduler_config(
-            json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        )
         vae = None
         if (folder / "vae").is_dir():
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **options)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **options)
+    except ModelFolderError:
+        raise
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelFolderError(f"could not load the model folder {folder}: {error}") from error
     check_tokenizer(tokenizer, folder / "tokenizer")
@@ -63,9 +70,19 @@ def load_model(path: str | Path, role: str | None = None, dtype: torch.dtype = t
                device: str | torch.device = "cpu") -> tuple[DiffusionModel, TextConditioner]:
     """A diffusers folder or a single-file checkpoint (its family detected, see `checkpoints.py`)."""
     if Path(path).is_dir():
-        return load_diffusers_folder(path, dtype=dtype, device=device)
+        return load_diffusers_folder(path, dtype=dtype, device=device, role=role)
     model, text, _ = load_single_file(path, role=role, dtype=dtype, device=device)
     return model, text
+
+
+def check_one_step(scheduler_config: dict, name: str) -> None:
+    """A one-step model's scheduler samples from the last timestep ("trailing" spacing, as SD-Turbo's)."""
+    if scheduler_config.get("timestep_spacing") != "trailing":
+        raise ModelFolderError(
+            f"{name} is a multi-step model (its scheduler starts sampling below the last timestep), so it "
+            "cannot draw in one step; choose a one-step model such as SD-Turbo as the student, and use "
+            f"{name} as the teacher"
+        )
 
 
 def save_diffusers_folder(folder: str | Path, model: DiffusionModel, text: TextConditioner,

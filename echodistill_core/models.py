@@ -143,6 +143,12 @@ def check_pair(teacher: DiffusionModel, student: DiffusionModel, text: TextCondi
             )
     if student_text is not None:
         _check_same_text_encoder(text, student_text)
+    if _same_weights(teacher.unet, student.unet):
+        raise IncompatiblePairError(
+            f"the teacher {teacher.name} and the student {student.name} are the same model (their UNet weights "
+            "are equal); EchoDistill trains a multi-step teacher (e.g. SD 2.1) with a one-step student "
+            "(e.g. SD-Turbo)"
+        )
     if teacher.in_pixel_space != student.in_pixel_space:
         raise IncompatiblePairError(
             "one model works in pixel space and the other in a VAE latent space; teacher and student "
@@ -162,6 +168,28 @@ def check_pair(teacher: DiffusionModel, student: DiffusionModel, text: TextCondi
         )
 
 
+TEXT_ENCODER_TOLERANCE = 0.01  # relative distance: precision conversions stay far below, other encoders far above
+
+
+def _same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    if first is second:
+        return True
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(a[key].shape == b[key].shape and torch.equal(a[key], b[key].to(a[key]))
+                                        for key in a)
+
+
+def _relative_distance(first: torch.nn.Module, second: torch.nn.Module) -> float:
+    """|a - b| / |a| over all weights of two modules of one architecture."""
+    a, b = first.state_dict(), second.state_dict()
+    difference = norm = 0.0
+    for key, value in a.items():
+        value = value.float()
+        difference += (value - b[key].to(value)).square().sum().item()
+        norm += value.square().sum().item()
+    return (difference / max(norm, 1e-30)) ** 0.5
+
+
 def _check_same_text_encoder(text: TextConditioner, student_text: TextConditioner) -> None:
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     teacher_config, student_config = text.text_encoder.config, student_text.text_encoder.config
@@ -176,3 +204,11 @@ def _check_same_text_encoder(text: TextConditioner, student_text: TextConditione
             "encoder, so an SD 2.1 teacher needs an SD 2.x-family student such as SD-Turbo, and an "
             "SD 1.5 teacher an SD 1.x student"
         )
+    if text.text_encoder is not student_text.text_encoder:
+        distance = _relative_distance(text.text_encoder, student_text.text_encoder)
+        if distance > TEXT_ENCODER_TOLERANCE:
+            raise IncompatiblePairError(
+                f"the student was trained with another text encoder than the teacher's (their weights differ "
+                f"by {distance:.0%}), and EchoDistill conditions both on the teacher's; pair the student with "
+                "the teacher it was distilled from (SD-Turbo with SD 2.1)"
+            )

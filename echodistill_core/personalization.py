@@ -32,7 +32,8 @@ class Personalization(nn.Module):
     def create(cls, config: EchoDistillConfig, teacher: DiffusionModel, student: DiffusionModel,
                text: TextConditioner) -> "Personalization":
         """Fresh adapters (Custom Diffusion copies of the pretrained K/V, or zero LoRA) and a new token."""
-        token = PlaceholderToken.create(text, config.token, config.initializer_word or config.class_word)
+        word_name = "initializer word" if config.initializer_word else "class word"
+        token = PlaceholderToken.create(text, config.token, config.initializer_word or config.class_word, word_name)
         options = dict(kind=config.parameterisation, rank=config.lora_rank, alpha=config.lora_alpha,
                        all_attention=config.lora_all_attention)
         personalization = cls(config, token, AdapterSet(teacher.unet, **options), AdapterSet(student.unet, **options))

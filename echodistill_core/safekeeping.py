@@ -32,17 +32,32 @@ def is_echodistill_file(path: Path) -> bool:
         return False
 
 
-def check_output(path: Path, *, replace_own: bool) -> None:
-    """Before any work: `path` is a .safetensors name in a writable folder, and free, or (with
-    `replace_own`) holds an EchoDistill file. Raises ValueError saying what to choose instead."""
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path} must end in .safetensors (EchoDistill writes safetensors files only)")
+def is_png(path: Path) -> bool:
+    """A PNG image (what `sample` writes)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(8) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OUTPUT_KINDS = {".safetensors": ("an EchoDistill file", is_echodistill_file), ".png": ("a PNG image", is_png)}
+
+
+def check_output(path: Path, *, replace_own: bool, suffix: str = ".safetensors") -> None:
+    """Before any work: `path` is a `suffix` name in a writable folder, and free, or (with `replace_own`)
+    holds a file of that kind (an EchoDistill file for .safetensors, an image for .png). Raises
+    ValueError saying what to choose instead."""
+    kind, is_own = OUTPUT_KINDS[suffix]
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{path} must end in {suffix} (this command writes {kind})")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; give a file name such as {path / 'result.safetensors'}")
+        raise ValueError(f"{path} is a folder; give a file name such as {path / ('result' + suffix)}")
     if path.exists():
-        if not is_echodistill_file(path):
-            raise ValueError(f"{path} exists and is not an EchoDistill file; choose another name (EchoDistill "
-                             "never replaces other files)")
+        if not is_own(path):
+            raise ValueError(f"{path} exists and is not {kind}; choose another name (EchoDistill never "
+                             "replaces other files)")
         if not replace_own:
             raise ValueError(f"{path} exists; choose another name, or add --overwrite to replace it")
     try:

@@ -31,10 +31,12 @@ def tiny_text(seed: int = 0) -> TextConditioner:
     return TextConditioner(tokenizer, CLIPTextModel(config).eval().requires_grad_(False))
 
 
-def tiny_scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
-    """SD's schedule (scaled linear betas 0.00085-0.012 over 1000 steps)."""
+def tiny_scheduler(prediction_type: str = "v_prediction", one_step: bool = False) -> DDPMScheduler:
+    """SD's schedule (scaled linear betas 0.00085-0.012 over 1000 steps); `one_step` samples from the last
+    timestep, as SD-Turbo's scheduler does."""
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                         prediction_type=prediction_type, clip_sample=False)
+                         prediction_type=prediction_type, clip_sample=False,
+                         timestep_spacing="trailing" if one_step else "leading")
 
 
 def tiny_unet(channels: int, sample_size: int, seed: int) -> UNet2DConditionModel:

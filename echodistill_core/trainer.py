@@ -97,11 +97,6 @@ class EchoDistillTrainer:
         if self.feature_network is None:
             log.info("feature loss off: no feature network")
         self._check_token_within_the_text_window()
-        for unet in (teacher.unet, student.unet):
-            if config.gradient_checkpointing:
-                unet.enable_gradient_checkpointing()
-            else:
-                unet.disable_gradient_checkpointing()
         self.offload = Offload([text.text_encoder, teacher.vae, student.vae], teacher.device, config.offload)
 
         def adamw(groups):
@@ -122,7 +117,7 @@ class EchoDistillTrainer:
     def _check_token_within_the_text_window(self) -> None:
         """Every prompt training can draw (the captions, or each template with each edit; the echo's contexts
         come after the token) must keep the token inside the text encoder's window, or it would be cut off."""
-        concept, tokenizer = self.concept, self.text.tokenizer
+        concept, tokenizer = self.concept, self.token.tokenizer
         if concept.captions is not None:
             prompts = list(concept.captions)
         else:
@@ -167,9 +162,18 @@ class EchoDistillTrainer:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The personalized text encoder and both adapted UNets, for the duration of the block."""
-        with self.personalization.applied(self.text, self.teacher, self.student):
-            yield
+        """The personalized text encoder and both adapted UNets, recomputing activations in the backward pass
+        if the config says so, for the duration of the block: afterwards the base models are as they were."""
+        unets = (self.teacher.unet, self.student.unet)
+        checkpointing = [unet.is_gradient_checkpointing for unet in unets]
+        try:
+            for unet in unets:
+                _set_checkpointing(unet, self.config.gradient_checkpointing)
+            with self.personalization.applied(self.text, self.teacher, self.student):
+                yield
+        finally:
+            for unet, was_on in zip(unets, checkpointing):
+                _set_checkpointing(unet, was_on)
 
     def describe(self) -> list[str]:
         """What this run computes, a line per part: printed by the CLI, shown on the Train node."""
@@ -492,6 +496,13 @@ def _weight_signature(model: DiffusionModel, adapters) -> list[float]:
         weight = getattr(layer, "base", layer).weight
         signature.append(float(weight.detach().abs().float().mean()))
     return signature
+
+
+def _set_checkpointing(unet: nn.Module, on: bool) -> None:
+    if on:
+        unet.enable_gradient_checkpointing()
+    else:
+        unet.disable_gradient_checkpointing()
 
 
 def training_resolution(config: EchoDistillConfig, student: DiffusionModel) -> int:

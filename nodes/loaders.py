@@ -3,8 +3,6 @@ checkpoints."""
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from ..echodistill_core.checkpoints import load_single_file
@@ -42,9 +40,7 @@ def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
             model, text, found = load_single_file(path, role=role, family=None if family == AUTO_FAMILY else family,
                                                   dtype=dtype, device=device)
             return LoadedModel(model, text, choice, family=found.name)
-        model, text = load_diffusers_folder(path, dtype=dtype, device=device)
-        if role == "student":
-            _check_one_step(path, name)
+        model, text = load_diffusers_folder(path, dtype=dtype, device=device, role=role)
         return LoadedModel(model, text, choice)
 
 
@@ -56,16 +52,6 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _check_one_step(path, name: str) -> None:
-    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    if scheduler.get("timestep_spacing") != "trailing":
-        raise ValueError(
-            f"{name} is a multi-step model (its scheduler starts sampling below the last timestep), so it "
-            "cannot draw in one step; choose a one-step model such as SD-Turbo as the student, and use "
-            f"{name} as the teacher"
-        )
 
 
 class _Loader:

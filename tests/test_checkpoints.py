@@ -115,6 +115,9 @@ def test_roles_and_pairs_are_checked():
         check_role(FAMILIES["sd2-768-v"], "student")
     with pytest.raises(CheckpointError, match="one-step model"):
         check_role(FAMILIES["sd-turbo"], "teacher")
+    sd1_as_student = detect_family(minimal("sd1"), role="student")  # SD 1.x has no Turbo: refused, not guessed
+    with pytest.raises(CheckpointError, match="SD 1.x, a multi-step model, so it cannot draw in one step"):
+        check_role(sd1_as_student, "student")
     assert pair_problem(FAMILIES["sd2-768-v"], FAMILIES["sd-turbo"]) is None
     problem = pair_problem(FAMILIES["sd1"], FAMILIES["sd-turbo"], "v1-5.safetensors", "sd_turbo.safetensors")
     assert re.search("SD 1.x teacher v1-5.safetensors.*sd_turbo.safetensors.*cannot share one text encoder.*"

@@ -72,5 +72,5 @@ def test_existing_words_and_bad_tokens_are_refused():
         PlaceholderToken.create(text, "my dog", "dog")
     with pytest.raises(ValueError, match="initializer word is empty"):
         PlaceholderToken.create(text, "<v>", " ")
-    with pytest.raises(ValueError, match="contains a placeholder"):
-        PlaceholderToken.create(text, "<w>", "<v>")
+    with pytest.raises(ValueError, match="class word '<v>' contains the placeholder token"):
+        PlaceholderToken.create(text, "<v>", "<v>", "class word")

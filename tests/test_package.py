@@ -29,3 +29,46 @@ def test_the_core_never_imports_comfyui():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("comfy", "comfy_api", "folder_paths", "nodes") for n in names), path
+
+
+def test_registry_metadata_names_the_pack_and_its_host():
+    """What the Comfy registry reads from pyproject.toml: a node id without "comfyui", an icon that exists in
+    the repository, the ComfyUI it needs, classifiers ComfyUI's own parser accepts (comfy_config), and the
+    same requirements as requirements.txt."""
+    import re
+
+    from packaging.specifiers import SpecifierSet
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip's copy of tomli
+        from pip._vendor import tomli as tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"[a-z][a-z0-9]*([._-][a-z0-9]+)*", project["name"]) and len(project["name"]) < 100
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["license"] == {"file": "LICENSE"} and (ROOT / "LICENSE").is_file()
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    repository = project["urls"]["Repository"].removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{repository}/main/"
+    assert comfy["Icon"].startswith(prefix) and (ROOT / comfy["Icon"].removeprefix(prefix)).is_file()
+    assert "0.3.64" in SpecifierSet(comfy["requires-comfyui"])  # the version the real-host tests run
+    systems = [c.removeprefix("Operating System :: ") for c in project["classifiers"] if c.startswith("Operating System :: ")]
+    accelerators = [c.removeprefix("Environment :: ") for c in project["classifiers"] if c.startswith("Environment ::")]
+    assert systems and all(s.startswith(("Microsoft", "POSIX", "MacOS", "OS Independent")) for s in systems)
+    assert accelerators and set(accelerators) <= {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc",
+                                                  "NPU :: Huawei Ascend", "GPU :: Apple Metal"}
+    requirements = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert project["dependencies"] == requirements
+    assert not any(name.split(">")[0].split("=")[0].strip() in ("torch", "torchvision") for name in requirements)
+
+
+def test_the_published_archive_leaves_out_tests_benchmarks_and_tools_only():
+    patterns = [line.strip() for line in (ROOT / ".comfyignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert {"tests/", "bench/", "tools/"} <= set(patterns)
+    loaded = ["__init__.py", "nodes/", "echodistill_core/", "web/", "example_workflows/", "docs/", "LICENSE",
+              "README.md", "requirements.txt", "pyproject.toml"]
+    assert not [(pattern, path) for pattern in patterns for path in loaded if path.startswith(pattern.lstrip("/"))]

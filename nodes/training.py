@@ -18,6 +18,7 @@ from ..echodistill_core.image_networks import RunNetworks, choose_networks
 from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import LOSSES, loss_plot
 from ..echodistill_core.safekeeping import keep
+from ..echodistill_core.token import check_words
 from ..echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
                                         training_resolution)
 from . import comfy
@@ -70,6 +71,25 @@ class ConceptImages:
             "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
                                     "image, each mentioning the token. Empty: prompt templates are used."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, token=None, class_word=None, initializer_word=None, captions=None):
+        """At queue time: a token of one word, a class word (and initializer word) that are plain words, and
+        captions that mention the token. A value linked from another node arrives as None: checked at run."""
+        problems = []
+        for word, name in ((class_word, "class word"), (initializer_word, "initializer word")):
+            if token is not None and word is not None and (word.strip() or name == "class word"):
+                try:
+                    check_words(token, word, name)
+                except ValueError as error:
+                    problems.append(str(error))
+        if token is not None and captions:
+            problems += [f"caption {index + 1} ({line.strip()!r}) does not mention the token {token.strip()}"
+                         for index, line in enumerate(line for line in captions.splitlines() if line.strip())
+                         if token.strip() not in line]
+        if problems:
+            return "; ".join(dict.fromkeys(problems)) + ". Change it on the node and queue again."
+        return True
 
     def build(self, images, token, class_word, initializer_word, add_to=None, captions=""):
         photos = [image.clone().permute(2, 0, 1).float() for image in images]  # IMAGE is [B, H, W, 3]

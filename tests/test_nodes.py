@@ -302,6 +302,19 @@ def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, c
     assert train.VALIDATE_INPUTS(steps=None, resolution=None) is True  # linked from other nodes: checked at run
 
 
+def test_concept_images_refuse_bad_words_and_captions_at_queue_time(pack):
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillConceptImages"]
+    assert node.VALIDATE_INPUTS(token="<cup>", class_word="cup", initializer_word="", captions="") is True
+    assert "must be one word without spaces" in node.VALIDATE_INPUTS(token="my cup", class_word="cup",
+                                                                        initializer_word="", captions="")
+    assert "class word is empty" in node.VALIDATE_INPUTS(token="<cup>", class_word=" ", initializer_word="", captions="")
+    refused = node.VALIDATE_INPUTS(token="<cup>", class_word="cup", initializer_word="",
+                                   captions="a <cup> cup\na mug on a table\n\n")
+    assert refused.startswith("caption 2 ('a mug on a table') does not mention the token <cup>")
+    assert "contains the placeholder token" in node.VALIDATE_INPUTS(token="<cup>", class_word="cup",
+                                                                     initializer_word="<cup>", captions="")
+
+
 def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, comfy, tmp_path):
     for node_id, role in (("EchoDistillLoadTeacher", "teacher"), ("EchoDistillLoadStudent", "student")):
         node = pack.NODE_CLASS_MAPPINGS[node_id]

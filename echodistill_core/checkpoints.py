@@ -91,12 +91,21 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     checkpoints of the same layout but other sizes (the tests' shrunk ones).
     """
     path = Path(path)
-    state_dict = read_checkpoint(path)
-    found = detect_family(state_dict, role=role, choice=family, source=path.name)
-    check_role(found, role, path.name)
+    return load_state_dict(read_checkpoint(path), path.name, role=role, family=family, dtype=dtype, device=device,
+                           config=config)
+
+
+def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str | None = None,
+                    family: str | None = None, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu", config: str | Path | None = None
+                    ) -> tuple[DiffusionModel, TextConditioner, Family]:
+    """`load_single_file` for weights already in memory in a checkpoint's layout (e.g. a model that
+    ComfyUI loaded, as its CheckpointSave would write it); `name` names them in messages."""
+    found = detect_family(state_dict, role=role, choice=family, source=name)
+    check_role(found, role, name)
     if not found.trainable:
         raise CheckpointError(
-            f"{path.name} is {found.label}. SDXL pairs (two text encoders, added conditioning) are recognised "
+            f"{name} is {found.label}. SDXL pairs (two text encoders, added conditioning) are recognised "
             "but not yet supported for training; use SD 2.1 as the teacher and SD-Turbo as the student"
         )
     folder = str(config or found.config)
@@ -104,12 +113,12 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     try:
         unet = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **options)
         vae = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **options)
-        text_encoder = _text_encoder(state_dict, Path(folder), dtype, path.name)
+        text_encoder = _text_encoder(state_dict, Path(folder), dtype, name)
     except (ValueError, RuntimeError, KeyError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(
-            f"{path.name} was taken for {found.label} but its weights do not fit that architecture "
+            f"{name} was taken for {found.label} but its weights do not fit that architecture "
             f"({_first_problem(error)}). If it is another model, choose its family in the loader"
         ) from error
     schedule = NoiseSchedule.from_scheduler_config(
@@ -117,7 +126,7 @@ def load_single_file(path: str | Path, *, role: str | None = None, family: str |
     )
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(device)
-    model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=path.name, family=found.name)
+    model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=name, family=found.name)
     return model, TextConditioner(_tokenizer(text_encoder, found), text_encoder), found
 
 
@@ -144,7 +153,8 @@ def _text_encoder(state_dict: dict[str, torch.Tensor], folder: Path, dtype: torc
         converted = convert_open_clip_checkpoint(model, state_dict, prefix=open_clip)
     else:
         converted = convert_ldm_clip_checkpoint(state_dict)
-    converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    prefix = "text_model." if any(key.startswith("text_model.") for key in model.state_dict()) else ""  # transformers 4
+    converted = {prefix + key.removeprefix("text_model."): value for key, value in converted.items()}
     result = model.load_state_dict(converted, strict=False)
     missing = [key for key in result.missing_keys if not key.endswith("position_ids")]
     if missing:

@@ -50,3 +50,20 @@ def one_thread():
 @pytest.fixture(scope="module")
 def judge():
     return load_judge()
+
+
+# The tests against a real ComfyUI skip themselves where it is missing (no COMFYUI_DIR, no Chromium, no node).
+# Where ECHODISTILL_REAL_HOST=required (the default when CI=true), such a skip is a failure: it would hide a
+# broken host.
+REAL_HOST_MODULES = ("test_comfyui", "test_browser")
+REAL_HOST_REQUIRED = os.environ.get("ECHODISTILL_REAL_HOST", "required" if os.environ.get("CI") == "true" else "") == "required"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and REAL_HOST_REQUIRED and item.module.__name__ in REAL_HOST_MODULES:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but ECHODISTILL_REAL_HOST=required: {reason}"

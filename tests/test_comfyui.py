@@ -1,12 +1,19 @@
 """Against a real ComfyUI: set COMFYUI_DIR to a checkout (and COMFYUI_PYTHON to the interpreter of its
-environment, default this one); skipped otherwise. The server runs headless on the CPU, on loopback,
-with the pack loaded from a temporary custom_nodes folder and temporary input/output folders."""
+environment, default this one); skipped otherwise (failed instead where ECHODISTILL_REAL_HOST=required, see
+conftest.py). The server runs headless on the CPU, on loopback, with the pack loaded from a temporary
+custom_nodes folder and temporary input/output folders.
+
+Waits are measured in the CPU time the server spends, not in wall seconds: on a slow or shared machine
+the same work takes longer and is waited for, while a server that stops working (no CPU used for
+STALL_SECONDS) fails at once."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +26,55 @@ ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to run against a real ComfyUI")
 sys.path.insert(0, str(ROOT / "tools"))
+STALL_SECONDS = 600  # wall seconds in which a server with work to do uses no CPU at all: it hangs
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """CPU time used so far by the processes `pids` and all their live descendants (Linux /proc; None elsewhere)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        parents, used = {}, {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            parents[int(entry)] = int(fields[1])
+            used[int(entry)] = sum(int(value) for value in fields[11:15]) / ticks  # utime stime cutime cstime
+    except (OSError, ValueError):
+        return None
+    tree, todo = set(), [pid for pid in pids if pid in used]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [child for child, parent in parents.items() if parent == pid and child not in tree]
+    return sum(used[pid] for pid in tree)
+
+
+def work_until(done, cpu_budget: float, pids: list[int], what: str, check=lambda: None):
+    """Poll `done()` until true while `pids` work; give up after `cpu_budget` CPU seconds of their work, or when
+    they use no CPU for STALL_SECONDS. `check()` may raise to stop early. Without /proc, wall seconds count."""
+    start = time.monotonic()
+    first = cpu_seconds(pids)
+    used, progress_at = first, start
+    while True:
+        result = done()
+        if result:
+            return result
+        check()
+        now = time.monotonic()
+        cpu = cpu_seconds(pids)
+        spent = (cpu - first) if cpu is not None and first is not None else now - start
+        if cpu is not None and used is not None and cpu > used:
+            used, progress_at = cpu, now
+        if spent > cpu_budget:
+            raise TimeoutError(f"{what}: not done after {spent:.0f} CPU seconds of work ({now - start:.0f} s)")
+        if now - progress_at > STALL_SECONDS:
+            raise TimeoutError(f"{what}: no CPU used for {STALL_SECONDS} s, so it hangs")
+        time.sleep(1)
 
 
 class Server:
@@ -51,24 +107,35 @@ class Server:
              "--port", str(self.port), "--disable-auto-launch", "--extra-model-paths-config", str(config),
              "--output-directory", str(root / "output"), "--input-directory", str(root / "input")],
             cwd=COMFYUI_DIR, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=environment)
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        def answers():
             try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                assert self.process.poll() is None, self.log.read_text()[-3000:]
-                time.sleep(1)
-        raise TimeoutError(self.log.read_text()[-3000:])
+                return self.get("/system_stats") is not None
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+
+        def alive():
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+        started, cpu_before = time.monotonic(), self.cpu_seconds()
+        try:  # about 30 CPU seconds on an idle machine
+            work_until(answers, 600, [self.process.pid], "ComfyUI's start", check=alive)
+        except TimeoutError as error:
+            self.stop()
+            raise TimeoutError(f"{error}\n{self.log.read_text()[-3000:]}") from None
+        # How many times slower than an unshared machine: the start is mostly one thread's work, so its wall
+        # time over its CPU time (1 to 1.5 on an idle machine). Given to clients with fixed waits of their own.
+        cpu_after = self.cpu_seconds()
+        cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else 0
+        self.slowness = max(1.0, (time.monotonic() - started) / cpu) if cpu > 0 else 1.0
 
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=300) as response:
             return json.loads(response.read())
 
     def post(self, path: str, body: dict):
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             text = response.read()
             return json.loads(text) if text else None
 
@@ -78,21 +145,49 @@ class Server:
         except urllib.error.HTTPError as error:
             raise AssertionError(error.read().decode()) from error
 
-    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds([self.process.pid])
+
+    def wait(self, prompt_id: str, cpu_budget: float = 1200) -> dict:
+        """The prompt's finished /history entry, waiting while the server works on it: at most `cpu_budget` CPU
+        seconds of its work (two cores give about twice the wall seconds of an unshared machine)."""
+        def finished():
             try:
                 entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            except TimeoutError:  # a busy CPU-only server (loading a full-size model) answers late
-                continue
+            except (TimeoutError, urllib.error.URLError):  # a busy CPU-only server answers late
+                return None
             if entry and entry["status"].get("status_str") in ("success", "error"):
                 return entry
-            time.sleep(0.5)
-        raise TimeoutError(prompt_id)
+            return None
+
+        def alive():
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+        return work_until(finished, cpu_budget, [self.process.pid], f"prompt {prompt_id}", check=alive)
 
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def run_while_working(arguments: list[str], server: Server, cpu_budget: float, **options) -> subprocess.CompletedProcess:
+    """subprocess.run for a client of `server` (the browser test), waited for while the client or the server works
+    (work_until, over both process trees); the client's own fixed waits learn the machine's slowness from
+    ECHODISTILL_TIME_SCALE. Output is captured as text."""
+    environment = {**options.pop("env", os.environ), "ECHODISTILL_TIME_SCALE": f"{2 * server.slowness:.1f}"}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(arguments, stdout=out, stderr=err, text=True, env=environment,
+                                   start_new_session=True, **options)
+        try:
+            work_until(lambda: process.poll() is not None, cpu_budget, [server.process.pid, process.pid],
+                       " ".join(map(str, arguments))[:200])
+        finally:
+            if process.poll() is None:  # stopped by work_until: end it and everything it started
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(arguments, process.returncode, out.read(), err.read())
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +236,24 @@ def test_the_pack_loads_without_import_errors(server):
     assert len([k for k in server.get("/object_info") if k.startswith("EchoDistill")]) == 10
     templates = server.get("/workflow_templates")
     assert any("1_personalize_tiny_models" in str(v) for v in templates.values())
+
+
+def test_comfyuis_own_parser_reads_the_registry_metadata():
+    """ComfyUI's comfy_config (the registry's pyproject.toml rules) reads the pack's metadata as intended."""
+    script = ("import json, sys; sys.path.insert(0, '.'); from comfy_config import config_parser; "
+              "print(json.dumps(config_parser.extract_node_configuration(sys.argv[1]).model_dump()))")
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", script, str(ROOT)], cwd=COMFYUI_DIR,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    project, comfy = config["project"], config["tool_comfy"]
+    assert project["name"] == "echodistill" and project["supported_os"] == ["OS Independent"]
+    assert project["supported_accelerators"] == ["GPU :: NVIDIA CUDA"]
+    assert project["supported_comfyui_version"].startswith(">=")
+    requirements = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert project["dependencies"] == requirements
+    assert comfy["publisher_id"] and comfy["icon"].endswith("docs/icon.svg") and (ROOT / "docs" / "icon.svg").is_file()
 
 
 def test_workflow_one_runs_to_success(server):
@@ -252,14 +365,21 @@ def test_a_dino_folder_joins_the_teachers_discriminator(server):
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(server):
+    before = server.cpu_seconds()
     straight = server.wait(server.queue(tiny_workflow(steps=40, name="straight")))
     assert straight["status"]["status_str"] == "success"
+    straight_work = server.cpu_seconds() - before if before is not None else None
     interrupted = tiny_workflow(steps=40, name="resumed")
     interrupted["5"]["inputs"]["seed"] = 42  # same settings as the straight run
     interrupted["1"]["inputs"]["precision"] = "fp32"  # a new graph signature, so ComfyUI does not reuse the cache
-    prompt_id = server.queue(interrupted)
     states = server.root / "output" / "echodistill_states"
-    time.sleep(8)
+    start = server.cpu_seconds()
+    prompt_id = server.queue(interrupted)
+    if straight_work is None:  # no /proc: wall seconds
+        time.sleep(8)
+    else:  # about half way through the run, however slow the machine: by the server's own work
+        work_until(lambda: server.cpu_seconds() - start > straight_work / 2, straight_work, [server.process.pid],
+                   "half the run")
     server.post("/interrupt", {})
     entry = server.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
@@ -344,7 +464,7 @@ def test_stock_nodes_apply_the_saved_lora_and_embedding_with_no_unloaded_keys(se
             "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
         }
         log_before = len(server.log.read_text())
-        entry = server.wait(server.queue(prompt), timeout=900)
+        entry = server.wait(server.queue(prompt), cpu_budget=1800)
         assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
         log = server.log.read_text()[log_before:]
         assert "lora key not loaded" not in log, log[-3000:]
@@ -369,29 +489,37 @@ print(json.dumps({key: (state[key].float() - base[key]).flatten()[:4096].tolist(
 """
 
 
-def sd_turbo_checkpoint(path: Path) -> None:
-    """Random full-size SD-Turbo weights in Stability's single-file layout (fp16, about 2.6 GB)."""
+def sd_turbo_checkpoint(path: Path, teacher: Path | None = None) -> None:
+    """Random full-size SD-Turbo weights in Stability's single-file layout (fp16, about 2.6 GB); with `teacher`,
+    an SD 2.1-base teacher there too: another UNet with the same text encoder and VAE, as the real pair shares."""
     import torch
     from ldm_layout import build_family_models, family_configs_from_folder, write_single_file
 
     from echodistill_core.families import FAMILIES
 
-    unet, vae, text_encoders = build_family_models(family_configs_from_folder(FAMILIES["sd-turbo"].config))[:3]
+    configs = family_configs_from_folder(FAMILIES["sd-turbo"].config)
+    unet, vae, text_encoders = build_family_models(configs)[:3]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_single_file(path, "sgm_sd2", unet, vae, text_encoders, dtype=torch.float16)
+    if teacher is not None:
+        del unet
+        write_single_file(teacher, "sd2", build_family_models(configs, seed=1)[0], vae, text_encoders,
+                          dtype=torch.float16)
 
 
 @pytest.mark.slow
 def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(server):
-    """Our loaders read the checkpoint file (the teacher as SD 2.1-base, the same weights); one training step
+    """Our loaders read the checkpoint files (an SD 2.1-base teacher sharing SD-Turbo's text encoder); one training step
     at 64 px; Save Personalized; then CheckpointLoaderSimple -> LoraLoader -> CLIPTextEncode("embedding:...")
     -> KSampler in one step, with no unloaded LoRA key, and the UNet weights moved by exactly the saved deltas."""
     import torch
 
-    sd_turbo_checkpoint(server.root / "models" / "checkpoints" / "sd_turbo_random.safetensors")
+    checkpoints = server.root / "models" / "checkpoints"
+    sd_turbo_checkpoint(checkpoints / "sd_turbo_random.safetensors", teacher=checkpoints / "sd21_base_random.safetensors")
     model = "checkpoints/sd_turbo_random.safetensors"
     train = {
-        "1": {"class_type": "EchoDistillLoadTeacher", "inputs": {"model": model, "family": "SD 2.x 512 (epsilon)",
+        "1": {"class_type": "EchoDistillLoadTeacher", "inputs": {"model": "checkpoints/sd21_base_random.safetensors",
+                                                                  "family": "SD 2.x 512 (epsilon)",
                                                                   "precision": "bf16"}},
         "2": {"class_type": "EchoDistillLoadStudent", "inputs": {"model": model, "family": "auto-detect",
                                                                   "precision": "bf16"}},
@@ -404,7 +532,7 @@ def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(
             "teacher_lr": 1e-3, "student_lr": 1e-3, "resume_state": "none (start fresh)", "memory": "8 GB"}},
         "5": {"class_type": "EchoDistillSavePersonalized", "inputs": {"model": ["4", 0], "name": "turbo_dog"}},
     }
-    entry = server.wait(server.queue(train), timeout=3600)
+    entry = server.wait(server.queue(train), cpu_budget=7200)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
 
     stock = {
@@ -421,7 +549,7 @@ def test_sd_turbo_checkpoint_trains_in_comfyui_and_stock_nodes_apply_the_result(
         "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
     }
     log_before = len(server.log.read_text())
-    entry = server.wait(server.queue(stock), timeout=1800)
+    entry = server.wait(server.queue(stock), cpu_budget=3600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
     log = server.log.read_text()[log_before:]
     assert "lora key not loaded" not in log, log[-3000:]
@@ -469,7 +597,7 @@ def test_a_checkpoint_saved_by_comfyui_loads_as_the_same_model(server):
         "2": {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
                                                          "filename_prefix": "checkpoints/resaved"}},
     }
-    entry = server.wait(server.queue(prompt), timeout=1800)
+    entry = server.wait(server.queue(prompt), cpu_budget=3600)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
     resaved = next((server.root / "output" / "checkpoints").glob("resaved*.safetensors"))
 

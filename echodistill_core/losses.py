@@ -41,7 +41,7 @@ def teacher_target(teacher: DiffusionModel, x_s: torch.Tensor, c: torch.Tensor, 
     """x_T from z = sqrt(abar_t') sg(x_s) + sqrt(1 - abar_t') eps with CFG, and its weight w = abar_t'."""
     z = teacher.schedule.add_noise(x_s.detach(), eps, t)
     x_T = guided_x0(teacher, z, t, c, uncond, guidance_scale)
-    w = teacher.schedule.alphas_cumprod.to(t.device)[t]
+    w = teacher.schedule.alphas_cumprod_on(t.device)[t]
     return x_T, w
 
 
@@ -145,11 +145,14 @@ def gaussian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """`levels` images: the input, then each blurred by the 5 x 5 binomial kernel (reflect padding) and
     halved by taking every second pixel."""
     kernel_1d = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=images.device) / 16
-    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(images.shape[1], 1, 5, 5)
+    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).view(1, 1, 5, 5)
     pyramid = [images]
     for _ in range(levels - 1):
-        blurred = F.conv2d(_pad(pyramid[-1], 2), kernel, groups=images.shape[1])
-        pyramid.append(blurred[..., ::2, ::2])
+        padded = _pad(pyramid[-1], 2)
+        # Each channel as an image of its own through one plain convolution (a grouped one takes a slow
+        # path on CPUs), evaluated only at the pixels kept (stride 2): the same values, a quarter the work.
+        halved = F.conv2d(padded.flatten(0, 1)[:, None], kernel, stride=2)
+        pyramid.append(halved.view(*padded.shape[:2], *halved.shape[-2:]))
     return pyramid
 
 

@@ -39,9 +39,21 @@ class NoiseSchedule:
     def terminal_timestep(self) -> int:
         return self.num_train_timesteps - 1
 
+    def alphas_cumprod_on(self, device: torch.device | str) -> torch.Tensor:
+        """alphas_cumprod on `device`, copied there once: a copy on every call would make the host wait
+        for a GPU several times an iteration."""
+        device = torch.device(device)
+        if self.alphas_cumprod.device == device:
+            return self.alphas_cumprod
+        source, copy = self.__dict__.get("_on_device", (None, None))
+        if source is not self.alphas_cumprod or copy.device != device:
+            copy = self.alphas_cumprod.to(device)
+            self.__dict__["_on_device"] = (self.alphas_cumprod, copy)
+        return copy
+
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for a batch of timesteps, shaped to broadcast against `like` ([B, ...])."""
-        abar = self.alphas_cumprod.to(like.device)[t.to(like.device).long()]
+        abar = self.alphas_cumprod_on(like.device)[t.to(like.device).long()]
         return abar.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

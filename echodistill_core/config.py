@@ -62,6 +62,7 @@ class EchoDistillConfig:
     color_levels: int = 5
     color_projections: int = 128
     color_patch: int = 11
+    color_space: str = "image"  # "image": the decoded images (the paper's); "latent_preview": no decoding (losses.py)
     r1_gamma: float = 0.0  # method.md suggests 1e-5 when the discriminators are unstable
 
     # The echo: the teacher also learns from the student's best samples late in the run.

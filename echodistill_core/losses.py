@@ -85,6 +85,31 @@ def color_loss(images_s: torch.Tensor, images_T: torch.Tensor, generator: torch.
     return torch.stack(distances).mean(0)
 
 
+COLOR_SPACES = ("image", "latent_preview")
+
+
+def fit_latent_preview(latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The least-squares affine map from a VAE's latents [N, C, h, w] to the colours of the images
+    [N, 3, H, W] they encode, averaged over each latent's pixels: [C + 1, 3] (the last row the offset).
+
+    The cheaper colour loss (`color_space="latent_preview"`) compares latent_preview(x_s) with
+    latent_preview(x_T), colour images at the latents' resolution, and so decodes nothing: the colour
+    loss then costs no decoder pass. It is an approximation of the paper's loss (which reads the decoded
+    images), fitted on the concept's own images, and an option, not the default: what it learns has not
+    been compared with the paper's loss on latent models."""
+    small = F.interpolate(images.float(), size=latents.shape[-2:], mode="area")
+    inputs = torch.cat([latents.float(), torch.ones_like(latents[:, :1], dtype=torch.float32)], dim=1)
+    inputs = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
+    outputs = small.permute(0, 2, 3, 1).reshape(-1, 3)
+    gram = inputs.T @ inputs + 1e-6 * torch.eye(inputs.shape[1], device=inputs.device)
+    return torch.linalg.solve(gram, inputs.T @ outputs)
+
+
+def latent_preview(latents: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """Colour images [B, 3, h, w] (about [-1, 1]) of latents [B, C, h, w] by `fit_latent_preview`'s map."""
+    return torch.einsum("bchw,cd->bdhw", latents.float(), mapping[:-1]) + mapping[-1].view(1, 3, 1, 1)
+
+
 def adversarial_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     """L_adv,k = cross-entropy(D_k(img(x_s)), "real")."""
     return F.cross_entropy(logits_fake.float(), torch.full((len(logits_fake),), REAL, device=logits_fake.device))

@@ -40,6 +40,7 @@ from .token import PlaceholderEmbedding
 
 log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) runs
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
@@ -99,8 +100,9 @@ class EchoDistillTrainer:
         self._check_token_within_the_text_window()
         self.offload = Offload([text.text_encoder, teacher.vae, student.vae], teacher.device, config.offload)
 
-        def adamw(groups):
-            return torch.optim.AdamW(groups, betas=config.adam_betas, weight_decay=config.weight_decay)
+        def adamw(groups):  # fused: one kernel for all of a group's tensors, where the device has it
+            return torch.optim.AdamW(groups, betas=config.adam_betas, weight_decay=config.weight_decay,
+                                     fused=True if teacher.device.type in FUSED_ADAMW_DEVICES else None)
 
         self.optimizers = {
             "teacher": adamw([{"params": list(self.teacher_adapters.parameters()), "lr": config.teacher_lr},
@@ -113,6 +115,14 @@ class EchoDistillTrainer:
         self.step = 0
         self.echo_samples = 0
         self._uncond: torch.Tensor | None = None
+        if config.color_space not in L.COLOR_SPACES:
+            raise ValueError(f"color_space must be one of {L.COLOR_SPACES}, not {config.color_space!r}")
+        self._preview_map = None  # the cheaper colour loss's latent-to-colour map, fitted on the concept
+        if config.color_space == "latent_preview" and not teacher.in_pixel_space:
+            with torch.no_grad(), self.offload.using(teacher.vae):
+                images = torch.stack(concept.images).to(teacher.device)
+                latents = torch.cat([teacher.encode(chunk) for chunk in images.split(config.batch_size)])
+                self._preview_map = L.fit_latent_preview(latents, images)
 
     def _check_token_within_the_text_window(self) -> None:
         """Every prompt training can draw (the captions, or each template with each edit; the echo's contexts
@@ -230,7 +240,7 @@ class EchoDistillTrainer:
         with self.offload.using(student.vae):
             with phase("2 student sample"):
                 x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)
-                images_s = student.decode(x_s, config.vae_decode)
+                images_s = student.decode(x_s, config.vae_decode) if self._reads_images("sample") else None
 
             with phase("3 teacher target"):
                 t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))
@@ -269,14 +279,19 @@ class EchoDistillTrainer:
 
     def _student_step(self, x_s, images_s, x_T, w, c, fake_features) -> dict[str, float]:
         config = self.config
-        with torch.no_grad():
-            images_T = self.student.decode(x_T)
+        images_T = None
+        if self._reads_images("target"):
+            with torch.no_grad():
+                images_T = self.student.decode(x_T)
         adversarial = [L.adversarial_generator_loss(d(f)) for d, f in zip(self.discriminators, fake_features)]
         feature = None
         if self.feature_network is not None:
             feature = L.feature_alignment_loss(*self._paired_features(x_s, images_s, x_T, images_T, c))
         latent = L.latent_alignment_loss(x_s, x_T)
-        color = L.color_loss(images_s, images_T, self.generator, levels=config.color_levels,
+        colour_s, colour_T = images_s, images_T
+        if self._preview_map is not None:
+            colour_s, colour_T = L.latent_preview(x_s, self._preview_map), L.latent_preview(x_T, self._preview_map)
+        color = L.color_loss(colour_s, colour_T, self.generator, levels=config.color_levels,
                              projections=config.color_projections, patch=config.color_patch)
         loss = L.student_objective(
             adversarial, w, latent, feature, color, adversarial_weight=config.adversarial_weight,
@@ -288,6 +303,16 @@ class EchoDistillTrainer:
         if feature is not None:
             report["feature"] = feature.mean()
         return report
+
+    def _reads_images(self, which: str) -> bool:
+        """Whether a loss reads the decoded student sample ("sample") or teacher target ("target"): the
+        colour loss in image space, an image feature network, an image discriminator (the sample only).
+        Nothing is decoded that nothing reads."""
+        if self._preview_map is None:  # the colour loss reads the images (in pixel space, the samples themselves)
+            return True
+        if self.feature_network is not None and self.feature_network.space == "image":
+            return True
+        return which == "sample" and any(d.space == "image" for d in self.discriminators)
 
     def _paired_features(self, x_s, images_s, x_T, images_T, c) -> tuple[torch.Tensor, torch.Tensor]:
         """f(x_s) and sg(f(x_T)), seen through the same random draws (a latent network's noise)."""
@@ -387,7 +412,7 @@ class EchoDistillTrainer:
                 raise TrainingOutOfMemoryError(
                     OUT_OF_MEMORY_ADVICE.format(step=self.step + 1, step_done=self.step)) from error
             raise
-        return {name: float(value.detach()) if torch.is_tensor(value) else float(value) for name, value in losses.items()}
+        return read_losses(losses)
 
     def _preview_due(self) -> bool:
         every = self.config.preview_every  # the first step too: something to see early
@@ -486,6 +511,13 @@ class EchoDistillTrainer:
         except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
             raise ResultFileError(f"{path} is an EchoDistill state with malformed contents ({type(error).__name__}: "
                                   f"{error}); it cannot be resumed: start fresh or use another state") from error
+
+
+def read_losses(losses: dict) -> dict[str, float]:
+    """The losses as Python floats, read from the device at once: one wait for a GPU, not one per loss."""
+    tensors = {name: value.detach().float().reshape(()) for name, value in losses.items() if torch.is_tensor(value)}
+    values = dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
+    return {name: values[name] if name in values else float(value) for name, value in losses.items()}
 
 
 def _weight_signature(model: DiffusionModel, adapters) -> list[float]:

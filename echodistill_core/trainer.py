@@ -205,10 +205,10 @@ class EchoDistillTrainer:
 
     # Randomness, all from self.generator.
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.generator).to(like)
+        return to_device(torch.randn(like.shape, generator=self.generator), like.device).to(like.dtype)
 
     def _timesteps(self, bounds: tuple[int, int], count: int) -> torch.Tensor:
-        return torch.randint(bounds[0], bounds[1] + 1, (count,), generator=self.generator).to(self.teacher.device)
+        return to_device(torch.randint(bounds[0], bounds[1] + 1, (count,), generator=self.generator), self.teacher.device)
 
     def _uncond_embedding(self) -> torch.Tensor:
         if self._uncond is None:
@@ -350,7 +350,7 @@ class EchoDistillTrainer:
                 prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
             prompts.append(prompt)
         c = self.text(prompts)
-        x_echo = self._student_x0(torch.randn(shape, generator=self.generator).to(self.student.device), c)
+        x_echo = self._student_x0(to_device(torch.randn(shape, generator=self.generator), self.student.device), c)
         images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
         score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
         keep = max(1, round(config.echo_keep * len(prompts)))
@@ -511,6 +511,15 @@ class EchoDistillTrainer:
         except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
             raise ResultFileError(f"{path} is an EchoDistill state with malformed contents ({type(error).__name__}: "
                                   f"{error}); it cannot be resumed: start fresh or use another state") from error
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the CPU (all randomness is, so that a run is the same on every device) on `device`.
+    To a GPU through pinned memory, without waiting: a copy from ordinary (pageable) memory first waits
+    for everything queued on the GPU, several times an iteration."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def read_losses(losses: dict) -> dict[str, float]:

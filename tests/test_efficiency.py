@@ -114,3 +114,12 @@ def test_the_latent_preview_recovers_an_affine_map_from_latents_to_colours():
 def test_an_unknown_colour_space_is_refused():
     with pytest.raises(ValueError, match="color_space must be one of"):
         latent_trainer(color_space="hsv")
+
+
+def test_randomness_reaches_the_device_with_the_values_drawn():
+    from echodistill_core.trainer import to_device
+
+    drawn = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(to_device(drawn, torch.device("cpu")), drawn)
+    if torch.cuda.is_available():  # through pinned memory, without waiting for the GPU
+        assert torch.equal(to_device(drawn, torch.device("cuda")).cpu(), drawn)

@@ -41,6 +41,7 @@ from .token import PlaceholderEmbedding
 log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) runs
+PREVIEWED = " of the latents' colour preview"  # the cheaper colour loss, as describe() names it
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
@@ -195,7 +196,8 @@ class EchoDistillTrainer:
             f"teacher: {what} and the token {config.token}, lr {config.teacher_lr:g}; "
             f"student: {what}, lr {config.student_lr:g}, one step",
             f"student loss: adversarial x{config.adversarial_weight:g} + abar_t' * (latent x{config.latent_weight:g}"
-            f" + {feature} + colour (MS-SWD) x{config.color_weight:g}); target with guidance {config.guidance_scale:g}",
+            f" + {feature} + colour (MS-SWD{PREVIEWED if self._preview_map is not None else ''})"
+            f" x{config.color_weight:g}); target with guidance {config.guidance_scale:g}",
             "discriminators: " + ", ".join(_name(d.backbone) for d in self.discriminators),
             f"echo: from step {config.echo_start_step + 1} of {config.steps}, weight {config.echo_beta:g}, the "
             f"{config.echo_keep:.0%} most real kept" if config.echo else "echo: off",

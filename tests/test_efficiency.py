@@ -123,3 +123,8 @@ def test_randomness_reaches_the_device_with_the_values_drawn():
     assert torch.equal(to_device(drawn, torch.device("cpu")), drawn)
     if torch.cuda.is_available():  # through pinned memory, without waiting for the GPU
         assert torch.equal(to_device(drawn, torch.device("cuda")).cpu(), drawn)
+
+
+def test_the_run_says_when_the_colour_loss_reads_the_latents_preview():
+    assert "MS-SWD of the latents' colour preview" in "\n".join(latent_trainer(color_space="latent_preview").describe())
+    assert "colour (MS-SWD) x" in "\n".join(latent_trainer().describe())

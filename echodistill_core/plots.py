@@ -4,7 +4,8 @@ One panel per loss, stacked on one step axis that reads 0 .. the run's length (w
 axis ends at a round number past the current step, so the first steps are not a sliver). Each panel has
 its own scale with ticks, the raw values faint behind a smoothed curve, the current smoothed value in its
 header, and the echo stage shaded from its first step. web/echodistill.js draws the same view in the
-node while the run goes, with the same rules (`smoothing_window`, `nice_ticks`, `axis_end`).
+node while the run goes, with the same rules (`smoothing_window`, `smooth`, `nice_ticks`, `scale_ticks`,
+`axis_end`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
     step = nice_step(high - low, count)
     first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
     return [round(i * step, 12) for i in range(first, max(last, first + 1) + 1)]
+
+
+def scale_ticks(low: float, high: float, count: int) -> list[float]:
+    """Ticks for a panel's scale: round numbers, at most count + 1 of them (a short panel keeps its labels apart)."""
+    ticks = nice_ticks(low, high, count)
+    for fewer in range(count - 1, 0, -1):
+        if len(ticks) <= count + 1:
+            break
+        ticks = nice_ticks(low, high, fewer)
+    return ticks
 
 
 def axis_end(step: int, total: int) -> int:
@@ -112,7 +123,7 @@ def plot_data(history: list[dict], total: int | None = None, echo_start: int | N
         high = max(smoothed[-1], float(np.percentile(raw, 98)))
         flat = high - low <= 1e-9 * max(abs(low), abs(high), 1e-12)  # equal up to rounding: no span to scale
         pad = (abs(high) * 0.1 or 1.0) if flat else (high - low) * 0.08
-        ticks = nice_ticks(low - pad, high + pad, 3)
+        ticks = scale_ticks(low - pad, high + pad, 3)
         panels.append(Panel(name, steps, raw, smoothed, ticks[0], ticks[-1], ticks))
     x_end = axis_end(step, total)
     x_ticks = [int(t) for t in nice_ticks(0, x_end, 5) if t <= x_end]

@@ -42,6 +42,12 @@ function niceTicks(low, high, count = 4) {
   for (let i = first; i <= last; i++) ticks.push(Number((i * step).toPrecision(12)));
   return ticks;
 }
+// Ticks for a panel's scale: round numbers, at most count + 1 of them (a short panel keeps its labels apart).
+function scaleTicks(low, high, count) {
+  let ticks = niceTicks(low, high, count);
+  for (let fewer = count - 1; ticks.length > count + 1 && fewer >= 1; fewer--) ticks = niceTicks(low, high, fewer);
+  return ticks;
+}
 function axisEnd(step, total) {
   if (total <= 0) return Math.max(step, 1);
   if (3 * step >= total) return total;
@@ -71,7 +77,7 @@ function panels(run, tickCount) {
     const current = smoothed.at(-1);
     const low = Math.min(current, percentile(raw, 2)), high = Math.max(current, percentile(raw, 98));
     const pad = flat(low, high) ? Math.abs(high) * 0.1 || 1 : (high - low) * 0.08;
-    const ticks = niceTicks(low - pad, high + pad, tickCount);
+    const ticks = scaleTicks(low - pad, high + pad, tickCount);
     return { name, points, raw, smoothed, current, ticks, low: ticks[0], high: ticks.at(-1) };
   });
 }
@@ -87,10 +93,10 @@ function drawView(canvas, run) {
   context.fillRect(0, 0, width, height);
   context.font = `${px(12)}px sans-serif`;
   context.textBaseline = "middle";
-  const left = px(46), right = px(10), header = px(18), axis = px(28);
+  const left = px(46), right = px(10), header = px(18), axis = px(28), status = px(18);
   const plotWidth = width - left - right;
   const count = Object.keys(LOSSES).length - (run.echoStart == null ? 1 : 0);
-  const panelHeight = (height - axis - count * header) / count;
+  const panelHeight = (height - status - axis - count * header) / count;
   const shown = panels(run, panelHeight / dpr >= 84 ? 3 : 2);  // ticks at least ~28 px apart
   if (!run.points.length) {
     context.fillStyle = TEXT;
@@ -103,7 +109,7 @@ function drawView(canvas, run) {
   if (xTicks.at(-1) !== xEnd) xTicks.push(xEnd);
   const x = (step) => left + (step / Math.max(xEnd, 1)) * plotWidth;
   shown.forEach((panel, index) => {
-    const top = index * (panelHeight + header) + header, bottom = top + panelHeight;
+    const top = status + index * (panelHeight + header) + header, bottom = top + panelHeight;
     context.fillStyle = PANEL;
     context.fillRect(left, top, plotWidth, panelHeight);
     if (run.echoStart != null && run.echoStart - 1 <= xEnd) {
@@ -118,12 +124,6 @@ function drawView(canvas, run) {
     const title = panel.raw.length ? `${panel.name} loss  ${tickLabel(panel.current)}`
       : `${panel.name} loss  (from step ${run.echoStart})`;
     context.fillText(title, left, top - header / 2);
-    if (index === 0) {
-      context.fillStyle = TEXT;
-      context.textAlign = "right";
-      context.fillText(run.cancelled ? cancelledText(run) : `step ${run.step} of ${run.total}`
-        + (run.echoStart != null ? `   echo from step ${run.echoStart}` : ""), left + plotWidth, top - header / 2);
-    }
     if (!panel.raw.length) return;
     const y = (value) => bottom - ((Math.min(Math.max(value, panel.low), panel.high) - panel.low)
       / ((panel.high - panel.low) || 1)) * panelHeight;
@@ -141,7 +141,13 @@ function drawView(canvas, run) {
     curve(context, panel.points.map((p) => p.step), panel.smoothed, x, y, colour, px(2));
     context.restore();
   });
-  const axisTop = shown.length * (panelHeight + header);
+  // The run's state on its own line above the panels: the step, the echo's start, or where a stopped run's
+  // state is kept.
+  context.textAlign = "left";
+  context.fillStyle = run.cancelled ? "#f0a040" : TEXT;
+  context.fillText(run.cancelled ? cancelledText(run) : `step ${run.step} of ${run.total}`
+    + (run.echoStart != null ? ` · echo from step ${run.echoStart}` : ""), px(8), status / 2 + px(1));
+  const axisTop = status + shown.length * (panelHeight + header);
   context.fillStyle = TEXT;
   context.textAlign = "center";
   for (const tick of xTicks) {

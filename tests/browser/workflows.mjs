@@ -22,7 +22,9 @@
 // ECHODISTILL_PACK_FOLDER (the pack's folder name in custom_nodes, default comfyui-echodistill),
 // ECHODISTILL_RUN_WORKFLOW (file-name prefix of the workflow to run, default "1_"),
 // ECHODISTILL_TRAIN_STEPS (the Train node's steps are set to this in the UI before the run, as a user
-// would, default 30; "workflow" keeps the file's 300, which takes 3-15 min on 2 busy cores).
+// would, default 30; "workflow" keeps the file's 300, which takes 3-15 min on 2 busy cores). With a
+// number of steps, workflow 1 then runs twice as long, is cancelled from the toolbar a third of the way
+// and resumed from the state it kept (1_train_node_cancelled.png, 1_train_node_resumed.png).
 
 import { readFileSync, readdirSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, basename } from "node:path";
@@ -163,6 +165,7 @@ async function main() {
     }
     if (RUN_PREFIX && !results.run) fail(`no workflow file starts with "${RUN_PREFIX}"`);
     results.templates = await templates(page, PACK_FOLDER, files);
+    results.presetRates = await presetFillsRates(page, objectInfo);
   } finally {
     await browser.close();
   }
@@ -502,10 +505,105 @@ async function runFromUi(page, file, workflow) {
   await page.evaluate(() => window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView"));
   await sleep(800);
   await screenshot(page, "1_after_run_fit_view.png");
+  if (TRAIN_STEPS) run.cancelAndResume = await cancelAndResume(page, file, trainId, 2 * TRAIN_STEPS);
   log(`${file}: ${run.status} in ${run.seconds} s; ${run.progressMessages} progress messages, previews at ${run.previewSteps}; `
       + `loss view ${after.curvePixels} curve pixels (${before.curvePixels} before), step ${after.run?.step}/${after.run?.total}; `
       + `summary ${JSON.stringify(run.summary.text)}; saved ${JSON.stringify(run.saved)}`);
   return run;
+}
+
+// Click Run and wait for the server's answer; the prompt id, or null (a check failed).
+async function clickRun(page, file) {
+  await page.evaluate(() => { window.__probe.events = []; window.__probe.queued = null; });
+  await page.locator("button.p-splitbutton-button[aria-label='Run']").first().click();
+  await page.waitForFunction(() => window.__probe.queued, null, { timeout: 60000 });
+  const queued = await page.evaluate(() => window.__probe.queued);
+  const errors = queued.node_errors && Object.keys(queued.node_errors).length;
+  return check(queued.prompt_id && !errors, `${file}: the server refused the prompt: ${JSON.stringify(queued).slice(0, 1500)}`)
+    ? queued.prompt_id : null;
+}
+
+async function finished(promptId) {
+  for (const started = Date.now(); Date.now() - started < RUN_TIMEOUT; await sleep(500)) {
+    const entry = (await http(`/history/${promptId}`))[promptId];
+    if (entry && ["success", "error"].includes(entry.status?.status_str)) return entry;
+  }
+  return null;
+}
+
+// As an artist would: a longer run, cancelled from the toolbar part-way; the Train node says where its
+// state is; the page refreshed, the state chosen as resume_state, Run again: the run ends where the
+// longer one would, the view holding every step, the cancelled ones included.
+async function cancelAndResume(page, file, trainId, steps) {
+  const result = { steps };
+  await showNode(page, trainId);
+  await page.evaluate(([id, value]) => {
+    const widget = window.app.graph.getNodeById(id).widgets.find((w) => w.name === "steps");
+    widget.value = value;
+  }, [trainId, steps]);
+  const promptId = await clickRun(page, file);
+  if (!promptId) return result;
+  await page.waitForFunction((count) => window.__probe.events.some((e) => e.type === "echodistill.progress" && e.detail.step >= count),
+                             Math.ceil(steps / 3), { timeout: RUN_TIMEOUT });
+  await page.locator("button[aria-label='Cancel current run']").first().click();
+  await page.waitForFunction(() => window.__probe.events.some((e) => e.type === "echodistill.cancelled"), null, { timeout: 120000 })
+    .catch(() => null);
+  const cancelled = await page.evaluate(() => window.__probe.events.find((e) => e.type === "echodistill.cancelled")?.detail ?? null);
+  result.cancelled = cancelled;
+  result.cancelledStatus = (await finished(promptId))?.status?.status_str;
+  await sleep(500);
+  await screenshot(page, "1_train_node_cancelled.png", await nodeClip(page, trainId));
+  if (!check(cancelled?.state, `${file}: Cancel did not report a kept state: ${JSON.stringify(cancelled)}`)) return result;
+  result.view = await lossCanvas(page, trainId);
+  check(result.view.run?.cancelled?.state === cancelled.state, `${file}: the Train node does not show the cancelled run's state`);
+
+  await page.evaluate(() => window.app.refreshComboInNodes());  // as the R key does: the new state is listed
+  await sleep(1000);
+  result.resumeChoice = await page.evaluate(([id, state]) => {
+    const widget = window.app.graph.getNodeById(id).widgets.find((w) => w.name === "resume_state");
+    if (!widget.options.values.includes(state)) return null;
+    widget.value = state;
+    return widget.value;
+  }, [trainId, cancelled.state]);
+  if (!check(result.resumeChoice === cancelled.state, `${file}: the state ${cancelled.state} is not offered as resume_state`)) return result;
+  const resumedId = await clickRun(page, file);
+  if (!resumedId) return result;
+  const entry = await finished(resumedId);
+  result.resumedStatus = entry?.status?.status_str;
+  check(result.resumedStatus === "success", `${file}: the resumed run ended with ${result.resumedStatus}`);
+  await sleep(1000);
+  result.after = await lossCanvas(page, trainId);
+  check(result.after.run?.step === steps && result.after.run?.points === steps,
+        `${file}: the resumed view holds ${result.after.run?.points} points up to step ${result.after.run?.step}, not all ${steps}`);
+  await screenshot(page, "1_train_node_resumed.png", await nodeClip(page, trainId));
+  await page.evaluate((id) => { window.app.graph.getNodeById(id).widgets.find((w) => w.name === "resume_state").value = "none (start fresh)"; }, trainId);
+  log(`${file}: cancelled at step ${cancelled.step} (state ${cancelled.state}, ${result.cancelledStatus}); resumed to ${result.after.run?.step}: ${result.resumedStatus}`);
+  return result;
+}
+
+// A new Train node shows 0 (the preset's) rates; choosing a preset shows that preset's own.
+async function presetFillsRates(page, objectInfo) {
+  const shown = await page.evaluate(() => {
+    const node = LiteGraph.createNode("EchoDistillTrain");
+    window.app.graph.add(node);
+    const widget = (name) => node.widgets.find((w) => w.name === name);
+    const rates = () => [widget("teacher_lr").value, widget("student_lr").value];
+    const fresh = rates();
+    const chosen = {};
+    for (const preset of ["paper", "tiny"]) {
+      widget("preset").value = preset;
+      widget("preset").callback(preset);
+      chosen[preset] = rates();
+    }
+    window.app.graph.remove(node);
+    return { fresh, chosen };
+  });
+  const presets = objectInfo.EchoDistillTrain.input.optional.teacher_lr[1].echodistill_presets;
+  const students = objectInfo.EchoDistillTrain.input.optional.student_lr[1].echodistill_presets;
+  for (const preset of ["paper", "tiny"])
+    check(JSON.stringify(shown.chosen[preset]) === JSON.stringify([presets[preset], students[preset]]),
+          `choosing the ${preset} preset shows the rates ${shown.chosen[preset]}, not ${[presets[preset], students[preset]]}`);
+  return shown;
 }
 
 // The template browser: each workflow of the pack once, each card with its thumbnail.

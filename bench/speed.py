@@ -12,12 +12,13 @@ Figures, for each pair:
   (same models, same batch: drawing and encoding the batch, the teacher's loss, its update), before the
   echo stage and in it. Each round times a teacher step, an iteration before the echo and one in it,
   back to back; a ratio is taken within each round, and the median of the rounds is reported with
-  its spread (half the range of the rounds' ratios), so drift in the machine's speed cancels;
+  its spread, so drift in the machine's speed cancels;
 - where an iteration goes: each of method.md's named phases (the trainer names them for
   torch.profiler), as fractions of the profiled iteration, times the median ratio;
 - one-step student sampling against 25-step teacher sampling (DDIM + CFG), interleaved;
 - each sampler's overhead over the bare network calls it makes (text encoder, UNet, VAE decoder),
-  interleaved: the 25-step teacher's and the one-step student's.
+  interleaved: the 25-step teacher's and the one-step student's (in 3x as many short rounds).
+Spreads are half the interquartile range of the rounds' ratios (half the range below four rounds).
 
 One thread by default (`--threads`): a small shared machine gives steadier ratios on one.
 
@@ -68,10 +69,14 @@ def interleaved_seconds(functions: dict, repeats: int, warmup: int = 1) -> dict[
 
 
 def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> tuple[float, float]:
-    """The median over rounds of numerator / denominator within each round, and the spread: half the
-    range of the rounds' ratios."""
+    """The median over rounds of numerator / denominator within each round, and its spread: half the
+    interquartile range of the rounds' ratios (half their range with fewer than four rounds)."""
     ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
-    return statistics.median(ratios), (max(ratios) - min(ratios)) / 2
+    if len(ratios) >= 4:
+        low, _, high = statistics.quantiles(ratios, n=4)
+    else:
+        low, high = min(ratios), max(ratios)
+    return statistics.median(ratios), (high - low) / 2
 
 
 def phase_shares(iteration, repeats: int) -> dict[str, float]:
@@ -169,9 +174,15 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) ->
             c = text(prompts)
             student.decode(student.unet(noise, last, c).sample)
 
+        def one_step():
+            generate_student(student, text, prompts, seeds)
+
+        # The one-step sampler against its bare calls, in short rounds of their own (many, as they are quick);
+        # then the 25-step teacher against the one-step student and against its own bare calls.
+        one_step_times = interleaved_seconds({"student 1 step": one_step, "bare student calls": bare_student_calls},
+                                             3 * repeats)
         sampling = interleaved_seconds({
-            "student 1 step": lambda: generate_student(student, text, prompts, seeds),
-            "bare student calls": bare_student_calls,
+            "student 1 step": one_step,
             "teacher 25 steps": lambda: generate_teacher(teacher, text, prompts, seeds, steps=25),
             "bare teacher calls": bare_teacher_calls,
         }, repeats)
@@ -180,7 +191,7 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) ->
     echo, echo_spread = ratio(times, "echo iteration", "teacher step")
     echo_vs_before, echo_vs_before_spread = ratio(times, "echo iteration", "iteration")
     speedup, speedup_spread = ratio(sampling, "teacher 25 steps", "student 1 step")
-    student_overhead, student_overhead_spread = ratio(sampling, "student 1 step", "bare student calls")
+    student_overhead, student_overhead_spread = ratio(one_step_times, "student 1 step", "bare student calls")
     teacher_overhead, teacher_overhead_spread = ratio(sampling, "teacher 25 steps", "bare teacher calls")
     echo_fraction = 1 - config.echo_start
     return {
@@ -199,7 +210,7 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) ->
         "sampler_overhead_spread": round(teacher_overhead_spread, 4),
         "phases_vs_teacher_step": {name: round(share * before, 3) for name, share in phases.items()},
         "echo_phases_vs_teacher_step": {name: round(share * echo, 3) for name, share in echo_phases.items()},
-        "seconds": {name: statistics.median(values) for name, values in (times | sampling).items()},
+        "seconds": {name: statistics.median(values) for name, values in (times | one_step_times | sampling).items()},
         "setup": {"size": size, "batch": batch, "rounds": repeats, "in_pixel_space": teacher.in_pixel_space,
                   "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters()),
                   "vae_parameters": sum(p.numel() for p in teacher.vae.parameters()) if teacher.vae else 0},

@@ -28,6 +28,7 @@ from transformers import AutoConfig, CLIPVisionModelWithProjection, Dinov2Model,
 
 from .backbones import TEACHER_FEATURES, ImageBackbone
 from .checkpoints import read_checkpoint
+from .compat import transformers_dtype
 from .families import CheckpointError
 
 NETWORKS_FOLDER = Path(__file__).parent / "assets" / "image_networks"
@@ -387,7 +388,7 @@ def _backbone(config: PretrainedConfig, weights: dict[str, torch.Tensor] | Path,
     label = _label(config)
     try:
         network, loading = model_class.from_pretrained(
-            folder, state_dict=state_dict, config=config, dtype=dtype, local_files_only=True,
+            folder, state_dict=state_dict, config=config, **transformers_dtype(dtype), local_files_only=True,
             output_loading_info=True, ignore_mismatched_sizes=True, **options)
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{source} cannot be read as {label} ({error}); download it again") from error

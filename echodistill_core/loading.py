@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .checkpoints import load_single_file
+from .compat import transformers_dtype
 from .models import DiffusionModel, TextConditioner
 from .schedule import NoiseSchedule
 from .tokenizer import check_tokenizer
@@ -52,7 +53,7 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
         vae = None
         if (folder / "vae").is_dir():
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **options)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **transformers_dtype(dtype), **options)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **options)
     except ModelFolderError:
         raise

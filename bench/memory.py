@@ -36,11 +36,16 @@ memory. At 64 px, where bf16 was merely slow (19 minutes an iteration), the 12 G
 largest phase estimate; `rss_peak_gb` is the raw figure. GB are 2^30 bytes, as GPU memory is
 counted. README, "Memory", relates both to a GPU's.
 
+`--estimate` measures nothing: it runs the same iteration on the meta device (shapes without data) in the
+preset's own dtype and counts every live device storage (LiveStorages), per phase; attention is taken
+with memory linear in the tokens, as a GPU's flash or memory-efficient kernels and PyTorch's CPU kernel
+compute it. Seconds per preset instead of a quarter hour; no allocator fragmentation, no CUDA context.
+
 A preset whose process grows past `--max-rss-gb` (default: the memory available at the start less
 2 GB) is stopped and reported as such, so that the benchmark never takes the machine's memory.
 
 Usage: python bench/memory.py [--presets "8 GB,12 GB,24 GB"] [--resolution 512] [--iterations 1]
-                              [--networks teacher|paper] [--tiny]
+                              [--networks teacher|paper] [--tiny] [--estimate]
 The last line of output is one JSON object: {"presets": {name: {"peak_gb": x, "seconds_per_iteration": y,
 ..., "setup": {..., "networks": {"choice": ..., "discriminators": [...], "feature": ...}}}}}.
 """

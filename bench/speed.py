@@ -23,6 +23,7 @@ Spreads are half the interquartile range of the rounds' ratios (half the range b
 One thread by default (`--threads`): a small shared machine gives steadier ratios on one.
 
 Usage: python bench/speed.py [--size 32] [--batch 4] [--repeats 7] [--latent-size 128] [--pairs pixel latent]
+                             [--color-space image|latent_preview]
 The last line of output is one JSON object with the figures (pixel ones unprefixed, latent ones `latent_`).
 """
 
@@ -129,8 +130,9 @@ def sd_proportioned_pair(image_size: int, divisor: int, seed: int = 0):
     return models[0], models[1], tiny_text(seed)
 
 
-def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) -> dict:
-    config = PRESETS["tiny"].replace(class_word="toy", batch_size=batch, steps=10**6, preview_every=0)
+def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, color_space: str = "image") -> dict:
+    config = PRESETS["tiny"].replace(class_word="toy", batch_size=batch, steps=10**6, preview_every=0,
+                                     color_space=color_space)
     concept = ConceptDataset(demo_concept_images(size), config.token, config.class_word, size)
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
     prompts = [f"a photo of a {concept.subject}"] * batch
@@ -212,6 +214,7 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int) ->
         "echo_phases_vs_teacher_step": {name: round(share * echo, 3) for name, share in echo_phases.items()},
         "seconds": {name: statistics.median(values) for name, values in (times | one_step_times | sampling).items()},
         "setup": {"size": size, "batch": batch, "rounds": repeats, "in_pixel_space": teacher.in_pixel_space,
+                  "color_space": color_space,
                   "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters()),
                   "vae_parameters": sum(p.numel() for p in teacher.vae.parameters()) if teacher.vae else 0},
     }
@@ -250,17 +253,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", nargs="+", default=["pixel", "latent"], choices=("pixel", "latent"))
+    parser.add_argument("--color-space", default="image", choices=("image", "latent_preview"),
+                        help="the colour loss's input: the decoded images (the paper's) or the latents' colour preview")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
     if "pixel" in args.pairs:
         torch.manual_seed(0)
         teacher, student, text = tiny_pair("v_prediction", "sample", image_size=args.size)
-        results["pixel"] = measure_pair(teacher, student, text, args.size, args.batch, args.repeats)
+        results["pixel"] = measure_pair(teacher, student, text, args.size, args.batch, args.repeats, args.color_space)
         report("pixel", results["pixel"])
     if "latent" in args.pairs:
         teacher, student, text = sd_proportioned_pair(args.latent_size, args.width_divisor)
-        results["latent"] = measure_pair(teacher, student, text, args.latent_size, args.latent_batch, args.repeats)
+        results["latent"] = measure_pair(teacher, student, text, args.latent_size, args.latent_batch, args.repeats,
+                                         args.color_space)
         report("latent", results["latent"])
     figures = dict(results.get("pixel", {}))
     for key, value in results.get("latent", {}).items():

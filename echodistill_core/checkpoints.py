@@ -1,9 +1,10 @@
 """Single-file checkpoints (`models/checkpoints/*.safetensors`, `.ckpt`) as a teacher or a student, offline.
 
 The file is read once, safely: safetensors directly, pickles only with `torch.load(weights_only=True)`,
-which refuses to run code. Its family (`families.py`) picks the bundled config folder, and diffusers
-builds each part from it with `from_single_file(..., config=<folder>, local_files_only=True)`, so no
-hub is ever asked. The tokenizer is CLIP's, built from the vendored merges with the family's padding.
+which refuses to run code. Its family (`families.py`) picks the bundled config folder; each part is
+built from that config on the meta device and handed the file's weights, renamed by diffusers' own
+key maps, so no hub is ever asked and no random initialisation runs. The tokenizer is CLIP's, built
+from the vendored merges with the family's padding.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -109,10 +115,9 @@ def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str
             "but not yet supported for training; use SD 2.1 as the teacher and SD-Turbo as the student"
         )
     folder = str(config or found.config)
-    options = dict(config=folder, local_files_only=True, torch_dtype=dtype)
     try:
-        unet = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **options)
-        vae = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **options)
+        unet = _assembled(UNet2DConditionModel, Path(folder) / "unet", convert_ldm_unet_checkpoint, state_dict, dtype)
+        vae = _assembled(AutoencoderKL, Path(folder) / "vae", convert_ldm_vae_checkpoint, state_dict, dtype)
         text_encoder = _text_encoder(state_dict, Path(folder), dtype, name)
     except (ValueError, RuntimeError, KeyError) as error:
         if isinstance(error, CheckpointError):
@@ -128,6 +133,18 @@ def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str
         module.requires_grad_(False).eval().to(device)
     model = DiffusionModel(unet=unet, schedule=schedule, vae=vae, name=name, family=found.name)
     return model, TextConditioner(_tokenizer(text_encoder, found), text_encoder), found
+
+
+def _assembled(cls, folder: Path, convert, state_dict: dict[str, torch.Tensor], dtype: torch.dtype):
+    """A diffusers model of the config in `folder` holding exactly the checkpoint's weights, renamed by
+    diffusers' own key map: built on the meta device and handed the weights (strictly), so no random
+    initialisation runs and no second copy of the weights is made."""
+    config = cls.load_config(folder)
+    converted = convert(state_dict, config)
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    model.load_state_dict({key: value.to(dtype) for key, value in converted.items()}, strict=True, assign=True)
+    return model
 
 
 def _first_problem(error: Exception) -> str:

@@ -9,11 +9,14 @@ from .image_networks import LoadImageNetworks
 from .loaders import LoadStudent, LoadTeacher
 from .results import LoadPersonalized, SavePersonalized
 from .sampling import OneStepSample, TeacherSample
+from .stock import EncodePrompt, PersonalizedModel, StudentFromCheckpoint, TeacherFromCheckpoint
 from .training import ConceptImages, DemoConceptImages, EchoDistillTrain
 
 NODES = {
     "EchoDistillLoadTeacher": (LoadTeacher, "EchoDistill Load Teacher"),
     "EchoDistillLoadStudent": (LoadStudent, "EchoDistill Load Student"),
+    "EchoDistillTeacherFromCheckpoint": (TeacherFromCheckpoint, "EchoDistill Teacher from Checkpoint"),
+    "EchoDistillStudentFromCheckpoint": (StudentFromCheckpoint, "EchoDistill Student from Checkpoint"),
     "EchoDistillLoadImageNetworks": (LoadImageNetworks, "EchoDistill Load Image Networks"),
     "EchoDistillDemoConceptImages": (DemoConceptImages, "EchoDistill Demo Concept Images"),
     "EchoDistillConceptImages": (ConceptImages, "EchoDistill Concept Images"),
@@ -22,6 +25,8 @@ NODES = {
     "EchoDistillTeacherSample": (TeacherSample, "EchoDistill Teacher Sample"),
     "EchoDistillSavePersonalized": (SavePersonalized, "EchoDistill Save Personalized"),
     "EchoDistillLoadPersonalized": (LoadPersonalized, "EchoDistill Load Personalized"),
+    "EchoDistillPersonalizedModel": (PersonalizedModel, "EchoDistill Personalized Model"),
+    "EchoDistillEncodePrompt": (EncodePrompt, "EchoDistill Encode Prompt"),
 }
 NODE_CLASS_MAPPINGS = {node_id: node for node_id, (node, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

@@ -1,5 +1,5 @@
-"""The one module that touches ComfyUI: progress, previews, cancel, devices, memory, model folders,
-saving paths and messages to the browser.
+"""The one module that touches ComfyUI: progress, previews, cancel, devices, memory, stock models (in
+and out), model folders, saving paths and messages to the browser.
 
 Everything else in the pack calls these functions. Outside a ComfyUI process (tests, scripts) each
 has a plain fallback, so the nodes run and are tested without ComfyUI.
@@ -20,8 +20,6 @@ try:  # inside ComfyUI
 except ImportError:  # a test or a script: no ComfyUI
     model_management = comfy_utils = folder_paths = PromptServer = None
 
-IN_COMFYUI = folder_paths is not None
-PACK_MODELS = Path(__file__).resolve().parents[1] / "echodistill_core" / "assets" / "tiny"
 _FALLBACK_ROOT = Path(os.environ.get("ECHODISTILL_HOME", Path.cwd() / "echodistill_output"))
 
 
@@ -56,6 +54,42 @@ def free_device_memory_for_training() -> None:
     if model_management is not None:
         model_management.unload_all_models()
         model_management.soft_empty_cache()
+
+
+def checkpoint_weights(model, clip, vae, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A stock MODEL, CLIP and VAE as the single-file checkpoint ComfyUI's CheckpointSave would write them
+    (LoRAs and other patches applied), copied to the CPU in `dtype` one tensor at a time, as ordinary
+    tensors (not inference tensors, so they can be the frozen weights of a training). Outside ComfyUI
+    there is no stock model."""
+    if model_management is None:
+        raise RuntimeError("stock MODEL, CLIP and VAE sockets exist only inside ComfyUI")
+    model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
+    weights = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+    with torch.inference_mode(False):
+        return {key: weights.pop(key).detach().to("cpu", dtype if value.is_floating_point() else value.dtype,
+                                                    copy=True)
+                for key, value in list(weights.items())}
+
+
+def model_kind(model) -> str:
+    """What ComfyUI recognised a stock MODEL as (e.g. SD20, for SD 2.x and SD-Turbo), for messages."""
+    return type(model.model.model_config).__name__
+
+
+def with_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
+    """A clone of the stock MODEL with `lora` (kohya names) as weight patches, as LoraLoader applies it. Every
+    key must find its layer: a LoRA that does not fit the model is refused, not half applied."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    stems = {key.split(".", 1)[0] for key in lora}
+    unknown = sorted(stems - set(key_map))
+    if unknown:
+        raise ValueError(f"{len(unknown)} of the personalization's {len(stems)} layers (e.g. {unknown[0]}) are not "
+                         f"in this {model_kind(model)} MODEL; connect the student the result was trained on")
+    patched = model.clone()
+    patched.add_patches(comfy.lora.load_lora(lora, key_map, log_missing=False), strength)
+    return patched
 
 
 def release_device_memory() -> None:

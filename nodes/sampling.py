@@ -26,7 +26,7 @@ def _common_inputs(model_type: str, model_tooltip: str, steps: dict) -> dict:
     }, "hidden": {"node_id": "UNIQUE_ID"}}
 
 
-def _check_token(prompt: str, token: str) -> None:
+def check_token(prompt: str, token: str) -> None:
     if token not in prompt:
         raise ValueError(f"the prompt does not mention the concept's token {token}; add it, e.g. "
                          f"'a photo of a {token} ...'")
@@ -52,7 +52,7 @@ class _Sample:
         return True
 
     def sample(self, model, prompt, seed, batch_size, steps, upscale=1, node_id=None, **options):
-        _check_token(prompt, model.token)
+        check_token(prompt, model.token)
         comfy.throw_if_interrupted()
         progress = comfy.Progress(steps, node_id)
 

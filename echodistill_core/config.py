@@ -11,7 +11,7 @@ ROLLBACKS = ("device", "host", "off")
 # Settings a saved state may be resumed with changed: the run's length, feedback, and memory (after an
 # out-of-memory error the advice is a smaller memory preset, which may lower the batch size).
 RESUMABLE_CHANGES = ("steps", "preview_every", "preview_prompt", "batch_size", "gradient_checkpointing", "vae_decode",
-                     "offload", "rollback")
+                     "offload", "rollback", "compile_unets")
 
 NEW_CONTEXTS = (
     "on the beach", "in the snow", "in red", "on a wooden table", "in the jungle", "at night",
@@ -83,6 +83,7 @@ class EchoDistillConfig:
     vae_decode: str = "plain"  # decoding with gradient: plain, checkpointed or tiled (DiffusionModel.decode)
     offload: bool = False  # the frozen text encoder and VAE wait on the CPU between uses
     rollback: str = "device"  # where the snapshot that undoes a failed step lives: device, host or off
+    compile_unets: bool = False  # opt-in: torch.compile both UNets while training (the first steps compile)
 
     def __post_init__(self) -> None:
         """Refuse a setting outside its meaning, naming it, before anything is loaded or trained."""

@@ -42,6 +42,7 @@ log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) runs
 PREVIEWED = " of the latents' colour preview"  # the cheaper colour loss, as describe() names it
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for config.compile_unets
 OUT_OF_MEMORY_ADVICE = (
     "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
     "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
@@ -177,14 +178,18 @@ class EchoDistillTrainer:
         if the config says so, for the duration of the block: afterwards the base models are as they were."""
         unets = (self.teacher.unet, self.student.unet)
         checkpointing = [unet.is_gradient_checkpointing for unet in unets]
+        compiled = [unet._compiled_call_impl for unet in unets]
         try:
             for unet in unets:
                 _set_checkpointing(unet, self.config.gradient_checkpointing)
+                if self.config.compile_unets and unet._compiled_call_impl is None:
+                    unet.compile(backend=COMPILE_BACKEND)  # in place; compiles at the first steps
             with self.personalization.applied(self.text, self.teacher, self.student):
                 yield
         finally:
-            for unet, was_on in zip(unets, checkpointing):
+            for unet, was_on, call in zip(unets, checkpointing, compiled):
                 _set_checkpointing(unet, was_on)
+                unet._compiled_call_impl = call
 
     def describe(self) -> list[str]:
         """What this run computes, a line per part: printed by the CLI, shown on the Train node."""

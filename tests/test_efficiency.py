@@ -128,3 +128,32 @@ def test_randomness_reaches_the_device_with_the_values_drawn():
 def test_the_run_says_when_the_colour_loss_reads_the_latents_preview():
     assert "MS-SWD of the latents' colour preview" in "\n".join(latent_trainer(color_space="latent_preview").describe())
     assert "colour (MS-SWD) x" in "\n".join(latent_trainer().describe())
+
+
+def test_compiling_is_opt_in_and_undone_after_the_run(monkeypatch):
+    from echodistill_core import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "aot_eager")  # no C++ compiler needed
+    trainer = latent_trainer(compile_unets=True)
+    unets = (trainer.teacher.unet, trainer.student.unet)
+    with trainer.applied():
+        assert all(unet._compiled_call_impl is not None for unet in unets)
+    assert all(unet._compiled_call_impl is None for unet in unets)  # the base models as they were
+    with latent_trainer().applied():
+        assert all(unet._compiled_call_impl is None for unet in unets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_unets_train_as_the_plain_ones(monkeypatch, backend):
+    from echodistill_core import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", backend)
+    runs = []
+    for compiled in (False, True):
+        trainer = latent_trainer(compile_unets=compiled)
+        with trainer.applied():
+            runs.append([trainer._guarded_step() for _ in range(2)])
+        torch._dynamo.reset()
+    for plain, compiled in zip(*runs):
+        assert compiled == pytest.approx(plain, rel=1e-4, abs=1e-6)

@@ -320,7 +320,8 @@ app.registerExtension({
     });
     api.addEventListener("echodistill.finished", ({ detail }) => {
       const node = find(detail.node);
-      if (node) node.echodistill.summary.textContent += `\nresult saved as ${detail.result}`;
+      if (node) node.echodistill.summary.textContent = `result saved as ${detail.result}\n`  // first: where to find it
+        + node.echodistill.summary.textContent;
     });
     api.addEventListener("echodistill.cancelled", ({ detail }) => {
       const node = find(detail.node);

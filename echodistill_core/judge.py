@@ -3,7 +3,10 @@
 No pretrained image network can be had offline, so the tiny world brings its own. The judge
 classifies an image's shape, colour, size and background, and its penultimate layer is an image
 embedding for concept fidelity (cosine similarity, like CLIP-I/DINO scores) and a Fréchet distance
-(like FID). It is trained by `tools/train_judge.py` on world images only, never on `NOVEL_SHAPES`.
+(like FID). It is trained by `tools/train_judge.py` on world images only, and knows every shape the world
+draws, `NOVEL_SHAPES` included (as DINO has seen dogs): a yardstick that cannot tell a heart from a circle
+cannot say whether a heart was learned. The generative models never see the novel shapes; prompt
+following asks the judge only among the training shapes (`measure_attributes`), and `recognise` among all.
 
 Prompt following is scored per attribute from the pixels (`world.measure`, no trained network), and
 a shape counts only when the judge agrees with the pixel template match: neither alone gives a
@@ -52,9 +55,13 @@ class Judge(nn.Module):
         return {name: head(embedding) for name, head in self.heads.items()}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[dict]:
-        """The most likely value of every attribute, per image."""
+    def predict(self, images: torch.Tensor, shapes: tuple[str, ...] | None = None) -> list[dict]:
+        """The most likely value of every attribute, per image; the shape among `shapes` if given
+        (those of them the judge knows), else among all it knows."""
         logits = self(images)
+        if shapes is not None:
+            allowed = torch.tensor([shape in shapes for shape in self.classes["shape"]])
+            logits["shape"] = logits["shape"].masked_fill(~allowed, float("-inf"))
         indices = {name: values.argmax(dim=1).tolist() for name, values in logits.items()}
         return [{name: self.classes[name][indices[name][row]] for name in logits} for row in range(len(images))]
 
@@ -84,9 +91,32 @@ def measure_attributes(images: torch.Tensor, judge: Judge) -> list[dict]:
 
     Images [B, 3, 32, 32] in [-1, 1].
     """
-    opinions = judge.predict(images)
+    opinions = judge.predict(images, shapes=world.SHAPES)  # prompts name training shapes only
     return [dict(pixels, shape=pixels["shape"] if pixels["shape"] == opinion["shape"] else "unclear")
             for pixels, opinion in zip(world.measure(images), opinions)]
+
+
+def recognise(images: torch.Tensor, judge: Judge) -> list[dict]:
+    """Shape and colour of each image among EVERY shape the judge knows (the novel ones too).
+
+    The shape is "unclear" unless the judge and the pixel template match (`world.match_shape` over the
+    judge's shapes) name the same one; the colour is read from the pixels. Images [B, 3, 32, 32] in [-1, 1].
+    """
+    shapes = tuple(judge.classes["shape"])
+    opinions = judge.predict(images)
+    _, colors, coverage = world._object_colours(images)
+    results = []
+    for index, opinion in enumerate(opinions):
+        pixels = world.match_shape(coverage[index], shapes)
+        results.append(dict(shape=pixels if pixels == opinion["shape"] else "unclear",
+                            color=world._nearest(colors[index : index + 1], world.COLORS)[0]))
+    return results
+
+
+def recognition_rate(images: torch.Tensor, judge: Judge, concept: dict, keys: tuple[str, ...] = ("shape", "color")) -> float:
+    """Share of images recognised as the concept: its shape among all shapes, and its colour (or `keys`)."""
+    recognised = recognise(images, judge)
+    return sum(all(item[key] == concept[key] for key in keys) for item in recognised) / len(recognised)
 
 
 def attribute_accuracy(images: torch.Tensor, attributes: list[dict], judge: Judge) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Every image is drawn by code from known attributes (shape, colour, size, background, position), so a
 generated image can be checked against its prompt without any pretrained network. The bundled tiny
 teacher, student and judge are trained on this world only. The shapes of `NOVEL_SHAPES` are never
-used in training; they render the "new concept" of the demos.
+in the models' training; they render the "new concept" of the demos. The judge, the yardstick, knows
+them (`ALL_SHAPES`), so that a concept's samples can be recognised.
 
 Every attribute is measured from pixels (`measure`): background, colour and size directly, shape by
 matching the object's coverage against every training shape drawn at both sizes and every position
@@ -32,6 +33,7 @@ SUPERSAMPLE = 4  # shapes are drawn on a 4x finer grid and averaged: anti-aliase
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 NOVEL_SHAPES = ("star", "heart")
+ALL_SHAPES = SHAPES + NOVEL_SHAPES  # every shape the renderer draws: the judge's vocabulary
 COLORS = {  # object colours, RGB in [0, 1]: bright and far from every background
     "red": (0.90, 0.10, 0.10),
     "green": (0.10, 0.75, 0.15),
@@ -61,12 +63,12 @@ TEMPLATES = (  # the first always fits in 16 tokens and is the evaluation templa
 # ----------------------------------------------------------------------------------------------------
 # Attributes and captions
 
-def sample_attributes(generator: torch.Generator) -> dict:
-    """Random attributes: a shape of the training vocabulary, its colour, size, background and centre."""
+def sample_attributes(generator: torch.Generator, shapes: tuple[str, ...] = SHAPES) -> dict:
+    """Random attributes: a shape of `shapes` (the training vocabulary), its colour, size, background and centre."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 
-    attributes = {name: pick(options) for name, options in ATTRIBUTES.items()}
+    attributes = {name: pick(shapes if name == "shape" else options) for name, options in ATTRIBUTES.items()}
     margin = SIZES[attributes["size"]] + 1
     x, y = (margin + torch.rand(2, generator=generator) * (IMAGE_SIZE - 2 * margin)).tolist()
     return dict(attributes, x=x, y=y)
@@ -147,9 +149,10 @@ def sample(generator: torch.Generator) -> tuple[torch.Tensor, str, dict]:
     return render(attributes), caption(attributes), attributes
 
 
-def sample_batch(count: int, generator: torch.Generator) -> tuple[torch.Tensor, list[dict]]:
-    """[count, 3, 32, 32] images and their attributes."""
-    attributes = [sample_attributes(generator) for _ in range(count)]
+def sample_batch(count: int, generator: torch.Generator,
+                 shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, list[dict]]:
+    """[count, 3, 32, 32] images and their attributes (shapes drawn from `shapes`)."""
+    attributes = [sample_attributes(generator, shapes) for _ in range(count)]
     return torch.stack([render(item) for item in attributes]), attributes
 
 
@@ -215,14 +218,15 @@ def _object_colours(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 SHAPE_FIT = 0.35  # the largest unexplained fraction of the object's coverage that still names a shape
 
 
-def match_shape(coverage: torch.Tensor) -> str:
-    """The training shape whose drawing best explains a [32, 32] coverage map (1 = object, 0 = background).
+def match_shape(coverage: torch.Tensor, shapes: tuple[str, ...] = SHAPES) -> str:
+    """The shape of `shapes` whose drawing best explains a [32, 32] coverage map (1 = object, 0 = background).
 
-    Every shape of `SHAPES` at both sizes and every whole-pixel position is a template; the best one
-    (least squared difference) names the shape if it leaves at most `SHAPE_FIT` of the coverage
-    unexplained, and "unclear" otherwise (a blob, two objects, an empty image).
+    Every shape of `shapes` (the training vocabulary unless told) at both sizes and every whole-pixel
+    position is a template; the best one (least squared difference) names the shape if it leaves at
+    most `SHAPE_FIT` of the coverage unexplained, and "unclear" otherwise (a blob, two objects, an
+    empty image).
     """
-    templates, labels = _shape_templates()
+    templates, labels = _shape_templates(tuple(shapes))
     flat = coverage.flatten().float()
     errors = (templates - flat).square().sum(dim=1)
     best = int(errors.argmin())
@@ -230,11 +234,11 @@ def match_shape(coverage: torch.Tensor) -> str:
     return labels[best] if errors[best] / mass <= SHAPE_FIT else "unclear"
 
 
-@lru_cache(maxsize=1)
-def _shape_templates() -> tuple[torch.Tensor, list[str]]:
-    """[T, 32*32] coverage of every training shape, size and whole-pixel position, and each one's shape."""
+@lru_cache(maxsize=2)
+def _shape_templates(shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, list[str]]:
+    """[T, 32*32] coverage of every shape of `shapes`, size and whole-pixel position, and each one's shape."""
     templates, labels = [], []
-    for shape in SHAPES:
+    for shape in shapes:
         for half in SIZES.values():
             fine = (torch.arange(IMAGE_SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
             v, u = torch.meshgrid((fine - IMAGE_SIZE / 2) / half, (fine - IMAGE_SIZE / 2) / half, indexing="ij")

@@ -137,10 +137,12 @@ def test_with_offloading_the_text_encoder_and_vae_run_only_while_on_the_device()
 
 def test_gradient_checkpointing_follows_the_config_both_ways(pair):
     teacher, student, text = pair
-    for checkpointing in (True, False):
-        EchoDistillTrainer(teacher, student, text, make_concept(tiny_config()),
-                           tiny_config(gradient_checkpointing=checkpointing))
-        assert teacher.unet.is_gradient_checkpointing == student.unet.is_gradient_checkpointing == checkpointing
+    for checkpointing in (True, False):  # while a run is applied, and as they were afterwards
+        trainer = EchoDistillTrainer(teacher, student, text, make_concept(tiny_config()),
+                                     tiny_config(gradient_checkpointing=checkpointing))
+        with trainer.applied():
+            assert teacher.unet.is_gradient_checkpointing == student.unet.is_gradient_checkpointing == checkpointing
+        assert not teacher.unet.is_gradient_checkpointing and not student.unet.is_gradient_checkpointing
 
 
 def learned(trainer) -> dict[str, torch.Tensor]:

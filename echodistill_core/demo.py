@@ -49,10 +49,16 @@ def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel,
 
 def demo_concept_images(size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
     """`count` views of the pink heart on black, around the centre, small and big: [3, size, size] in 0..1."""
+    return rendered_concept_images(DEMO_CONCEPT, size, count)
+
+
+def rendered_concept_images(concept: dict, size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
+    """`count` views of a concept the world draws (shape, color, background), around the centre, big and
+    small in turn, as the demo's heart: [3, size, size] in 0..1."""
     images = []
     for index in range(count):
         angle = 2 * math.pi * index / count
-        attributes = dict(DEMO_CONCEPT, size="big" if index % 2 == 0 else "small")
+        attributes = dict(concept, size="big" if index % 2 == 0 else "small")
         reach = world.IMAGE_SIZE / 2 - world.SIZES[attributes["size"]] - 1.5
         x, y = (world.IMAGE_SIZE / 2 + reach * math.cos(angle), world.IMAGE_SIZE / 2 + reach * math.sin(angle))
         image = (world.render(dict(attributes, x=x, y=y)) + 1) / 2

@@ -1,11 +1,18 @@
-"""The personalization metrics on samplers whose answers are known: a perfect one, and one that ignores prompts."""
+"""The personalization metrics on samplers whose answers are known: a perfect one, one that ignores prompts,
+rendered concepts standing in for trained ones, and the untouched bundled student."""
 
 import pytest
 import torch
 
 from echodistill_core import world
-from echodistill_core.evaluation import CONCEPT_PROMPTS, EvaluationSet, evaluate, plain_samples, silhouette_similarity
-from echodistill_core.judge import load_judge
+from echodistill_core.demo import default_models, rendered_concept_images
+from echodistill_core.evaluation import (
+    CONCEPT_PROMPTS, EvaluationSet, Untouched, concept_score, cross_concept_matrix, evaluate, held_out_images,
+    own_score, plain_samples, samplers, silhouette_similarity, untouched_samples,
+)
+from echodistill_core.judge import load_judge, recognise, recognition_rate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUBJECT = "<heart> toy"
 CONCEPT = dict(shape="heart", color="pink", background="black", size="big")
@@ -31,19 +38,33 @@ def careless_sampler(prompts, seeds):
 
 @pytest.fixture(scope="module")
 def setup():
-    evaluation = EvaluationSet(SUBJECT, seeds_per_prompt=2, plain_count=16)
+    evaluation = EvaluationSet(SUBJECT, seeds_per_prompt=2, plain_count=16, drawn=DRAWN)
     references = torch.stack([world.render(dict(CONCEPT, size=size, x=x, y=16))
                               for size, x in (("big", 14), ("small", 20), ("big", 18))])
     perfect = perfect_sampler(evaluation)
     return evaluation, references, perfect, plain_samples(perfect, evaluation), load_judge()
 
 
-def test_a_perfect_model_scores_full_marks(setup):
-    evaluation, references, perfect, untouched, judge = setup
-    scores = evaluate(perfect, references, evaluation, judge, untouched)
+@pytest.fixture(scope="module")
+def student_sampler():
+    """The untouched bundled student, one step: what a personalization starts from."""
+    teacher, student, text = default_models()
+    return samplers(teacher, student, text, world.TEACHER_GUIDANCE)["student"]
+
+
+def test_a_perfect_model_scores_full_marks(setup, student_sampler, tmp_path):
+    evaluation, references, perfect, plain, judge = setup
+    untouched = Untouched(plain, untouched_samples(student_sampler, evaluation).concept)
+    scores = evaluate(perfect, references, evaluation, judge, untouched, grid=tmp_path / "grid.png")
     assert scores["prompt_fidelity"] == 1.0 and scores["kept_accuracy"] == 1.0
     assert scores["concept_silhouette"] > 0.95 and scores["concept_fidelity"] > 0.8
     assert scores["kept_fd"] == pytest.approx(0.0, abs=1e-6)
+    # It draws the concept as the prompts ask, as the held-out images do (they at other places and sizes).
+    assert scores["recognition"] == scores["recognition_shape"] == 1.0 and scores["calibrated_fidelity"] > 0.85
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")  # one row per prompt, one column per seed, 4x
+    assert grid.size == (2 * 32 * 4, len(CONCEPT_PROMPTS) * 32 * 4)
 
 
 def test_a_model_that_ignores_prompts_is_caught(setup):
@@ -52,6 +73,77 @@ def test_a_model_that_ignores_prompts_is_caught(setup):
     assert scores["concept_silhouette"] > 0.95  # it does draw the concept...
     assert scores["prompt_fidelity"] < 0.2  # ...but never in the asked context (black + big fits 1 in 6)
     assert scores["kept_accuracy"] < 0.6 and scores["kept_fd"] > 1.0  # and it forgot everything else
+    assert "calibrated_fidelity" not in scores  # untouched plain samples alone give no scale
+
+
+# The yardstick itself, checked before it is trusted: rendered concepts stand in for trained samples.
+DRAWN = dict(shape="heart", color="pink", background="black")
+OTHERS = {"pink circle": dict(shape="circle", color="pink", background="black"),  # the heart's nearest
+          "yellow star": dict(shape="star", color="yellow", background="black"),
+          "green ring": dict(shape="ring", color="green", background="black"),
+          "red heart": dict(shape="heart", color="red", background="black")}
+CONCEPTS = {"pink heart": DRAWN, **OTHERS}
+
+
+def noisy(images, seed):
+    """Rendered images with the noise of generated ones."""
+    return (images + 0.1 * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def concepts():
+    """Each concept's training images (five on black, as the demo's) and held-out samples in the prompts' contexts."""
+    references, samples, evaluations = {}, {}, {}
+    for name, drawn in CONCEPTS.items():
+        evaluations[name] = EvaluationSet(SUBJECT, seeds_per_prompt=4, plain_count=4, drawn=drawn)
+        references[name] = torch.stack(rendered_concept_images(drawn)) * 2 - 1
+        samples[name] = noisy(held_out_images(evaluations[name], seed=5), seed=len(name))
+    return references, samples, evaluations
+
+
+def test_each_concepts_samples_score_closest_to_that_concept(judge, concepts, student_sampler):
+    references, samples, evaluations = concepts
+    matrix = cross_concept_matrix(judge, samples, references)
+    for row, scores in matrix.items():
+        assert max(scores, key=scores.get) == row, (row, scores)
+    # Calibrated, the diagonal is about 1 and the untouched student about 0 for every concept.
+    untouched = untouched_samples(student_sampler, evaluations["pink heart"]).concept
+    own = {name: own_score(judge, references[name], evaluations[name]) for name in CONCEPTS}
+    calibrated = cross_concept_matrix(judge, samples, references, untouched, own)
+    for row, scores in calibrated.items():
+        assert 0.8 < scores[row] < 1.2, (row, scores)
+        assert all(value < scores[row] - 0.1 for column, value in scores.items() if column != row), (row, scores)
+    # The untouched student at other seeds stays near 0 wherever it is far from the concept (the blue rings
+    # it draws are close to a green ring and a yellow star, whose scales are short: noise is magnified there).
+    other_seeds = untouched_samples(lambda prompts, seeds: student_sampler(prompts, [s + 100 for s in seeds]),
+                                    evaluations["pink heart"]).concept
+    calibrated = cross_concept_matrix(judge, {"untouched": other_seeds}, references, untouched, own)["untouched"]
+    for name in ("pink heart", "pink circle", "red heart"):
+        assert abs(calibrated[name]) < 0.15, calibrated
+
+
+def test_the_plain_cosine_could_not_tell_concepts_apart(judge, concepts):
+    """Why concept_score is relative to the world: the plain cosine gives random world images nearly the
+    concept's own score, and the centred score gives them about 0."""
+    from echodistill_core.judge import concept_fidelity
+
+    references, samples, _ = concepts
+    random_world, _ = world.sample_batch(48, torch.Generator().manual_seed(11), world.ALL_SHAPES)
+    heart = references["pink heart"]
+    assert concept_fidelity(judge, random_world, heart) > 0.5
+    world_score = concept_score(judge, random_world, heart)
+    assert abs(world_score) < 0.15 and concept_score(judge, samples["pink heart"], heart) > world_score + 0.3
+
+
+def test_recognition_names_the_concept_among_every_shape(judge, concepts, student_sampler):
+    _, samples, evaluations = concepts
+    for name, drawn in CONCEPTS.items():
+        assert recognition_rate(samples[name], judge, drawn) >= 0.9, name
+        assert recognition_rate(samples[name], judge, DRAWN) <= (1.0 if name == "pink heart" else 0.05), name
+    shapes = [item["shape"] for item in recognise(samples["yellow star"], judge)]
+    assert shapes.count("star") >= 0.9 * len(shapes)
+    untouched = untouched_samples(student_sampler, evaluations["pink heart"]).concept
+    assert recognition_rate(untouched, judge, DRAWN) == 0.0  # the models never saw a heart
 
 
 def test_silhouettes_tell_shapes_apart_at_any_place_and_size():

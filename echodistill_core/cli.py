@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
-from .demo import (DEMO_CLASS_WORD, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
+from .demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
                    demo_concept_images)
 from .backbones import TEACHER_FEATURES
-from .evaluation import EvaluationSet, evaluate, plain_samples, samplers
+from .evaluation import EvaluationSet, evaluate, samplers, untouched_samples
+from .evaluation import save_grid as save_sample_grid
 from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, choose_networks
 from .judge import load_judge
 from .loading import load_model
@@ -256,9 +257,11 @@ def _demo(args) -> int:
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)
-    evaluation, judge = EvaluationSet(concept.subject, seeds_per_prompt=4, plain_count=32), load_judge()
-    untouched = {role: plain_samples(sample, evaluation)  # before training: the models as they came
-                 for role, sample in samplers(teacher, student, text, config.guidance_scale).items()}
+    evaluation = EvaluationSet(concept.subject, seeds_per_prompt=4, plain_count=32, drawn=DEMO_CONCEPT)
+    judge = load_judge()
+    untouched = {role: untouched_samples(sample, evaluation)  # before training: the models, the token as it starts
+                 for role, sample in samplers(teacher, student, text, config.guidance_scale,
+                                              trainer.personalization).items()}
     trained_from = time.time()
     if not run_with_progress(trainer, args.out / "demo.safetensors", args.out / "state.safetensors"):
         return 130
@@ -276,8 +279,11 @@ def _demo(args) -> int:
     }
     references = torch.stack(images) * 2 - 1
     personalized = samplers(teacher, student, text, config.guidance_scale, trainer.personalization)
-    report = {role: evaluate(personalized[role], references, evaluation, judge, untouched[role])
-              for role in ("student", "teacher")}
+    report = {role: evaluate(personalized[role], references, evaluation, judge, untouched[role],
+                             grid=args.out / f"{role}_evaluated.png") for role in ("student", "teacher")}
+    files.update({f"{role} evaluated": args.out / f"{role}_evaluated.png" for role in ("student", "teacher")})
+    files["untouched student"] = save_sample_grid(untouched["student"].concept, args.out / "untouched_student.png",
+                                                  columns=evaluation.seeds_per_prompt)
     report.update(seconds=round(time.time() - start, 1), training_seconds=round(training_seconds, 1),
                   steps=trainer.step, echo_samples=trainer.echo_samples, prompts=prompts,
                   models="bundled tiny" if bundled_models_present() else "random tiny (no bundled models yet)",

@@ -33,12 +33,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--steps", "3"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["steps"] == 3 and report["seconds"] > 0
-    for name in ("concept", "student", "teacher", "result"):
+    for name in ("concept", "student", "teacher", "result", "student evaluated", "teacher evaluated",
+                 "untouched student"):
         assert Path(report["files"][name]).is_file()
     for role in ("student", "teacher"):
-        assert set(report[role]) == {"concept_fidelity", "concept_silhouette", "prompt_fidelity", "kept_accuracy",
+        assert set(report[role]) == {"calibrated_fidelity", "recognition", "recognition_shape", "concept_score",
+                                     "concept_fidelity", "concept_silhouette", "prompt_fidelity", "kept_accuracy",
                                      "kept_fd"}
-        assert all(0 <= report[role][key] <= 1 for key in ("concept_fidelity", "prompt_fidelity", "kept_accuracy"))
+        assert all(0 <= report[role][key] <= 1 for key in ("concept_fidelity", "prompt_fidelity", "kept_accuracy",
+                                                            "recognition"))
+        assert abs(report[role]["calibrated_fidelity"]) < 0.5  # three steps: about the untouched model
     assert "report:" in capsys.readouterr().out
 
 

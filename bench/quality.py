@@ -57,8 +57,8 @@ from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
 TEACHER_TRAINED = ("teacher_only", "echodistill_no_echo", "echodistill")  # their 25-step teachers are judged too
-METRICS = ("calibrated_fidelity", "recognition", "recognition_shape", "concept_score", "concept_fidelity", "concept_silhouette",
-           "prompt_fidelity", "kept_accuracy", "kept_fd")
+METRICS = ("calibrated_fidelity", "recognition", "recognition_shape", "concept_score", "concept_fidelity",
+           "concept_silhouette", "prompt_fidelity", "kept_accuracy", "kept_fd")
 
 
 def drawn_concept(text: str) -> dict:
@@ -166,7 +166,8 @@ def main() -> None:
             print(f"\n{name}:")
         print(table(result["means"], len(args.seeds)))
         figures[name] = {
-            "methods": {method: dict(mean["student"], seconds=mean["seconds"]) for method, mean in result["means"].items()},
+            "methods": {method: dict(mean["student"], seconds=mean["seconds"])
+                        for method, mean in result["means"].items()},
             "teacher": {method: mean["teacher"] for method, mean in result["means"].items() if "teacher" in mean},
             "per_seed": result["runs"],
         }

@@ -113,7 +113,8 @@ def recognise(images: torch.Tensor, judge: Judge) -> list[dict]:
     return results
 
 
-def recognition_rate(images: torch.Tensor, judge: Judge, concept: dict, keys: tuple[str, ...] = ("shape", "color")) -> float:
+def recognition_rate(images: torch.Tensor, judge: Judge, concept: dict,
+                     keys: tuple[str, ...] = ("shape", "color")) -> float:
     """Share of images recognised as the concept: its shape among all shapes, and its colour (or `keys`)."""
     recognised = recognise(images, judge)
     return sum(all(item[key] == concept[key] for key in keys) for item in recognised) / len(recognised)

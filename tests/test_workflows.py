@@ -23,8 +23,8 @@ def generator():
     return module
 
 
-def test_there_are_three_workflows_in_one_real_folder_the_template_browser_lists_once():
-    assert len(WORKFLOWS) == 3
+def test_there_are_four_workflows_in_one_real_folder_the_template_browser_lists_once():
+    assert len(WORKFLOWS) == 4
     assert FOLDER.is_dir() and not FOLDER.is_symlink()  # a symlink packs as an empty folder, and breaks on Windows
     for other in ("example", "examples", "workflow", "workflows"):  # ComfyUI lists these folders too
         assert not (ROOT / other).exists(), f"{other}/ would list the workflows twice"

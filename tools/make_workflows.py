@@ -258,6 +258,69 @@ name you gave it (`my_dog` here). With them, stock nodes draw your subject in **
 **To change:** the LoRA's name, the embedding's name in the prompt, and the rest of the prompt."""
 
 
+STOCK_IN_OUT_README = """## One checkpoint load, in and out: Train between stock nodes
+
+The teacher and the student come from *Load Checkpoint* nodes you may already have in a graph
+(a LoRA applied to them is trained on as part of them), and the personalized student goes back out
+as a stock `MODEL`: *EchoDistill Personalized Model* patches its learned layers in, *EchoDistill
+Encode Prompt* turns a prompt with the token into `CONDITIONING`, and stock KSampler draws your
+subject in **one step** (euler, sgm_uniform, CFG 1), the same image EchoDistill One-Step Sample draws.
+Nothing is saved on the way; connect Save Personalized to Train to keep files.
+
+**To change:** your photos in *Load Image*, `token` / `class_word`, the prompt in Encode Prompt, and
+`memory` on Train to your GPU (8, 12 or 24 GB)."""
+
+
+def stock_in_out_graph() -> tuple:
+    readme = note(15, STOCK_IN_OUT_README, [420, 400])
+    readme["pos"] = [40, 40 + TITLE]
+    inputs = column(40, 40 + TITLE + 400 + GAP + GROUP_TITLE, [
+        {"id": 1, "type": "CheckpointLoaderSimple", "title": "Load Checkpoint: the teacher", "size": [420, 100],
+         "widgets": {"ckpt_name": "v2-1_768-ema-pruned.safetensors"}},
+        {"id": 2, "type": "CheckpointLoaderSimple", "title": "Load Checkpoint: the student", "size": [420, 100],
+         "widgets": {"ckpt_name": "sd_turbo.safetensors"}},
+        {"id": 3, "type": "EchoDistillTeacherFromCheckpoint", "size": [420, 170],
+         "inputs": {"model": (1, 0), "clip": (1, 1), "vae": (1, 2)}, "widgets": {"family": "auto-detect",
+                                                                                 "precision": "auto"}},
+        {"id": 4, "type": "EchoDistillStudentFromCheckpoint", "size": [420, 170],
+         "inputs": {"model": (2, 0), "clip": (2, 1), "vae": (2, 2)}, "widgets": {"family": "auto-detect",
+                                                                                 "precision": "auto"}},
+        {"id": 5, "type": "LoadImage", "size": [420, 340], "widgets": {"image": "my_dog.png", "upload": "image"}},
+        {"id": 6, "type": "EchoDistillConceptImages", "size": [420, 240],
+         "widgets": {"token": "<my-dog>", "class_word": "dog", "initializer_word": "", "captions": ""},
+         "inputs": {"images": (5, 0)}},
+    ])
+    training = column(520, 40 + GROUP_TITLE, [
+        {"id": 7, "type": "EchoDistillTrain", "size": [560, 1220], "inputs": {"teacher": (3, 0), "student": (4, 0),
+                                                                              "concept": (6, 0)},
+         "widgets": {**TRAIN_DEFAULTS, "steps": 1000, "preset": "paper", "teacher_lr": 1e-5, "student_lr": 2e-5,
+                     "preview_every": 50, "preview_prompts": "a photo of a <my-dog> dog"}}])
+    stock = column(1140, 40 + GROUP_TITLE, [
+        {"id": 8, "type": "EchoDistillPersonalizedModel", "size": [380, 130],
+         "inputs": {"one_step_model": (7, 0), "model": (2, 0)}, "widgets": {"strength": 1.0}},
+        {"id": 9, "type": "EchoDistillEncodePrompt", "size": [380, 170], "inputs": {"one_step_model": (7, 0)},
+         "widgets": {"text": "a photo of a <my-dog> dog on the beach"}},
+        {"id": 10, "type": "CLIPTextEncode", "title": "Negative prompt (unused at CFG 1)", "size": [380, 120],
+         "inputs": {"clip": (2, 1)}, "widgets": {"text": ""}},
+        {"id": 11, "type": "EmptyLatentImage", "size": [380, 110], "widgets": {"width": 512, "height": 512,
+                                                                              "batch_size": 1}},
+    ])
+    drawing = column(1580, 40 + GROUP_TITLE, [
+        {"id": 12, "type": "KSampler", "title": "KSampler (one step)", "size": [340, 270],
+         "inputs": {"model": (8, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)},
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                     "scheduler": "sgm_uniform", "denoise": 1.0}},
+        {"id": 13, "type": "VAEDecode", "size": [340, 50], "inputs": {"samples": (12, 0), "vae": (2, 2)}},
+        {"id": 14, "type": "SaveImage", "title": "Save Image: your subject", "size": [540, 580],
+         "inputs": {"images": (13, 0)}, "widgets": {"filename_prefix": "echodistill"}},
+    ])
+    groups = [("1 · Stock checkpoints and photos", [n["id"] for n in inputs]), ("2 · Train", [7]),
+              ("3 · Back to stock nodes", [8, 9, 10, 11]), ("4 · One step", [12, 13, 14])]
+    nodes = [readme, *inputs, *training, *stock, *drawing]
+    return sorted(nodes, key=lambda n: n["id"]), groups, models("v2-1_768-ema-pruned.safetensors",
+                                                                "sd_turbo.safetensors")
+
+
 def main(folder: Path = ROOT / "example_workflows") -> None:
     pack = pack_nodes()
     graphs = {
@@ -278,6 +341,7 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
             PAPER_IMAGE_NETWORKS),
             models(*MODELS)),
         "3_use_saved_result_with_stock_nodes.json": stock_graph(),
+        "4_stock_checkpoints_in_and_out.json": stock_in_out_graph(),
     }
     folder.mkdir(exist_ok=True)
     for name, (nodes, groups, needed) in graphs.items():

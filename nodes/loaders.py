@@ -55,7 +55,6 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 class _Loader:
-    ROLE = ""
     CATEGORY = CATEGORY
     FUNCTION = "load"
 
@@ -88,19 +87,27 @@ class _Loader:
         return (load(self.ROLE, model, family, precision),)
 
 
-class LoadTeacher(_Loader):
+class TeacherRole:
+    """What every node that gives a teacher shares: its socket and what it says of it."""
     ROLE = "teacher"
     EXAMPLE = "For SD-Turbo as the student: SD 2.1 or SD 2.1-base."
     RETURN_TYPES = (TEACHER,)
     RETURN_NAMES = ("teacher",)
     OUTPUT_TOOLTIPS = ("The multi-step teacher with its text encoder, which the student shares.",)
-    DESCRIPTION = "Load the multi-step teacher (e.g. SD 2.1) that learns your concept and teaches the student."
 
 
-class LoadStudent(_Loader):
+class StudentRole:
+    """What every node that gives a student shares: its socket and what it says of it."""
     ROLE = "student"
     EXAMPLE = "A one-step model of the teacher's family: SD-Turbo for SD 2.1."
     RETURN_TYPES = (STUDENT,)
     RETURN_NAMES = ("student",)
     OUTPUT_TOOLTIPS = ("The one-step student, to be personalized.",)
+
+
+class LoadTeacher(TeacherRole, _Loader):
+    DESCRIPTION = "Load the multi-step teacher (e.g. SD 2.1) that learns your concept and teaches the student."
+
+
+class LoadStudent(StudentRole, _Loader):
     DESCRIPTION = "Load the one-step student (e.g. SD-Turbo) that EchoDistill personalizes."

@@ -9,13 +9,12 @@ import torch
 from ..echodistill_core.checkpoints import load_state_dict
 from ..echodistill_core.export import student_lora_tensors
 from . import comfy
-from .loaders import AUTO_FAMILY, FAMILY_CHOICES, PRECISION_INPUT, weights_dtype
+from .loaders import AUTO_FAMILY, FAMILY_CHOICES, PRECISION_INPUT, StudentRole, TeacherRole, weights_dtype
 from .sampling import check_token
-from .sockets import CATEGORY, ONE_STEP_MODEL, STUDENT, TEACHER, LoadedModel, Personalized
+from .sockets import CATEGORY, ONE_STEP_MODEL, LoadedModel, Personalized
 
 
 class _FromCheckpoint:
-    ROLE = ""
     CATEGORY = CATEGORY
     FUNCTION = "convert"
 
@@ -45,22 +44,12 @@ class _FromCheckpoint:
         return (LoadedModel(diffusion, text, f"{found.label} ({name})", family=found.name),)
 
 
-class TeacherFromCheckpoint(_FromCheckpoint):
-    ROLE = "teacher"
-    EXAMPLE = "For SD-Turbo as the student: SD 2.1 or SD 2.1-base."
-    RETURN_TYPES = (TEACHER,)
-    RETURN_NAMES = ("teacher",)
-    OUTPUT_TOOLTIPS = ("The multi-step teacher with its text encoder, which the student shares.",)
+class TeacherFromCheckpoint(TeacherRole, _FromCheckpoint):
     DESCRIPTION = ("Use a checkpoint a stock loader already loaded as the multi-step teacher (e.g. SD 2.1), "
                    "instead of loading it a second time.")
 
 
-class StudentFromCheckpoint(_FromCheckpoint):
-    ROLE = "student"
-    EXAMPLE = "A one-step model of the teacher's family: SD-Turbo for SD 2.1."
-    RETURN_TYPES = (STUDENT,)
-    RETURN_NAMES = ("student",)
-    OUTPUT_TOOLTIPS = ("The one-step student, to be personalized.",)
+class StudentFromCheckpoint(StudentRole, _FromCheckpoint):
     DESCRIPTION = ("Use a checkpoint a stock loader already loaded as the one-step student (e.g. SD-Turbo), "
                    "instead of loading it a second time.")
 

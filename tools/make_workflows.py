@@ -306,14 +306,9 @@ def stock_in_out_graph() -> tuple:
                                                                               "batch_size": 1}},
     ])
     drawing = column(1580, 40 + GROUP_TITLE, [
-        {"id": 12, "type": "KSampler", "title": "KSampler (one step)", "size": [340, 270],
-         "inputs": {"model": (8, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)},
-         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0, "sampler_name": "euler",
-                     "scheduler": "sgm_uniform", "denoise": 1.0}},
-        {"id": 13, "type": "VAEDecode", "size": [340, 50], "inputs": {"samples": (12, 0), "vae": (2, 2)}},
-        {"id": 14, "type": "SaveImage", "title": "Save Image: your subject", "size": [540, 580],
-         "inputs": {"images": (13, 0)}, "widgets": {"filename_prefix": "echodistill"}},
-    ])
+        *one_step(12, {"model": (8, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)},
+                  vae=(2, 2), sampler="euler"),
+        saved_image(14, 13)])
     groups = [("1 · Stock checkpoints and photos", [n["id"] for n in inputs]), ("2 · Train", [7]),
               ("3 · Back to stock nodes", [8, 9, 10, 11]), ("4 · One step", [12, 13, 14])]
     nodes = [readme, *inputs, *training, *stock, *drawing]
@@ -349,6 +344,21 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
         print(folder / name)
 
 
+def one_step(first_id: int, sockets: dict, vae: tuple, sampler: str) -> list[dict]:
+    """Stock KSampler at SD-Turbo's one step (CFG 1) and VAE Decode: nodes `first_id` and the next."""
+    return [
+        {"id": first_id, "type": "KSampler", "title": "KSampler (one step)", "size": [340, 270], "inputs": sockets,
+         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0, "sampler_name": sampler,
+                     "scheduler": "sgm_uniform", "denoise": 1.0}},
+        {"id": first_id + 1, "type": "VAEDecode", "size": [340, 50], "inputs": {"samples": (first_id, 0), "vae": vae}},
+    ]
+
+
+def saved_image(node_id: int, image_node: int) -> dict:
+    return {"id": node_id, "type": "SaveImage", "title": "Save Image: your subject", "size": [540, 580],
+            "inputs": {"images": (image_node, 0)}, "widgets": {"filename_prefix": "echodistill"}}
+
+
 def stock_graph() -> tuple:
     readme = note(9, STOCK_README, [400, 330])
     readme["pos"] = [40, 40 + TITLE]
@@ -365,17 +375,9 @@ def stock_graph() -> tuple:
         {"id": 5, "type": "EmptyLatentImage", "size": [400, 110], "widgets": {"width": 512, "height": 512,
                                                                              "batch_size": 1}},
     ])
-    drawing = column(940, 40 + GROUP_TITLE, [
-        {"id": 6, "type": "KSampler", "title": "KSampler (one step)", "size": [340, 270],
-         "inputs": {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0)},
-         "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 1, "cfg": 1.0,
-                     "sampler_name": "euler_ancestral", "scheduler": "sgm_uniform", "denoise": 1.0}},
-        {"id": 7, "type": "VAEDecode", "size": [340, 50], "inputs": {"samples": (6, 0), "vae": (1, 2)}},
-    ])
-    saving = column(1330, 40 + GROUP_TITLE, [
-        {"id": 8, "type": "SaveImage", "title": "Save Image: your subject", "size": [540, 580],
-         "inputs": {"images": (7, 0)}, "widgets": {"filename_prefix": "echodistill"}},
-    ])
+    drawing = column(940, 40 + GROUP_TITLE, one_step(6, {"model": (2, 0), "positive": (3, 0), "negative": (4, 0),
+                                                          "latent_image": (5, 0)}, vae=(1, 2), sampler="euler_ancestral"))
+    saving = column(1330, 40 + GROUP_TITLE, [saved_image(8, 7)])
     groups = [("1 · The base model and your LoRA", [1, 2]), ("2 · Prompt", [3, 4, 5]), ("3 · One step", [6, 7, 8])]
     return sorted([readme, *loading, *prompts, *drawing, *saving], key=lambda n: n["id"]), groups, models(
         "sd_turbo.safetensors")

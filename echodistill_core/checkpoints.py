@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .families import CheckpointError, Family, check_role, detect_family
 from .models import DiffusionModel, TextConditioner
+from .sampling import Progress
 from .schedule import NoiseSchedule
 from .tokenizer import FULL_NUM_MERGES, build_clip_tokenizer
 
@@ -89,22 +90,31 @@ def _tensors(content: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def load_single_file(path: str | Path, *, role: str | None = None, family: str | None = None,
                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     config: str | Path | None = None) -> tuple[DiffusionModel, TextConditioner, Family]:
+                     config: str | Path | None = None, progress: Progress | None = None
+                     ) -> tuple[DiffusionModel, TextConditioner, Family]:
     """A checkpoint's diffusion model and text encoder, frozen, in `dtype` on `device`, and its family.
 
     `role` ("teacher"/"student") and `family` (a name or label, or None to detect) decide ambiguous
     layouts (see `families.detect_family`). `config` replaces the family's bundled config folder, for
-    checkpoints of the same layout but other sizes (the tests' shrunk ones).
+    checkpoints of the same layout but other sizes (the tests' shrunk ones). `progress(done, total)` is
+    called after reading the file and after each part (the UNet, the VAE, the text encoder); it may
+    raise to stop the load.
     """
     path = Path(path)
-    return load_state_dict(read_checkpoint(path), path.name, role=role, family=family, dtype=dtype, device=device,
-                           config=config)
+    state_dict = read_checkpoint(path)
+    if progress is not None:
+        progress(1, LOAD_STEPS)
+    return load_state_dict(state_dict, path.name, role=role, family=family, dtype=dtype, device=device,
+                           config=config, progress=progress)
+
+
+LOAD_STEPS = 4  # reading the file, then the UNet, the VAE and the text encoder
 
 
 def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str | None = None,
                     family: str | None = None, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu", config: str | Path | None = None
-                    ) -> tuple[DiffusionModel, TextConditioner, Family]:
+                    device: str | torch.device = "cpu", config: str | Path | None = None,
+                    progress: Progress | None = None) -> tuple[DiffusionModel, TextConditioner, Family]:
     """`load_single_file` for weights already in memory in a checkpoint's layout (e.g. a model that
     ComfyUI loaded, as its CheckpointSave would write it); `name` names them in messages."""
     found = detect_family(state_dict, role=role, choice=family, source=name)
@@ -116,9 +126,13 @@ def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str
         )
     folder = str(config or found.config)
     try:
+        report = progress or (lambda done, total: None)
         unet = _assembled(UNet2DConditionModel, Path(folder) / "unet", convert_ldm_unet_checkpoint, state_dict, dtype)
+        report(2, LOAD_STEPS)
         vae = _assembled(AutoencoderKL, Path(folder) / "vae", convert_ldm_vae_checkpoint, state_dict, dtype)
+        report(3, LOAD_STEPS)
         text_encoder = _text_encoder(state_dict, Path(folder), dtype, name)
+        report(4, LOAD_STEPS)
     except (ValueError, RuntimeError, KeyError) as error:
         if isinstance(error, CheckpointError):
             raise
@@ -138,12 +152,17 @@ def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str
 def _assembled(cls, folder: Path, convert, state_dict: dict[str, torch.Tensor], dtype: torch.dtype):
     """A diffusers model of the config in `folder` holding exactly the checkpoint's weights, renamed by
     diffusers' own key map: built on the meta device and handed the weights (strictly), so no random
-    initialisation runs and no second copy of the weights is made."""
+    initialisation runs (the weights are copied only to change their dtype). The text encoder is still
+    built the ordinary way: its position ids are a buffer outside the state dict."""
     config = cls.load_config(folder)
     converted = convert(state_dict, config)
     with torch.device("meta"):
         model = cls.from_config(config)
     model.load_state_dict({key: value.to(dtype) for key, value in converted.items()}, strict=True, assign=True)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:  # a buffer this diffusers version keeps outside the state dict
+        raise CheckpointError(f"{len(left)} {cls.__name__} tensors (e.g. {left[0]}) are not in the checkpoint; "
+                              "this diffusers version builds the model differently: report it with its version")
     return model
 
 

@@ -107,14 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (never) or a number of steps")
     return value
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def _sample_steps(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"{value} is not a number of sampling steps; give 1 to 1000, or 0 for the "
                                          "model's own (1 for the student, 25 for the teacher)")
@@ -122,7 +129,7 @@ def _sample_steps(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{value} is not a seed; give a whole number from 0 to 2**63 - 1")
     return value

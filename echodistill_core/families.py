@@ -130,14 +130,15 @@ def detect_family(state_dict: dict[str, torch.Tensor], *, role: str | None = Non
             )
         return family
     turbo = [name for name in candidates if FAMILIES[name].one_step]
-    if role == "student" and turbo:  # a layout without a Turbo family (SD 1.x) is refused by `check_role`
+    v_prediction = layout == "sd2" and _looks_v_prediction(state_dict)  # SD-Turbo predicts epsilon
+    if role == "student" and turbo and not v_prediction:  # the rest is refused by `check_role` as multi-step
         return FAMILIES[turbo[0]]
     if layout == "sdxl":
         return FAMILIES["sdxl"]
     if layout == "sgm":
         return FAMILIES["sd-turbo"]
     if layout == "sd2":
-        return FAMILIES["sd2-768-v" if _looks_v_prediction(state_dict) else "sd2-512"]
+        return FAMILIES["sd2-768-v" if v_prediction else "sd2-512"]
     return FAMILIES["sd1"]
 
 

@@ -183,11 +183,10 @@ def _relative_distance(first: torch.nn.Module, second: torch.nn.Module) -> float
     """|a - b| / |a| over all weights of two modules of one architecture."""
     a, b = first.state_dict(), second.state_dict()
     difference = norm = 0.0
-    for key, value in a.items():
-        value = value.float()
-        difference += (value - b[key].to(value)).square().sum().item()
-        norm += value.square().sum().item()
-    return (difference / max(norm, 1e-30)) ** 0.5
+    for key, value in a.items():  # a tensor at a time, in fp32 sums: no copy of a whole model
+        difference = difference + torch.linalg.vector_norm(value - b[key].to(value), dtype=torch.float32) ** 2
+        norm = norm + torch.linalg.vector_norm(value, dtype=torch.float32) ** 2
+    return float((difference / max(float(norm), 1e-30)) ** 0.5)
 
 
 def _check_same_text_encoder(text: TextConditioner, student_text: TextConditioner) -> None:

@@ -32,6 +32,9 @@ def is_echodistill_file(path: Path) -> bool:
         return False
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def is_png(path: Path) -> bool:
     """A PNG image (what `sample` writes)."""
     try:
@@ -41,7 +44,6 @@ def is_png(path: Path) -> bool:
         return False
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OUTPUT_KINDS = {".safetensors": ("an EchoDistill file", is_echodistill_file), ".png": ("a PNG image", is_png)}
 
 

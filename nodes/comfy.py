@@ -58,17 +58,20 @@ def free_device_memory_for_training() -> None:
 
 def checkpoint_weights(model, clip, vae, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A stock MODEL, CLIP and VAE as the single-file checkpoint ComfyUI's CheckpointSave would write them
-    (LoRAs and other patches applied), copied to the CPU in `dtype` one tensor at a time, as ordinary
-    tensors (not inference tensors, so they can be the frozen weights of a training). Outside ComfyUI
-    there is no stock model."""
+    (LoRAs and other patches applied), copied to the CPU in `dtype` as ordinary tensors (not inference
+    tensors, so they can be the frozen weights of a training); ComfyUI's models then leave the GPU.
+    Outside ComfyUI there is no stock model."""
     if model_management is None:
         raise RuntimeError("stock MODEL, CLIP and VAE sockets exist only inside ComfyUI")
     model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
     weights = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+    copies = {}
     with torch.inference_mode(False):
-        return {key: weights.pop(key).detach().to("cpu", dtype if value.is_floating_point() else value.dtype,
-                                                    copy=True)
-                for key, value in list(weights.items())}
+        for key in list(weights):
+            value = weights.pop(key)
+            copies[key] = value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
+    free_device_memory_for_training()  # ComfyUI's copy leaves the GPU before ours arrives
+    return copies
 
 
 def model_kind(model) -> str:
@@ -88,7 +91,10 @@ def with_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
         raise ValueError(f"{len(unknown)} of the personalization's {len(stems)} layers (e.g. {unknown[0]}) are not "
                          f"in this {model_kind(model)} MODEL; connect the student the result was trained on")
     patched = model.clone()
-    patched.add_patches(comfy.lora.load_lora(lora, key_map, log_missing=False), strength)
+    applied = patched.add_patches(comfy.lora.load_lora(lora, key_map, log_missing=False), strength)
+    if len(applied) != len(stems):
+        raise ValueError(f"only {len(applied)} of the personalization's {len(stems)} layers could be patched into "
+                         f"this {model_kind(model)} MODEL; connect the student the result was trained on")
     return patched
 
 

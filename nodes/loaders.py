@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..echodistill_core.checkpoints import load_single_file
+from ..echodistill_core.checkpoints import LOAD_STEPS, load_single_file
 from ..echodistill_core.demo import bundled_model
 from ..echodistill_core.families import FAMILIES
 from ..echodistill_core.loading import load_diffusers_folder
@@ -25,7 +25,8 @@ def model_choices(role: str) -> list[str]:
         [f"checkpoints/{name}" for name in comfy.model_names("checkpoints")]
 
 
-def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
+def load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
+    """The chosen model; a checkpoint file's load moves a progress bar and stops between its parts on Cancel."""
     device = comfy.torch_device()
     dtype = weights_dtype(precision, device)
     with torch.inference_mode(False):  # weights made here must be usable for training later
@@ -37,8 +38,14 @@ def load(role: str, choice: str, family: str, precision: str) -> LoadedModel:
         if path is None:
             raise ValueError(f"{choice} is not in ComfyUI's models/{kind} folder any more; refresh the page")
         if kind == "checkpoints":
+            bar = comfy.Progress(LOAD_STEPS, node_id)
+
+            def after_each_part(done, total):
+                bar.update(done)
+                comfy.throw_if_interrupted()
+
             model, text, found = load_single_file(path, role=role, family=None if family == AUTO_FAMILY else family,
-                                                  dtype=dtype, device=device)
+                                                  dtype=dtype, device=device, progress=after_each_part)
             return LoadedModel(model, text, choice, family=found.name)
         model, text = load_diffusers_folder(path, dtype=dtype, device=device, role=role)
         return LoadedModel(model, text, choice)
@@ -69,7 +76,7 @@ class _Loader:
                        "look alike, so set it if the detected one is wrong. A student is taken as Turbo. "
                        "Ignored for the bundled models and diffusers folders."}),
             "precision": PRECISION_INPUT,
-        }}
+        }, "hidden": {"node_id": "UNIQUE_ID"}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, model=None):
@@ -83,8 +90,8 @@ class _Loader:
         return (f"{name} is not in ComfyUI's models/{kind} folder ({where}). Put the {cls.ROLE} there (the "
                 "workflow's note says where to download it), refresh the page and queue again, or choose another")
 
-    def load(self, model, family, precision):
-        return (load(self.ROLE, model, family, precision),)
+    def load(self, model, family, precision, node_id=None):
+        return (load(self.ROLE, model, family, precision, node_id),)
 
 
 class TeacherRole:

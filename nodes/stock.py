@@ -23,7 +23,8 @@ class _FromCheckpoint:
         return {"required": {
             "model": ("MODEL", {"tooltip": f"The {cls.ROLE}'s MODEL from a stock loader (Load Checkpoint). "
                                 f"{cls.EXAMPLE} LoRAs already applied to it are trained on as part of it."}),
-            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint."}),
+            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint. Teacher and student share the teacher's "
+                              "text encoder, so a LoRA on the student's CLIP is not used."}),
             "vae": ("VAE", {"tooltip": "The VAE of the same checkpoint."}),
             "family": (FAMILY_CHOICES, {"default": AUTO_FAMILY, "tooltip": "Which model family it is. auto-detect "
                        "reads it from the weights (v-prediction as ComfyUI found it); a student is taken as Turbo."}),
@@ -32,7 +33,7 @@ class _FromCheckpoint:
 
     def convert(self, model, clip, vae, family, precision):
         device = comfy.torch_device()
-        name = f"{comfy.model_kind(model)} MODEL"
+        name = f"the {self.ROLE}'s {comfy.model_kind(model)} MODEL"
         dtype = weights_dtype(precision, device)
         with torch.inference_mode(False):  # weights made here must be usable for training later
             weights = comfy.checkpoint_weights(model, clip, vae, dtype)
@@ -103,6 +104,12 @@ class EncodePrompt:
 
     def encode(self, one_step_model: Personalized, text):
         check_token(text, one_step_model.token)
+        token = one_step_model.personalization.token
+        ids = token.tokenizer(text, add_special_tokens=False).input_ids
+        if token.token_id in ids and ids.index(token.token_id) >= token.tokenizer.model_max_length - 2:
+            raise ValueError(f"the token {token.token} comes after the text encoder's "
+                             f"{token.tokenizer.model_max_length}-token window and would be cut off; shorten the "
+                             "prompt or put the token earlier")
         with torch.inference_mode(False), torch.no_grad(), one_step_model.applied():
             cond = one_step_model.text([text])
         return ([[cond.float().cpu(), {}]],)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from echodistill_core.checkpoints import load_single_file, read_checkpoint
+from echodistill_core.checkpoints import LOAD_STEPS, load_single_file, read_checkpoint
 from echodistill_core.models import IncompatiblePairError, check_pair
 from ldm_layout import tiny_family_models, write_config_folder, write_single_file
 from echodistill_core.families import FAMILIES, CheckpointError, check_role, detect_family, pair_problem
@@ -104,6 +104,10 @@ def test_ambiguous_sd2_layout_follows_role_marker_and_choice():
     assert detect_family(sd2).name == "sd2-512"
     assert detect_family(sd2 | {"v_pred": torch.tensor([])}).name == "sd2-768-v"
     assert detect_family(sd2, role="student").name == "sd-turbo"
+    v_prediction = sd2 | {"v_pred": torch.tensor([])}  # as ComfyUI writes SD 2.1 768-v: never a Turbo student
+    assert detect_family(v_prediction, role="student").name == "sd2-768-v"
+    with pytest.raises(CheckpointError, match="multi-step model"):
+        check_role(detect_family(v_prediction, role="student"), "student")
     assert detect_family(minimal("sgm")).name == "sd-turbo"  # as Stability publishes SD-Turbo
     assert detect_family(minimal("sgm"), choice="SD 2.x 512 (epsilon)").name == "sd2-512"
     with pytest.raises(CheckpointError, match="cannot be SD 1.x"):
@@ -175,6 +179,21 @@ def test_a_single_file_loads_every_weight_exactly(tmp_path, layout, role):
     assert len(text.tokenizer) == text_encoder.config.vocab_size
     assert text.tokenizer.pad_token == ("!" if layout != "sd1" else "<|endoftext|>")
     assert model.family == family.name and not any(p.requires_grad for p in model.unet.parameters())
+
+
+def test_a_load_reports_each_part_and_stops_when_the_report_raises(tmp_path):
+    """What a loader node's progress bar and Cancel rely on."""
+    path, config, _ = layout_file(tmp_path, "sd2")
+    reported = []
+    load_single_file(path, role="teacher", config=config, progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(step, LOAD_STEPS) for step in range(1, LOAD_STEPS + 1)]
+
+    def cancel_after_the_unet(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        load_single_file(path, role="teacher", config=config, progress=cancel_after_the_unet)
 
 
 def test_a_weights_only_ckpt_loads_like_its_safetensors(tmp_path):

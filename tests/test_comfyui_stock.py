@@ -87,7 +87,6 @@ def test_a_stock_checkpoint_goes_in_and_the_personalized_student_comes_out_as_a_
     }
     entry = server.wait(server.queue(prompt), cpu_budget=7200)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-3000:]
-    assert "NOT LOADED" not in server.log.read_text()
 
     def image(prefix: str):
         files = sorted((server.root / "output").glob(f"{prefix}_*.png"))

@@ -138,6 +138,7 @@ CASES = [
     # sampling
     ("sample steps negative", lambda h: sample(h, "--sample-steps=-1"), "not a number of sampling steps"),
     ("sample seed negative", lambda h: sample(h, "--seed=-3"), "is not a seed"),
+    ("sample seed not a number", lambda h: sample(h, "--seed", "abc"), "'abc' is not a whole number"),
     ("sample result missing", lambda h: sample(h, result="nowhere.safetensors"), "nowhere.safetensors does not exist"),
     ("sample result is garbage", lambda h: sample(h, result="garbage.safetensors"), "is not an EchoDistill result"),
     ("sample out is a user's file", lambda h: sample(h, out="notes.png"), "notes.png exists and is not a PNG image"),

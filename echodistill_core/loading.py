@@ -17,10 +17,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .checkpoints import load_single_file
 from .compat import transformers_dtype
 from .models import DiffusionModel, TextConditioner
+from .sampling import Progress
 from .schedule import NoiseSchedule
 from .tokenizer import check_tokenizer
 
 REQUIRED_PARTS = ("unet", "scheduler", "text_encoder", "tokenizer")
+FOLDER_LOAD_STEPS = 3  # the UNet, the VAE (or its absence), the text encoder
 
 
 class ModelFolderError(ValueError):
@@ -28,12 +30,14 @@ class ModelFolderError(ValueError):
 
 
 def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32,
-                          device: str | torch.device = "cpu", role: str | None = None
-                          ) -> tuple[DiffusionModel, TextConditioner]:
+                          device: str | torch.device = "cpu", role: str | None = None,
+                          progress: Progress | None = None) -> tuple[DiffusionModel, TextConditioner]:
     """The folder's diffusion model and its text encoder, frozen, in `dtype` on `device`.
 
     A `role` of "student" is checked before any weight loads: the folder's scheduler must start sampling
-    at the last timestep, as a one-step model's does."""
+    at the last timestep, as a one-step model's does. `progress(done, total)` is called after each of
+    the UNet, the VAE and the text encoder (FOLDER_LOAD_STEPS); it may raise to stop the load."""
+    report = progress or (lambda done, total: None)
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist; pass a diffusers-format folder")
@@ -50,10 +54,13 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
             check_one_step(scheduler, folder.name)
         schedule = NoiseSchedule.from_scheduler_config(scheduler)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **options)
+        report(1, FOLDER_LOAD_STEPS)
         vae = None
         if (folder / "vae").is_dir():
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
+        report(2, FOLDER_LOAD_STEPS)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **transformers_dtype(dtype), **options)
+        report(3, FOLDER_LOAD_STEPS)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **options)
     except ModelFolderError:
         raise

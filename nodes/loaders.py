@@ -8,7 +8,7 @@ import torch
 from ..echodistill_core.checkpoints import LOAD_STEPS, load_single_file
 from ..echodistill_core.demo import bundled_model
 from ..echodistill_core.families import FAMILIES
-from ..echodistill_core.loading import load_diffusers_folder
+from ..echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
 from . import comfy
 from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
@@ -26,7 +26,7 @@ def model_choices(role: str) -> list[str]:
 
 
 def load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
-    """The chosen model; a checkpoint file's load moves a progress bar and stops between its parts on Cancel."""
+    """The chosen model; a file's or folder's load moves a progress bar and stops between its parts on Cancel."""
     device = comfy.torch_device()
     dtype = weights_dtype(precision, device)
     with torch.inference_mode(False):  # weights made here must be usable for training later
@@ -37,17 +37,17 @@ def load(role: str, choice: str, family: str, precision: str, node_id: str | Non
         path = comfy.model_path(kind, name)
         if path is None:
             raise ValueError(f"{choice} is not in ComfyUI's models/{kind} folder any more; refresh the page")
+        bar = comfy.Progress(LOAD_STEPS if kind == "checkpoints" else FOLDER_LOAD_STEPS, node_id)
+
+        def after_each_part(done, total):
+            bar.update(done)
+            comfy.throw_if_interrupted()
+
         if kind == "checkpoints":
-            bar = comfy.Progress(LOAD_STEPS, node_id)
-
-            def after_each_part(done, total):
-                bar.update(done)
-                comfy.throw_if_interrupted()
-
             model, text, found = load_single_file(path, role=role, family=None if family == AUTO_FAMILY else family,
                                                   dtype=dtype, device=device, progress=after_each_part)
             return LoadedModel(model, text, choice, family=found.name)
-        model, text = load_diffusers_folder(path, dtype=dtype, device=device, role=role)
+        model, text = load_diffusers_folder(path, dtype=dtype, device=device, role=role, progress=after_each_part)
         return LoadedModel(model, text, choice)
 
 

@@ -186,6 +186,23 @@ def describe_networks(choice: str, networks) -> dict:
             "feature": name(networks.feature)}
 
 
+def echo_stage_trainer(teacher, student, text, preset, networks, resolution: int):
+    """A paper-preset trainer under `preset`, at the first step of its echo stage with every optimizer's moments
+    made: the state whose iteration holds the run's peak."""
+    from echodistill_core.config import PRESETS
+    from echodistill_core.data import ConceptDataset
+    from echodistill_core.demo import demo_concept_images
+    from echodistill_core.trainer import EchoDistillTrainer
+
+    config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
+    concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
+                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+    prime_optimizers(trainer)
+    trainer.step = config.echo_start_step
+    return trainer
+
+
 def prime_optimizers(trainer) -> None:
     """Create every optimizer's moments, as a first step would, so one iteration shows the steady state."""
     import torch
@@ -234,11 +251,7 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, netw
                tiny: bool) -> dict:
     import torch
 
-    from echodistill_core.config import PRESETS
-    from echodistill_core.data import ConceptDataset
-    from echodistill_core.demo import demo_concept_images
     from echodistill_core.memory import MEMORY_PRESETS
-    from echodistill_core.trainer import EchoDistillTrainer
 
     torch.set_num_threads(1)
     baseline = resident_bytes()
@@ -254,12 +267,8 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, netw
     image_networks = module_bytes(*networks.image_networks())
     frozen = module_bytes(teacher.unet, student.unet, teacher.vae, text.text_encoder) + image_networks
 
-    config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
-    concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
-                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
-    prime_optimizers(trainer)
-    trainer.step = config.echo_start_step
+    trainer = echo_stage_trainer(teacher, student, text, preset, networks, resolution)
+    config = trainer.config
     snapshot = tree_bytes(trainer._trainable_state()) if config.rollback != "off" else 0
     meter = PhaseMeter(trainer)
 
@@ -400,11 +409,7 @@ def estimate_preset(name: str, resolution: int, networks_choice: str, tiny: bool
 
     import torch
 
-    from echodistill_core.config import PRESETS
-    from echodistill_core.data import ConceptDataset
-    from echodistill_core.demo import demo_concept_images
     from echodistill_core.memory import MEMORY_PRESETS
-    from echodistill_core.trainer import EchoDistillTrainer
 
     started = time.perf_counter()
     preset = MEMORY_PRESETS[name]
@@ -416,12 +421,8 @@ def estimate_preset(name: str, resolution: int, networks_choice: str, tiny: bool
             networks = build_networks(networks_choice, dtype, tiny)
         gc.collect()
         frozen = counter.now
-        config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
-        concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
-        trainer = EchoDistillTrainer(teacher, student, text, concept, config,
-                                     discriminator_backbones=networks.discriminators, feature_network=networks.feature)
-        prime_optimizers(trainer)
-        trainer.step = config.echo_start_step
+        trainer = echo_stage_trainer(teacher, student, text, preset, networks, resolution)
+        config = trainer.config
         records = {}
         phase_started = [0]
 

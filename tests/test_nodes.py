@@ -86,6 +86,14 @@ def bundled_pair(pack):
     return teacher, student
 
 
+def cup(pack):
+    """The bundled pair and a two-photo <cup> concept; call it inside inference mode, as ComfyUI runs nodes."""
+    teacher, student = bundled_pair(pack)
+    concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                   class_word="cup", initializer_word="")
+    return teacher, student, concept
+
+
 def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
     with torch.inference_mode():  # as ComfyUI runs every prompt
         teacher, student = bundled_pair(pack)
@@ -143,9 +151,7 @@ def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, c
         return original(trainer)
     monkeypatch.setattr(trainer_module.EchoDistillTrainer, "train_step", nan_at_step_three)
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         settings = dict(teacher=teacher, student=student, concept=concept, steps=4, parameterisation="lora",
                         memory="12 GB", echo=False, seed=0, preview_every=0)
         with pytest.raises(RuntimeError, match="nan at step 3. The state after step 2 is saved as "
@@ -164,9 +170,7 @@ def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, co
     sent = []
     monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         settings = dict(teacher=teacher, student=student, concept=concept, steps=1, parameterisation="lora",
                         memory="12 GB", echo=False, seed=0, preview_every=0, node_id="7")
         defaults, = run(pack, "EchoDistillLoadImageNetworks", discriminators="teacher", feature_network="teacher",
@@ -192,9 +196,7 @@ def test_train_refuses_image_networks_its_memory_preset_has_no_room_for(pack):
     core = sys.modules["echodistill_pack.echodistill_core.image_networks"]
     large = core.RunNetworks([torch.nn.Linear(16384, 16384, device="meta")], "teacher")  # 0.5 GB in bf16
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         with pytest.raises(ValueError, match="more than the 8 GB memory preset leaves room for"):
             run(pack, "EchoDistillTrain", teacher=dataclasses.replace(teacher, tiny=False), student=student,
                 concept=concept, steps=1, parameterisation="lora", memory="8 GB", echo=False, seed=0,
@@ -231,9 +233,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
     with pytest.raises(ValueError, match="plain file name"):
         comfy.safe_file_name("../../etc/passwd")
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         one_step, *_ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
                              steps=1, parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0)
         with pytest.raises(ValueError, match="does not mention the concept's token <cup>"):
@@ -336,9 +336,7 @@ def test_samplers_and_save_refuse_empty_prompts_and_paths_at_queue_time(pack):
 @pytest.fixture
 def trained_cup(pack, comfy):
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         one_step, teacher_model, plot, summary = run(
             pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept, steps=1,
             parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0, lora_rank=2)
@@ -378,9 +376,7 @@ def test_train_sends_previews_from_step_one_at_their_real_size_with_their_prompt
     sent = []
     monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
     with torch.inference_mode():
-        teacher, student = bundled_pair(pack)
-        concept, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
-                       class_word="cup", initializer_word="")
+        teacher, student, concept = cup(pack)
         run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept, steps=5,
             parameterisation="lora", memory="12 GB", echo=True, seed=0, preview_every=2, node_id="4",
             preview_prompts="a <cup> cup\n\na red ring on teal\n")

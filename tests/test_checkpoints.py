@@ -196,15 +196,6 @@ def test_a_load_reports_each_part_and_stops_when_the_report_raises(tmp_path):
         load_single_file(path, role="teacher", config=config, progress=cancel_after_the_unet)
 
 
-def test_a_folder_load_reports_each_part():
-    from echodistill_core.demo import BUNDLED
-    from echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
-
-    reported = []
-    load_diffusers_folder(BUNDLED / "teacher", progress=lambda done, total: reported.append((done, total)))
-    assert reported == [(step, FOLDER_LOAD_STEPS) for step in range(1, FOLDER_LOAD_STEPS + 1)]
-
-
 def test_a_weights_only_ckpt_loads_like_its_safetensors(tmp_path):
     path, config, _ = layout_file(tmp_path, "sd2")
     torch.save({"state_dict": read_checkpoint(path), "global_step": 1}, tmp_path / "model.ckpt")

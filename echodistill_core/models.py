@@ -168,7 +168,9 @@ def check_pair(teacher: DiffusionModel, student: DiffusionModel, text: TextCondi
         )
 
 
-TEXT_ENCODER_TOLERANCE = 0.01  # relative distance: precision conversions stay far below, other encoders far above
+# Relative weight distance between the two text encoders: fp16/bf16 copies (~1e-3) and light fine-tunes
+# pass; an encoder trained apart (~1) does not.
+TEXT_ENCODER_TOLERANCE = 0.1
 
 
 def _same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:

@@ -66,6 +66,15 @@ class PlaceholderToken(nn.Module):
         vector = table.weight[torch.tensor(pieces, device=table.weight.device)].float().mean(0)
         return cls(token, tokenizer.convert_tokens_to_ids(token), vector, tokenizer)
 
+    def check_within_window(self, prompt: str) -> None:
+        """Refuse a prompt in which this token comes after the text encoder's window, so would be cut off."""
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        window = self.tokenizer.model_max_length
+        if self.token_id in ids and ids.index(self.token_id) >= window - 2:  # between the start and end tokens
+            raise ValueError(f"in the prompt {prompt!r} the token {self.token} comes after the text encoder's "
+                             f"{window}-token window and would be cut off; shorten the prompt or put the token "
+                             "earlier")
+
     @contextmanager
     def applied(self, text: TextConditioner) -> Iterator[None]:
         """Tokenize and encode prompts with this token; put the shared tokenizer and frozen table back afterwards."""

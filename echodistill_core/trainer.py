@@ -129,19 +129,14 @@ class EchoDistillTrainer:
     def _check_token_within_the_text_window(self) -> None:
         """Every prompt training can draw (the captions, or each template with each edit; the echo's contexts
         come after the token) must keep the token inside the text encoder's window, or it would be cut off."""
-        concept, tokenizer = self.concept, self.token.tokenizer
+        concept = self.concept
         if concept.captions is not None:
             prompts = list(concept.captions)
         else:
             edits = ("",) + SMALL_EDITS + LARGE_EDITS
             prompts = [template.format(edit + concept.subject) for template in concept.templates for edit in edits]
-        last = tokenizer.model_max_length - 2  # after the start token, before the end token
         for prompt in prompts:
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            if self.token.token_id in ids and ids.index(self.token.token_id) >= last:
-                raise ValueError(f"in the prompt {prompt!r} the token {self.token.token} comes after the text "
-                                 f"encoder's {tokenizer.model_max_length}-token window and would be cut off; "
-                                 "shorten the caption or put the token earlier")
+            self.token.check_within_window(prompt)
 
     def _backbone(self, backbone: nn.Module | str) -> nn.Module:
         if backbone == TEACHER_FEATURES:

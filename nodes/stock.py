@@ -104,12 +104,7 @@ class EncodePrompt:
 
     def encode(self, one_step_model: Personalized, text):
         check_token(text, one_step_model.token)
-        token = one_step_model.personalization.token
-        ids = token.tokenizer(text, add_special_tokens=False).input_ids
-        if token.token_id in ids and ids.index(token.token_id) >= token.tokenizer.model_max_length - 2:
-            raise ValueError(f"the token {token.token} comes after the text encoder's "
-                             f"{token.tokenizer.model_max_length}-token window and would be cut off; shorten the "
-                             "prompt or put the token earlier")
+        one_step_model.personalization.token.check_within_window(text)
         with torch.inference_mode(False), torch.no_grad(), one_step_model.applied():
             cond = one_step_model.text([text])
         return ([[cond.float().cpu(), {}]],)

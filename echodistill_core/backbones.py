@@ -19,6 +19,7 @@ from torch import nn
 
 from .adapters import AdapterSet
 from .models import DiffusionModel
+from .parallel import Shard
 
 TEACHER_FEATURES = "teacher"  # names the default backbone, TeacherUNetFeatures, where networks are chosen
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -48,8 +49,10 @@ class TeacherUNetFeatures(nn.Module):
     def forward(self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         teacher = self._teacher[0]
         unet, dtype = teacher.unet, teacher.dtype
-        t = torch.randint(self.timesteps[0], self.timesteps[1] + 1, (len(latents),), generator=generator)
-        eps = torch.randn(latents.shape, generator=generator).to(latents)
+        shard = Shard.current()  # drawn for the whole batch, this process's slice kept (parallel.py)
+        count = len(latents) * shard.world
+        t = shard.take(torch.randint(self.timesteps[0], self.timesteps[1] + 1, (count,), generator=generator))
+        eps = shard.take(torch.randn((count, *latents.shape[1:]), generator=generator)).to(latents)
         t = t.to(latents.device)
         z_t = teacher.schedule.add_noise(latents, eps, t).to(dtype)
         adapters = self._adapters[0]

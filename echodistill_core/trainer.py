@@ -33,6 +33,7 @@ from .data import LARGE_EDITS, SMALL_EDITS, ConceptDataset, random_choice
 from .discriminators import Discriminator
 from .memory import Offload
 from .models import DiffusionModel, TextConditioner, check_pair
+from .parallel import Shard, average, average_gradients
 from .personalization import Personalization
 from .sampling import generate_student
 from .serialization import ResultFileError, load_tree, save_tree
@@ -89,6 +90,8 @@ class EchoDistillTrainer:
         if beyond:
             raise ValueError(f"{', '.join(beyond)} reach past the teacher's last timestep ({last}); keep them within 0..{last}")
         self.teacher, self.student, self.text, self.concept, self.config = teacher, student, text, concept, config
+        self.shard = Shard.current()  # several processes share each batch (parallel.py); one: the whole batch
+        self.shard.size(config.batch_size)
         with torch.random.fork_rng(devices=[]):  # initial LoRA factors and heads follow the seed
             torch.manual_seed(config.seed)
             self.personalization = Personalization.create(config, teacher, student, text)
@@ -206,11 +209,14 @@ class EchoDistillTrainer:
         return lines
 
     # Randomness, all from self.generator.
+    # Per-sample draws are made for the whole batch and sliced (parallel.py): the same on any number of processes.
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
-        return to_device(torch.randn(like.shape, generator=self.generator), like.device).to(like.dtype)
+        whole = torch.randn((len(like) * self.shard.world, *like.shape[1:]), generator=self.generator)
+        return to_device(self.shard.take(whole), like.device).to(like.dtype)
 
     def _timesteps(self, bounds: tuple[int, int], count: int) -> torch.Tensor:
-        return to_device(torch.randint(bounds[0], bounds[1] + 1, (count,), generator=self.generator), self.teacher.device)
+        whole = torch.randint(bounds[0], bounds[1] + 1, (count * self.shard.world,), generator=self.generator)
+        return to_device(self.shard.take(whole), self.teacher.device)
 
     def _uncond_embedding(self) -> torch.Tensor:
         if self._uncond is None:
@@ -222,22 +228,22 @@ class EchoDistillTrainer:
     def train_step(self) -> dict[str, float]:
         """Method.md's five steps, the echo included; returns the losses. Call inside `applied()`."""
         config, teacher, student = self.config, self.teacher, self.student
-        batch = self.concept.sample(config.batch_size, self.generator)
-        images = batch.images.to(teacher.device)
+        batch = self.concept.sample(config.batch_size, self.generator)  # the whole batch; this process's slice
+        images, prompts = self.shard.take(batch.images).to(teacher.device), self.shard.take(batch.prompts)
         with self.offload.using(self.text.text_encoder, teacher.vae):
             with torch.no_grad(), phase("encode"):
                 z_real = teacher.encode(images)
                 uncond = self._uncond_embedding()
-            mask = F.interpolate(batch.masks.to(teacher.device), size=z_real.shape[-2:], mode="area")
+            mask = F.interpolate(self.shard.take(batch.masks).to(teacher.device), size=z_real.shape[-2:], mode="area")
             eps = self._noise(z_real)
             echo = None
             if self.in_echo_stage:  # the echo: the student's most real-looking samples join the teacher's batch
                 with phase("echo samples"):
                     echo = self._echo_samples(z_real.shape)
             with phase("1 teacher step"):
-                losses = self._teacher_step(z_real, batch.prompts, eps, mask, echo)
+                losses = self._teacher_step(z_real, prompts, eps, mask, echo)
             with torch.no_grad():
-                c = self.text(batch.prompts)  # sg(c), with the token as just updated
+                c = self.text(prompts)  # sg(c), with the token as just updated
 
         with self.offload.using(student.vae):
             with phase("2 student sample"):
@@ -346,13 +352,14 @@ class EchoDistillTrainer:
         contexts; the `echo_keep` fraction the discriminators find most real is kept."""
         config, concept = self.config, self.concept
         prompts = []
-        for _ in range(shape[0]):
+        for _ in range(shape[0] * self.shard.world):
             prompt = concept.template_prompt(self.generator)
             if torch.rand(1, generator=self.generator) < config.echo_context_probability:
                 prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
             prompts.append(prompt)
+        prompts = self.shard.take(prompts)
         c = self.text(prompts)
-        x_echo = self._student_x0(to_device(torch.randn(shape, generator=self.generator), self.student.device), c)
+        x_echo = self._student_x0(self._noise(torch.empty(shape, device=self.student.device)), c)
         images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
         score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
         keep = max(1, round(config.echo_keep * len(prompts)))
@@ -361,7 +368,7 @@ class EchoDistillTrainer:
         return x_echo[chosen], [prompts[index] for index in chosen]
 
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+        if not torch.isfinite(average(loss)):  # every process stops at once
             raise NonFiniteLossError(
                 f"the {name} loss became {loss.item()} at step {self.step + 1}; the run is back at the state "
                 f"after step {self.step}. Lower the learning rates or use fp32 / bf16 instead of fp16"
@@ -373,6 +380,7 @@ class EchoDistillTrainer:
         optimizer = self.optimizers[name]
         loss.backward()
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        average_gradients(parameters)  # several processes: the whole batch's gradient
         torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # gradients take no memory between steps
@@ -527,7 +535,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def read_losses(losses: dict) -> dict[str, float]:
     """The losses as Python floats, read from the device at once: one wait for a GPU, not one per loss."""
     tensors = {name: value.detach().float().reshape(()) for name, value in losses.items() if torch.is_tensor(value)}
-    values = dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
+    values = dict(zip(tensors, average(torch.stack(list(tensors.values()))).tolist())) if tensors else {}
     return {name: values[name] if name in values else float(value) for name, value in losses.items()}
 
 

@@ -384,8 +384,16 @@ def _backbone(config: PretrainedConfig, weights: dict[str, torch.Tensor] | Path,
               input_size: int | None, dtype: torch.dtype) -> ImageBackbone:
     """The model of `config` holding `weights` (tensors, or a transformers folder), every one, as a backbone."""
     model_class, options = MODELS[config.model_type]
-    folder, state_dict = (None, weights) if isinstance(weights, dict) else (str(weights), None)
     label = _label(config)
+    network = load_transformers(model_class, config, weights, source, label, dtype, **options)
+    return ImageBackbone.from_transformers(network, input_size=input_size, label=label, source=source)
+
+
+def load_transformers(model_class, config: PretrainedConfig, weights: dict[str, torch.Tensor] | Path, source: str,
+                      label: str, dtype: torch.dtype, **options) -> nn.Module:
+    """`model_class` of `config` holding `weights` (tensors, or a transformers folder), offline; refused,
+    naming the first difference, unless every weight is there in its shape."""
+    folder, state_dict = (None, weights) if isinstance(weights, dict) else (str(weights), None)
     try:
         network, loading = model_class.from_pretrained(
             folder, state_dict=state_dict, config=config, **transformers_dtype(dtype), local_files_only=True,
@@ -402,7 +410,7 @@ def _backbone(config: PretrainedConfig, weights: dict[str, torch.Tensor] | Path,
             f"{source} does not fit {label}: it {problems[0]}{more}. The file is incomplete or another network; "
             "download it again or use one of the supported networks"
         )
-    return ImageBackbone.from_transformers(network, input_size=input_size, label=label, source=source)
+    return network
 
 
 # Choosing a run's networks: the discriminators' backbones and the feature network f.

@@ -1,4 +1,4 @@
-"""`python -m echodistill_core {train,sample,demo}`: EchoDistill from a terminal."""
+"""`python -m echodistill_core {train,sample,evaluate,demo}`: EchoDistill from a terminal."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import logging
 import sys
 import time
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
 from .demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
@@ -25,6 +27,8 @@ from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFi
 from .judge import load_judge
 from .loading import load_model
 from .memory import MEMORY_PRESETS
+from .paper_metrics import DREAMBENCH_PROMPTS, PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
+from .parallel import Shard, start_from_environment
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .safekeeping import check_output, is_echodistill_file, keep
@@ -52,9 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 
     train = commands.add_parser("train", help="personalize a teacher/student pair on concept images")
     _add_model_options(train)
-    train.add_argument("--images", required=True, type=Path, help="a folder of 3-20 concept images")
+    train.add_argument("--images", type=Path, help="a folder of 3-20 concept images")
     train.add_argument("--token", default="<sks>", help="the new word for the concept")
-    train.add_argument("--class-word", required=True, help="what the concept is, e.g. dog")
+    train.add_argument("--class-word", help="what the concept is, e.g. dog")
+    train.add_argument("--concept", nargs=3, action="append", metavar=("FOLDER", "TOKEN", "CLASS_WORD"),
+                       help="a concept of a queue (repeatable): trained one after another into the --out folder, "
+                            "a finished one skipped and an interrupted one resumed when run again")
+    train.add_argument("--queue", type=Path, help='a JSON list of concepts, [{"images": "photos/dog", '
+                       '"token": "<my-dog>", "class_word": "dog"}, ...], trained as --concept')
+    train.add_argument("--devices", nargs="+", metavar="DEVICE",
+                       help="spread the queue's concepts over these devices (cuda:0 cuda:1 ...), one process each")
     train.add_argument("--initializer-word", default="", help="word the token starts from (default: the class word)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="starting settings")
     presets = "; ".join(f"{preset.name}: {preset.summary}" for preset in MEMORY_PRESETS.values())
@@ -71,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("dinov2", "DINOv2 ViT-L/14: a transformers folder or weights file")):
         train.add_argument(f"--{name}", type=Path, help=what)
     train.add_argument("--resume", type=Path, help="a training state saved by an interrupted run")
-    train.add_argument("--out", required=True, type=Path, help="where to write the result (.safetensors)")
+    train.add_argument("--out", required=True, type=Path,
+                       help="where to write the result (.safetensors); for a queue, a folder")
     train.add_argument("--overwrite", action="store_true", help="replace an existing EchoDistill result at --out")
     train.add_argument("--save-every", type=_count, default=0, metavar="N",
                        help="every N steps keep a resumable state (<out>.state.safetensors) and the result so far")
@@ -92,6 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--out", required=True, type=Path, help="PNG file for the image grid")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing PNG at --out")
 
+    evaluate = commands.add_parser("evaluate", help="the paper's figures (CLIP-I, DINO, CLIP-T) of a result "
+                                   "against its photos, beside the untouched model's")
+    _add_model_options(evaluate)
+    evaluate.add_argument("--result", required=True, type=Path, help="a result written by train")
+    evaluate.add_argument("--images", required=True, type=Path, help="the concept's photos")
+    evaluate.add_argument("--clip", type=Path, help="a whole CLIP model, for CLIP-I and CLIP-T (the paper's: "
+                          "openai/clip-vit-large-patch14-336): a transformers folder or weights file; a clip_vision "
+                          "file (image tower only) gives CLIP-I alone")
+    evaluate.add_argument("--dino", type=Path, help="DINO or DINOv2 for the DINO figure (the paper's: DINOv2 "
+                          "ViT-L/14, facebook/dinov2-large): a transformers folder or weights file")
+    evaluate.add_argument("--prompts", type=Path, help="prompts, one a line, {} where the subject goes "
+                          "(default: DreamBench's 25)")
+    evaluate.add_argument("--seeds", type=_seed, nargs="+", default=list(PAPER_SEEDS), help="seeds of every prompt")
+    evaluate.add_argument("--model", choices=("student", "teacher"), default="student",
+                          help="student: one step (the paper's figures); teacher: DDIM 25 steps with CFG")
+    evaluate.add_argument("--out", required=True, type=Path, help="a folder for scores.md, scores.json, grid.png")
+
     demo = commands.add_parser("demo", help="personalize the tiny default models to a demo concept")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     demo.add_argument("--steps", type=int, default=PRESETS["tiny"].steps, help="optimisation steps")
@@ -100,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return {"train": _train, "sample": _sample, "demo": _demo}[args.command](args)
+        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "demo": _demo}[args.command](args)
     except (ValueError, OSError, MemoryError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -156,6 +185,18 @@ def _train(args) -> int:
     if args.teacher.resolve() == args.student.resolve():
         raise ValueError(f"{args.teacher} is given as both teacher and student; EchoDistill trains a multi-step "
                          "teacher (e.g. SD 2.1) with a one-step student (e.g. SD-Turbo)")
+    device = start_from_environment()  # under torchrun: one process per GPU, each batch shared (parallel.py)
+    args.device = device or args.device
+    concepts = [QueuedConcept(Path(folder), token, word) for folder, token, word in args.concept or []]
+    concepts += read_queue(args.queue) if args.queue else []
+    if concepts:
+        check_queue(concepts, args.out)
+        if args.devices:
+            spread_over_devices(concepts, args.devices, partial(_train_queue, args))
+            return 0
+        return _train_queue(args, concepts)
+    if args.images is None or args.class_word is None:
+        raise ValueError("give the concept: --images and --class-word (or a queue: --concept or --queue)")
     # Everything that can be checked without the models is checked before they load.
     state_path = args.out.with_suffix(".state.safetensors")
     check_output(args.out, replace_own=args.overwrite or args.resume is not None)
@@ -163,29 +204,53 @@ def _train(args) -> int:
     if args.resume and not is_echodistill_file(args.resume):
         raise ValueError(f"{args.resume} is not an EchoDistill training state (or is damaged); give the "
                          "<out>.state.safetensors file an interrupted run wrote")
-    memory = MEMORY_PRESETS[args.memory]
-    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=args.class_word,
-                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
-    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
-    check_words(config.token, config.initializer_word or config.class_word,
-                "initializer word" if config.initializer_word else "class word")
+    check_words(args.token, args.initializer_word or args.class_word,
+                "initializer word" if args.initializer_word else "class word")
     images = read_images(args.images)
-    dtype = memory.weight_dtype(_device(args.device)) or torch.float32
-    files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
-    networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
-    memory.check_image_networks(networks)
+    config, dtype, networks = _run_settings(args, args.class_word)
     teacher, student, text, student_text = _load_pair(args, dtype)
     concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
     trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text,
                                  discriminator_backbones=networks.discriminators, feature_network=networks.feature)
     if args.resume:
         trainer.load_state(args.resume)
-    print("\n".join(trainer.describe()))
+    if trainer.shard.main:
+        print("\n".join(trainer.describe()))
     finished = run_with_progress(trainer, args.out, state_path, args.save_every)
-    if finished:
+    if finished and trainer.shard.main:
         print(f"result: {keep(trainer.personalization.save, args.out)}")
     return 0 if finished else 130
+
+
+def _run_settings(args, class_word: str):
+    """The run's config (the preset, the memory preset, the options), the frozen weights' dtype and the
+    image networks, read before any model loads."""
+    memory = MEMORY_PRESETS[args.memory]
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=class_word,
+                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
+    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
+    dtype = memory.weight_dtype(_device(args.device)) or torch.float32
+    files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
+    networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
+    memory.check_image_networks(networks)
+    return config, dtype, networks
+
+
+def _train_queue(args, concepts: list[QueuedConcept], device: str | None = None) -> int:
+    """Train the queue's concepts one after another (on `device`, when the queue is spread over several)."""
+    args.device = device or args.device
+    config, dtype, networks = _run_settings(args, args.class_word or "")
+    teacher, student, text, student_text = _load_pair(args, dtype)
+    say = print if Shard.current().main else (lambda line: None)
+
+    def run(trainer: EchoDistillTrainer, result: Path, state: Path) -> bool:
+        say("\n".join(trainer.describe()))
+        return run_with_progress(trainer, result, state, args.save_every)
+
+    outcome = train_queue(concepts, args.out, teacher, student, text, config, student_text=student_text,
+                          networks=networks, run=run, describe=say)
+    return 130 if INTERRUPTED in outcome.values() else 0
 
 
 def run_with_progress(trainer: EchoDistillTrainer, out: Path, state_path: Path, save_every: int = 0) -> bool:
@@ -193,25 +258,26 @@ def run_with_progress(trainer: EchoDistillTrainer, out: Path, state_path: Path, 
     `save_every` steps. On Ctrl-C, a non-finite loss, running out of memory or any other failure, the
     state of the last complete step is written (elsewhere if its place fails) and the message says
     where and how to resume."""
-    bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step")
+    bar = tqdm(total=trainer.config.steps, initial=trainer.step, unit="step", disable=not trainer.shard.main)
+    keeping = keep if trainer.shard.main else _kept_elsewhere  # several processes: the first one writes
 
     def report(step):
         bar.update(1)
         bar.set_postfix(teacher=f"{step.losses['teacher']:.3f}", student=f"{step.losses['student']:.3f}")
         if save_every and step.step % save_every == 0 and step.step < step.total:
-            keep(trainer.save_state, state_path, stop_on_interrupt=True)
-            keep(trainer.personalization.save, out, stop_on_interrupt=True)
+            keeping(trainer.save_state, state_path, stop_on_interrupt=True)
+            keeping(trainer.personalization.save, out, stop_on_interrupt=True)
 
     try:
         trainer.train(callback=report)
     except KeyboardInterrupt:
         bar.close()
-        kept = keep(trainer.save_state, state_path)
+        kept = keeping(trainer.save_state, state_path)
         print(f"interrupted after step {trainer.step}; the state is saved as {kept}; resume with --resume {kept}")
         return False
     except Exception as error:
         bar.close()
-        kept = keep(trainer.save_state, state_path)
+        kept = keeping(trainer.save_state, state_path)
         advice = {TrainingOutOfMemoryError: " and a smaller --memory preset",
                   NonFiniteLossError: " and lower learning rates"}.get(type(error), " once the cause is fixed")
         message = f"The state after step {trainer.step} is saved as {kept}: resume with --resume {kept}{advice}"
@@ -221,6 +287,34 @@ def run_with_progress(trainer: EchoDistillTrainer, out: Path, state_path: Path, 
         raise
     bar.close()
     return True
+
+
+def _kept_elsewhere(save, path: Path, **options) -> Path:
+    """What a process other than the first "keeps": nothing; the first process writes `path`."""
+    return path
+
+
+def _evaluate(args) -> int:
+    """Score a result by the paper's protocol; write the table, the figures and the grid of samples."""
+    if not is_echodistill_file(args.result):
+        raise ValueError(f"{args.result} is not an EchoDistill result (or is damaged); give a file written by train")
+    prompts = read_prompts(args.prompts.read_text()) if args.prompts else DREAMBENCH_PROMPTS
+    photos = read_images(args.images)
+    judges = load_judges(args.clip, args.dino)
+    teacher, student, text, _ = _load_pair(args)
+    personalization = Personalization.load(args.result, teacher, student, text)
+    bar = tqdm(total=2 * len(prompts), unit="prompt")
+    scores = evaluate_concept(teacher, student, text, personalization, photos, judges, prompts=tuple(prompts),
+                              seeds=tuple(args.seeds), role=args.model, progress=lambda done, total: bar.update(1))
+    bar.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scores.md").write_text(scores.table() + "\n")
+    (args.out / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2))
+    Image.fromarray((scores.grid * 255).round().to(torch.uint8).numpy()).save(args.out / "grid.png")
+    print(scores.table())
+    print(f"files: {args.out / 'scores.md'}, {args.out / 'scores.json'}, {args.out / 'grid.png'} (first row: the "
+          "photos; then a row per prompt: the personalized model's samples, a gap, the untouched model's)")
+    return 0
 
 
 def _sample(args) -> int:

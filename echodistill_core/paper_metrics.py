@@ -58,6 +58,16 @@ PAPER_FIGURES = {"CLIP-I": (0.783, "CLIP ViT-L/14 at 336 px"), "DINO": (0.637, "
 MODELS = ("personalized", "untouched")
 
 
+def read_prompts(text: str) -> list[str]:
+    """Evaluation prompts, one a line, {} where the subject goes; blank lines and # comments skipped."""
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    wrong = [prompt for prompt in prompts if prompt.count("{}") != 1]
+    if wrong or not prompts:
+        raise ValueError(f"prompt {wrong[0]!r} needs one {{}} where the subject goes" if wrong else
+                         "the prompt file holds no prompts; write one a line, e.g. 'a {} on the beach'")
+    return prompts
+
+
 class TeacherImageFeatures(nn.Module):
     """The frozen base teacher's pooled features (backbones.TeacherUNetFeatures) of images, with the empty
     prompt and fixed noise, as an image network: images [B, 3, H, W] in [-1, 1] -> [B, D]."""

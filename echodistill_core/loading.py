@@ -12,14 +12,16 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel
 
 from .checkpoints import load_single_file
 from .compat import transformers_dtype
 from .models import DiffusionModel, TextConditioner
 from .sampling import Progress
 from .schedule import NoiseSchedule
-from .tokenizer import check_tokenizer
+from .tokenizer import check_tokenizer, load_clip_tokenizer, write_slow_files
 
 REQUIRED_PARTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 FOLDER_LOAD_STEPS = 3  # the UNet, the VAE (or its absence), the text encoder
@@ -59,9 +61,9 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
         if (folder / "vae").is_dir():
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
         report(2, FOLDER_LOAD_STEPS)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **transformers_dtype(dtype), **options)
+        text_encoder = load_text_encoder(folder / "text_encoder", dtype)
         report(3, FOLDER_LOAD_STEPS)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **options)
+        tokenizer = load_clip_tokenizer(folder / "tokenizer")
     except ModelFolderError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
@@ -95,11 +97,53 @@ def check_one_step(scheduler_config: dict, name: str) -> None:
 
 def save_diffusers_folder(folder: str | Path, model: DiffusionModel, text: TextConditioner,
                           scheduler) -> None:
-    """Write a model in the layout `load_diffusers_folder` reads (safetensors weights)."""
+    """Write a model in the layout `load_diffusers_folder` reads (safetensors weights), which transformers 4
+    and 5 both read: the text encoder's weights under `text_model.` (as transformers 4 and the published SD
+    folders have them; transformers 5 writes them without), the tokenizer as tokenizer.json and CLIP's own
+    vocab.json and merges.txt (transformers 5 writes only the first)."""
     folder = Path(folder)
     model.unet.save_pretrained(folder / "unet")
     scheduler.save_pretrained(folder / "scheduler")
     text.text_encoder.save_pretrained(folder / "text_encoder")
+    prefix_text_encoder_weights(folder / "text_encoder")
     text.tokenizer.save_pretrained(folder / "tokenizer")
+    write_slow_files(folder / "tokenizer")
     if model.vae is not None:
         model.vae.save_pretrained(folder / "vae")
+
+
+TEXT_MODEL_PREFIX = "text_model."
+
+
+def prefix_text_encoder_weights(folder: str | Path) -> None:
+    """Put a CLIPTextModel's saved weights under `text_model.`, the names every transformers version reads."""
+    path = Path(folder) / "model.safetensors"
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+    weights = load_file(path)
+    if all(key.startswith(TEXT_MODEL_PREFIX) for key in weights):
+        return
+    save_file({key if key.startswith(TEXT_MODEL_PREFIX) else TEXT_MODEL_PREFIX + key: value
+               for key, value in weights.items()}, path, metadata=metadata or {"format": "pt"})
+
+
+def load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModel:
+    """A transformers CLIPTextModel folder whose weights are named with or without `text_model.`: transformers 5
+    reads both, transformers 4 only the first and would leave the other's weights random, so they are given
+    to the model by name here."""
+    model = CLIPTextModel.from_pretrained(folder, local_files_only=True, **transformers_dtype(dtype))
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return model
+    with safe_open(path, "pt") as file:
+        saved = set(file.keys())
+    expected = set(model.state_dict())
+    if saved <= expected:
+        return model
+    strip = not any(key.startswith(TEXT_MODEL_PREFIX) for key in expected)
+    renamed = {}
+    for key, value in load_file(path).items():
+        bare = key[len(TEXT_MODEL_PREFIX):] if key.startswith(TEXT_MODEL_PREFIX) else key
+        renamed[bare if strip else TEXT_MODEL_PREFIX + bare] = value
+    model.load_state_dict(renamed, strict=True)
+    return model

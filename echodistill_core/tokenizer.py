@@ -74,3 +74,44 @@ def check_tokenizer(tokenizer, source: str) -> None:
             "broken; put CLIP's tokenizer files (vocab.json, merges.txt or tokenizer.json) in its "
             "tokenizer/ folder"
         )
+
+
+# A tokenizer folder both transformers 4 and 5 read: transformers 5 writes only tokenizer.json, which the slow
+# CLIPTokenizer of transformers 4 cannot read (and tokenizers before 0.20 cannot parse its pair-list merges), so
+# the folder also carries CLIP's own two files, vocab.json and merges.txt, which every version reads.
+SLOW_FILES = ("vocab.json", "merges.txt")
+
+
+def _vocab_and_merges(tokenizer_json: Path) -> tuple[dict[str, int], list[str]]:
+    """The BPE vocabulary and merges ("a b" lines) of a tokenizers-library file, either merges format."""
+    model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    return model["vocab"], merges
+
+
+def write_slow_files(folder: str | Path) -> None:
+    """Add vocab.json and merges.txt, from its tokenizer.json, to a tokenizer folder that lacks them."""
+    folder = Path(folder)
+    if all((folder / name).is_file() for name in SLOW_FILES) or not (folder / "tokenizer.json").is_file():
+        return
+    vocab, merges = _vocab_and_merges(folder / "tokenizer.json")
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")
+
+
+def load_clip_tokenizer(folder: str | Path):
+    """CLIP's tokenizer from a folder, on transformers 4 and 5 alike: a folder with only tokenizer.json (as
+    transformers 5 writes it) is read on transformers 4 through vocab.json and merges.txt made from it."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    options = dict(local_files_only=True)
+    if all((folder / name).is_file() for name in SLOW_FILES) or "vocab" in inspect.signature(
+            CLIPTokenizerFast.__init__).parameters or not (folder / "tokenizer.json").is_file():
+        return CLIPTokenizer.from_pretrained(folder, **options)
+    with tempfile.TemporaryDirectory(prefix="echodistill-tokenizer-") as copy:  # transformers 4
+        for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+            if (folder / name).is_file():
+                (Path(copy) / name).write_bytes((folder / name).read_bytes())
+        write_slow_files(copy)
+        return CLIPTokenizer.from_pretrained(copy, **options)

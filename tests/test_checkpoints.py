@@ -196,6 +196,69 @@ def test_a_load_reports_each_part_and_stops_when_the_report_raises(tmp_path):
         load_single_file(path, role="teacher", config=config, progress=cancel_after_the_unet)
 
 
+def test_a_folder_load_reports_each_part():
+    from echodistill_core.demo import BUNDLED
+    from echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
+
+    reported = []
+    load_diffusers_folder(BUNDLED / "teacher", progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(step, FOLDER_LOAD_STEPS) for step in range(1, FOLDER_LOAD_STEPS + 1)]
+
+
+PROMPTS = ["a big pink heart on black", "a small red square on teal, twice!"]
+
+
+def same_text(first, second) -> bool:
+    """Equal tokens for PROMPTS and equal text-encoder weights (compared by name without `text_model.`)."""
+    def weights(text):
+        return {key.removeprefix("text_model."): value for key, value in text.text_encoder.state_dict().items()}
+
+    a, b = weights(first), weights(second)
+    return (first.tokenizer(PROMPTS).input_ids == second.tokenizer(PROMPTS).input_ids and a.keys() == b.keys()
+            and all(torch.equal(a[key], b[key]) for key in a))
+
+
+def test_a_saved_folder_is_in_the_layout_every_transformers_version_reads(tmp_path):
+    """save_diffusers_folder writes the text encoder's weights under text_model. and the tokenizer's vocab.json
+    and merges.txt beside tokenizer.json, whichever transformers writes: what transformers 4 reads as well as 5."""
+    from safetensors import safe_open
+
+    from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder
+    from echodistill_core.tiny import tiny_model, tiny_scheduler, tiny_text
+
+    model, text = tiny_model(latent=True), tiny_text()
+    save_diffusers_folder(tmp_path / "model", model, text, tiny_scheduler())
+    with safe_open(tmp_path / "model" / "text_encoder" / "model.safetensors", "pt") as file:
+        assert all(key.startswith("text_model.") for key in file.keys())
+    assert {"vocab.json", "merges.txt"} <= {path.name for path in (tmp_path / "model" / "tokenizer").iterdir()}
+    _, loaded = load_diffusers_folder(tmp_path / "model")
+    assert same_text(loaded, text)
+
+
+def test_a_folder_written_by_transformers_5_alone_loads_on_every_version():
+    """Text-encoder weights without text_model. and a tokenizer.json alone, as transformers 5 writes them: the
+    bundled folders' old layout, which transformers 4 read as random weights and no tokenizer."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from echodistill_core.demo import BUNDLED
+    from echodistill_core.loading import load_diffusers_folder
+
+    with tempfile.TemporaryDirectory() as copy:
+        folder = Path(shutil.copytree(BUNDLED / "teacher", Path(copy) / "teacher"))
+        weights = folder / "text_encoder" / "model.safetensors"
+        save_file({key.removeprefix("text_model."): value for key, value in load_file(weights).items()}, weights,
+                  metadata={"format": "pt"})
+        for name in ("vocab.json", "merges.txt"):
+            (folder / "tokenizer" / name).unlink(missing_ok=True)
+        _, bare = load_diffusers_folder(folder)
+    _, bundled = load_diffusers_folder(BUNDLED / "teacher")
+    assert same_text(bare, bundled)
+
+
 def test_a_weights_only_ckpt_loads_like_its_safetensors(tmp_path):
     path, config, _ = layout_file(tmp_path, "sd2")
     torch.save({"state_dict": read_checkpoint(path), "global_step": 1}, tmp_path / "model.ckpt")

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from echodistill_core import world
-from echodistill_core.demo import BUNDLED, bundled_models_present, default_models
+from echodistill_core.demo import bundled_models_present, default_models
 from echodistill_core.judge import attribute_accuracy, comfy_to_world
-from echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
+from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.sampling import generate_student, generate_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,10 +50,3 @@ def test_the_student_follows_prompts_in_one_step(judge):
     images = generate_student(student, text, prompts, list(range(200)), steps=1)
     accuracy = attribute_accuracy(comfy_to_world(images), attributes, judge)
     assert min(accuracy.values()) >= STUDENT_TARGET, accuracy
-
-
-def test_a_folder_load_reports_each_part():
-    """What a loader node's progress bar and Cancel rely on."""
-    reported = []
-    load_diffusers_folder(BUNDLED / "teacher", progress=lambda done, total: reported.append((done, total)))
-    assert reported == [(step, FOLDER_LOAD_STEPS) for step in range(1, FOLDER_LOAD_STEPS + 1)]

@@ -26,6 +26,9 @@ import torch.nn.functional as F
 TINY_ASSETS = Path(__file__).parent / "assets" / "tiny"
 TEACHER_FOLDER = TINY_ASSETS / "teacher"  # trained by tools/train_tiny_teacher.py
 STUDENT_FOLDER = TINY_ASSETS / "student"  # distilled by tools/distill_tiny_student.py
+LATENT_TEACHER_FOLDER = TINY_ASSETS / "latent-teacher"  # on a tiny VAE's latents: train_tiny_teacher.py --vae
+LATENT_STUDENT_FOLDER = TINY_ASSETS / "latent-student"  # epsilon, one step from the last timestep, as SD-Turbo
+PAIRS = {"pixel": (TEACHER_FOLDER, STUDENT_FOLDER), "latent": (LATENT_TEACHER_FOLDER, LATENT_STUDENT_FOLDER)}
 TEACHER_GUIDANCE = 3.0  # the CFG scale the bundled teacher follows prompts best with
 
 IMAGE_SIZE = 32

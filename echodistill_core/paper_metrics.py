@@ -147,10 +147,10 @@ def load_judges(clip: str | Path | None = None, dino: str | Path | None = None, 
 
 def with_fallback(judges: Judges, teacher: DiffusionModel, text: TextConditioner) -> Judges:
     """`judges`, or when it has no image network, what the pack has: the tiny world's judge for models of
-    the tiny world (32 px, pixel space), else the frozen base teacher's features."""
+    the tiny world (32 px images, in pixel space or through a VAE), else the frozen base teacher's features."""
     if judges.image:
         return judges
-    if teacher.in_pixel_space and teacher.image_size() == world.IMAGE_SIZE:
+    if teacher.image_size() == world.IMAGE_SIZE:
         figure, network = "judge-I", JudgeImageFeatures(load_judge())
     else:
         figure, network = "teacher-I", TeacherImageFeatures(teacher, text)

@@ -190,6 +190,9 @@ def _train(args) -> int:
     concepts = [QueuedConcept(Path(folder), token, word) for folder, token, word in args.concept or []]
     concepts += read_queue(args.queue) if args.queue else []
     if concepts:
+        if args.images or args.resume:
+            raise ValueError("give either one concept (--images, --resume) or a queue (--concept, --queue): a queue "
+                             "resumes each of its concepts by itself")
         check_queue(concepts, args.out)
         if args.devices:
             spread_over_devices(concepts, args.devices, partial(_train_queue, args))

@@ -102,3 +102,9 @@ def test_the_command_line_scores_a_result_by_the_papers_protocol(model_folders, 
     assert "| CLIP-T |" in capsys.readouterr().out
     with Image.open(tmp_path / "scores" / "grid.png") as grid:
         assert grid.size == (5 * 128, 3 * 128)  # the photos, then two prompts: two seeds, a gap, two seeds
+
+
+def test_a_queue_mixed_with_one_concepts_options_is_refused(tmp_path, capsys):
+    assert cli.main(["train", "--teacher", "teacher", "--student", "student", "--concept", str(tmp_path), "<a>", "toy",
+                     "--images", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "either one concept" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFi
 from .judge import load_judge
 from .loading import load_model
 from .memory import MEMORY_PRESETS
-from .paper_metrics import DREAMBENCH_PROMPTS, PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
+from .paper_metrics import PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
 from .parallel import Shard, start_from_environment
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--dino", type=Path, help="DINO or DINOv2 for the DINO figure (the paper's: DINOv2 "
                           "ViT-L/14, facebook/dinov2-large): a transformers folder or weights file")
     evaluate.add_argument("--prompts", type=Path, help="prompts, one a line, {} where the subject goes "
-                          "(default: DreamBench's 25)")
+                          "(default: DreamBench's 25, its live subjects' for a dog or a cat)")
     evaluate.add_argument("--seeds", type=_seed, nargs="+", default=list(PAPER_SEEDS), help="seeds of every prompt")
     evaluate.add_argument("--model", choices=("student", "teacher"), default="student",
                           help="student: one step (the paper's figures); teacher: DDIM 25 steps with CFG")
@@ -301,14 +301,19 @@ def _evaluate(args) -> int:
     """Score a result by the paper's protocol; write the table, the figures and the grid of samples."""
     if not is_echodistill_file(args.result):
         raise ValueError(f"{args.result} is not an EchoDistill result (or is damaged); give a file written by train")
-    prompts = read_prompts(args.prompts.read_text()) if args.prompts else DREAMBENCH_PROMPTS
+    prompts = read_prompts(args.prompts.read_text()) if args.prompts else None
     photos = read_images(args.images)
     judges = load_judges(args.clip, args.dino)
     teacher, student, text, _ = _load_pair(args)
     personalization = Personalization.load(args.result, teacher, student, text)
-    bar = tqdm(total=2 * len(prompts), unit="prompt")
-    scores = evaluate_concept(teacher, student, text, personalization, photos, judges, prompts=tuple(prompts),
-                              seeds=tuple(args.seeds), role=args.model, progress=lambda done, total: bar.update(1))
+    bar = tqdm(unit="prompt")
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(1)
+
+    scores = evaluate_concept(teacher, student, text, personalization, photos, judges, prompts=prompts,
+                              seeds=tuple(args.seeds), role=args.model, progress=progress)
     bar.close()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scores.md").write_text(scores.table() + "\n")

@@ -42,20 +42,33 @@ from .text_networks import (TEXT_ADVICE, TextTower, clip_folder_config, clip_wei
                             load_clip_text)
 
 PAPER_SEEDS = (0, 1, 2, 3)
-# DreamBench's prompts for objects; {} is the subject ("<token> <class word>", or the class word alone).
-DREAMBENCH_PROMPTS = tuple("a {} " + context for context in (
+# DreamBench's prompts; {} is the subject ("<token> <class word>", or the class word alone). Its live
+# subjects (dogs and cats) have their own: the first ten, then outfits.
+_SETTINGS = tuple("a {} " + context for context in (
     "in the jungle", "in the snow", "on the beach", "on a cobblestone street", "on top of pink fabric",
     "on top of a wooden floor", "with a city in the background", "with a mountain in the background",
-    "with a blue house in the background", "on top of a purple rug in a forest",
+    "with a blue house in the background", "on top of a purple rug in a forest"))
+_CHANGES = ("a red {}", "a purple {}", "a shiny {}", "a wet {}", "a cube shaped {}")
+DREAMBENCH_PROMPTS = _SETTINGS + tuple("a {} " + context for context in (
     "with a wheat field in the background", "with a tree and autumn leaves in the background",
     "with the Eiffel Tower in the background", "floating on top of water", "floating in an ocean of milk",
     "on top of green grass with sunflowers around it", "on top of a mirror",
     "on top of the sidewalk in a crowded street", "on top of a dirt road", "on top of a white rug",
-)) + ("a red {}", "a purple {}", "a shiny {}", "a wet {}", "a cube shaped {}")
+)) + _CHANGES
+DREAMBENCH_LIVE_PROMPTS = _SETTINGS + tuple("a {} " + outfit for outfit in (
+    "wearing a red hat", "wearing a santa hat", "wearing a rainbow scarf", "wearing a black top hat and a monocle",
+    "in a chef outfit", "in a firefighter outfit", "in a police outfit", "wearing pink glasses",
+    "wearing a yellow shirt", "in a purple wizard outfit")) + _CHANGES
+LIVE_CLASSES = ("dog", "cat")  # DreamBench's live subjects
 # The paper's EchoDistill student (one step, SD-Turbo taught by SD 2.1, DreamBench) and the network that
 # must have made a figure for it to stand beside ours.
 PAPER_FIGURES = {"CLIP-I": (0.783, "CLIP ViT-L/14 at 336 px"), "DINO": (0.637, "DINOv2 ViT-L/14 at 518 px")}
 MODELS = ("personalized", "untouched")
+
+
+def dreambench_prompts(class_word: str) -> tuple[str, ...]:
+    """DreamBench's 25 prompts for a subject of `class_word`: the live subjects' for dogs and cats."""
+    return DREAMBENCH_LIVE_PROMPTS if class_word.strip().lower() in LIVE_CLASSES else DREAMBENCH_PROMPTS
 
 
 def read_prompts(text: str) -> list[str]:
@@ -213,13 +226,14 @@ class ConceptScores:
 
 def evaluate_concept(teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
                      personalization: Personalization, photos: list, judges: Judges, *,
-                     prompts: tuple[str, ...] = DREAMBENCH_PROMPTS, seeds: tuple[int, ...] = PAPER_SEEDS,
+                     prompts: tuple[str, ...] | None = None, seeds: tuple[int, ...] = PAPER_SEEDS,
                      role: str = "student", progress: Callable[[int, int], None] | None = None) -> ConceptScores:
     """The figures of the personalized `role` ("student": one step; "teacher": DDIM 25 steps with the
     run's guidance) against its concept's `photos` (PIL images or tensors), and of the same model untouched,
-    given the class word for the token. `prompts` have {} where the subject goes; each is drawn with every
-    seed. `progress(done, total)` is called after each prompt of each model (and may raise to stop)."""
+    given the class word for the token. `prompts` have {} where the subject goes (default: DreamBench's for
+    the class word); each is drawn with every seed. `progress(done, total)` is called after each prompt of each model (and may raise to stop)."""
     config = personalization.config
+    prompts = prompts or dreambench_prompts(config.class_word)
     judges = with_fallback(judges, teacher, text)
     model = student if role == "student" else teacher
     references = torch.stack(ConceptDataset(photos, config.token, config.class_word, model.image_size(),

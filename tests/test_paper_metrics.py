@@ -14,8 +14,9 @@ from echodistill_core import text_networks
 from echodistill_core.demo import rendered_concept_images
 from echodistill_core.families import CheckpointError
 from echodistill_core.image_networks import bundled_config
-from echodistill_core.paper_metrics import (DREAMBENCH_PROMPTS, JudgeImageFeatures, TeacherImageFeatures,
-                                            evaluate_concept, image_similarity, load_judges)
+from echodistill_core.paper_metrics import (DREAMBENCH_LIVE_PROMPTS, DREAMBENCH_PROMPTS, JudgeImageFeatures,
+                                            TeacherImageFeatures, dreambench_prompts, evaluate_concept,
+                                            image_similarity, load_judges, read_prompts)
 from echodistill_core.judge import load_judge
 from echodistill_core.personalization import Personalization
 from echodistill_core.text_networks import load_clip_text
@@ -149,3 +150,11 @@ def test_without_networks_the_pack_scores_with_its_own_features(one_thread):
     assert any("no CLIP-I or CLIP-T" in note for note in scores.notes)
     assert any("not a network of the paper" in note for note in scores.notes)
     assert isinstance(TeacherImageFeatures(teacher, text)(torch.zeros(2, 3, SIZE, SIZE)), torch.Tensor)
+
+
+def test_dreambench_gives_dogs_and_cats_the_live_subjects_prompts():
+    assert dreambench_prompts("Dog") == DREAMBENCH_LIVE_PROMPTS and dreambench_prompts("mug") == DREAMBENCH_PROMPTS
+    assert len(DREAMBENCH_PROMPTS) == len(DREAMBENCH_LIVE_PROMPTS) == 25
+    assert "a {} wearing a santa hat" in DREAMBENCH_LIVE_PROMPTS
+    with pytest.raises(ValueError, match="needs one"):
+        read_prompts("a photo of a dog")

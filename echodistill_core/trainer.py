@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,11 +369,8 @@ class EchoDistillTrainer:
         return x_echo[chosen], [prompts[index] for index in chosen]
 
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
-        if not torch.isfinite(average(loss)):  # every process stops at once
-            raise NonFiniteLossError(
-                f"the {name} loss became {loss.item()} at step {self.step + 1}; the run is back at the state "
-                f"after step {self.step}. Lower the learning rates or use fp32 / bf16 instead of fp16"
-            )
+        if self.config.rollback == "off":  # no snapshot to go back to: stop before the loss reaches a weight
+            self._check_finite(read_losses({name: loss}))  # a wait for the device, for each loss
         # Every backward starts from clean gradients: the student's backward also reaches the
         # discriminator heads (through D_k into img(x_s)), and those gradients are not theirs to step with.
         for optimizer in self.optimizers.values():
@@ -411,7 +409,8 @@ class EchoDistillTrainer:
         if self.config.rollback != "off":
             snapshot = _cloned(self._trainable_state(), "cpu" if self.config.rollback == "host" else None)
         try:
-            losses = self.train_step()
+            losses = read_losses(self.train_step())  # the step's one wait for the device
+            self._check_finite(losses)  # the snapshot undoes whatever a non-finite loss reached
         except BaseException as error:
             if snapshot is not None:
                 self._load_trainable_state(snapshot)
@@ -422,7 +421,16 @@ class EchoDistillTrainer:
                 raise TrainingOutOfMemoryError(
                     OUT_OF_MEMORY_ADVICE.format(step=self.step + 1, step_done=self.step)) from error
             raise
-        return read_losses(losses)
+        return losses
+
+    def _check_finite(self, losses: dict[str, float]) -> None:
+        """Refuse the first loss of the step, in the step's order, that is not a finite number; the losses
+        are averaged over the processes (read_losses), so every process stops at once."""
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"the {name} loss became {value} at step {self.step + 1}; the run is back at the state "
+                    f"after step {self.step}. Lower the learning rates or use fp32 / bf16 instead of fp16")
 
     def _preview_due(self) -> bool:
         every = self.config.preview_every  # the first step too: something to see early

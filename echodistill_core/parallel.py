@@ -72,19 +72,20 @@ def average(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def average_gradients(parameters: list[torch.Tensor]) -> None:
-    """Every gradient replaced by its mean over the processes, in one flat all-reduce. A parameter without
-    a gradient counts as a zero gradient, the same on every process."""
+    """Every gradient replaced by its mean over the processes, in one flat all-reduce. A parameter without a
+    gradient keeps none (the optimiser skips it, as one process would): every process runs the same graph,
+    so the same parameters have gradients everywhere."""
     shard = Shard.current()
+    parameters = [p for p in parameters if p.grad is not None]
     if not shard.active or not parameters:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    flat = torch.cat([p.grad.reshape(-1).float() for p in parameters])
     dist.all_reduce(flat)
     flat /= shard.world
     offset = 0
-    for parameter, grad in zip(parameters, grads):
-        count = grad.numel()
-        parameter.grad = flat[offset : offset + count].view_as(grad).to(grad.dtype)
+    for parameter in parameters:
+        count = parameter.grad.numel()
+        parameter.grad = flat[offset : offset + count].view_as(parameter.grad).to(parameter.grad.dtype)
         offset += count
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from . import world
 from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
@@ -32,6 +33,7 @@ from .parallel import Shard, start_from_environment
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .safekeeping import check_output, is_echodistill_file, keep
+from .tiny import bundled_pair, tiny_discriminators
 from .token import check_words
 from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError, training_resolution
 
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     demo.add_argument("--steps", type=int, default=PRESETS["tiny"].steps, help="optimisation steps")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    demo.add_argument("--pair", choices=tuple(world.PAIRS), default="pixel",
+                      help="the bundled tiny pair: pixel (32 px images), or latent (a tiny VAE's latents and an "
+                           "epsilon one-step student, as SD 2.1 and SD-Turbo)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -359,11 +364,13 @@ def save_grid(images: torch.Tensor, path: Path, scale: int = 1) -> Path:
 
 def _demo(args) -> int:
     start = time.time()
-    teacher, student, text = default_models(_device(args.device))
+    device = _device(args.device)
+    teacher, student, text = default_models(device) if args.pair == "pixel" else bundled_pair(args.pair, device)
     config = PRESETS["tiny"].replace(token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, steps=args.steps)
     images = demo_concept_images(teacher.image_size())
     concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
+                                 discriminator_backbones=tiny_discriminators(teacher))
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)
     evaluation = EvaluationSet(concept.subject, seeds_per_prompt=4, plain_count=32, drawn=DEMO_CONCEPT)

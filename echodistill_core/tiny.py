@@ -1,4 +1,5 @@
-"""Tiny random teacher/student pairs built from configs: for tests, benchmarks and a first demo.
+"""Tiny random teacher/student pairs built from configs: for tests, benchmarks and a first demo; and the
+bundled trained pairs of the tiny world (`bundled_pair`), with the discriminators they train with.
 
 Their shapes follow the full-size models (a CLIP text encoder, a cross-attention UNet, optionally a
 VAE) at about a million parameters, so every code path of a real pair runs in seconds on a CPU.
@@ -10,6 +11,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from . import world
+from .backbones import TEACHER_FEATURES, VAEEncoderFeatures
+from .loading import load_diffusers_folder
 from .models import DiffusionModel, TextConditioner
 from .schedule import NoiseSchedule
 from .tokenizer import build_clip_tokenizer
@@ -80,3 +84,24 @@ def tiny_pair(teacher_prediction: str = "v_prediction", student_prediction: str 
     student = tiny_model(student_prediction, image_size=image_size, latent=latent, seed=seed + 1,
                          name="tiny-student", vae=teacher.vae)
     return teacher, student, tiny_text(seed)
+
+
+def bundled_pair(pair: str = "pixel", device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
+    """(teacher, student, shared text encoder) of a bundled pair of `world.PAIRS`: "pixel" (32 px images,
+    a v-prediction student) or "latent" (a tiny VAE's 4 x 8 x 8 latents and an epsilon-prediction student
+    at the last timestep: SD 2.1 and SD-Turbo in miniature). Loaded as any diffusers folder is."""
+    if pair not in world.PAIRS:
+        raise ValueError(f"unknown bundled pair {pair!r}; choose one of {', '.join(world.PAIRS)}")
+    teacher_folder, student_folder = world.PAIRS[pair]
+    teacher, text = load_diffusers_folder(teacher_folder, device=device, role="teacher")
+    student, _ = load_diffusers_folder(student_folder, device=device, role="student")
+    return teacher, student, text
+
+
+def tiny_discriminators(teacher: DiffusionModel) -> list:
+    """The discriminator backbones a tiny pair trains with: the base teacher's features, and for a latent
+    pair also one in image space, on the decoded samples through the VAE's encoder (a small image network
+    that is not the evaluation's judge), as DINO or CLIP stand for real pairs."""
+    if teacher.vae is None:
+        return [TEACHER_FEATURES]
+    return [TEACHER_FEATURES, VAEEncoderFeatures(teacher.vae)]

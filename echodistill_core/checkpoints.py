@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .families import CheckpointError, Family, check_role, detect_family
-from .models import DiffusionModel, TextConditioner
+from .models import DiffusionModel, TextConditioner, part_dtype
 from .sampling import Progress
 from .schedule import NoiseSchedule
 from .tokenizer import FULL_NUM_MERGES, build_clip_tokenizer
@@ -89,10 +89,11 @@ def _tensors(content: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def load_single_file(path: str | Path, *, role: str | None = None, family: str | None = None,
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     dtype: torch.dtype | dict[str, torch.dtype] = torch.float32, device: str | torch.device = "cpu",
                      config: str | Path | None = None, progress: Progress | None = None
                      ) -> tuple[DiffusionModel, TextConditioner, Family]:
-    """A checkpoint's diffusion model and text encoder, frozen, in `dtype` on `device`, and its family.
+    """A checkpoint's diffusion model and text encoder, frozen, in `dtype` (or per part, see
+    `models.part_dtype`) on `device`, and its family.
 
     `role` ("teacher"/"student") and `family` (a name or label, or None to detect) decide ambiguous
     layouts (see `families.detect_family`). `config` replaces the family's bundled config folder, for
@@ -112,7 +113,7 @@ LOAD_STEPS = 4  # reading the file, then the UNet, the VAE and the text encoder
 
 
 def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str | None = None,
-                    family: str | None = None, dtype: torch.dtype = torch.float32,
+                    family: str | None = None, dtype: torch.dtype | dict[str, torch.dtype] = torch.float32,
                     device: str | torch.device = "cpu", config: str | Path | None = None,
                     progress: Progress | None = None) -> tuple[DiffusionModel, TextConditioner, Family]:
     """`load_single_file` for weights already in memory in a checkpoint's layout (e.g. a model that
@@ -127,11 +128,13 @@ def load_state_dict(state_dict: dict[str, torch.Tensor], name: str, *, role: str
     folder = str(config or found.config)
     try:
         report = progress or (lambda done, total: None)
-        unet = _assembled(UNet2DConditionModel, Path(folder) / "unet", convert_ldm_unet_checkpoint, state_dict, dtype)
+        unet = _assembled(UNet2DConditionModel, Path(folder) / "unet", convert_ldm_unet_checkpoint, state_dict,
+                          part_dtype(dtype, "unet"))
         report(2, LOAD_STEPS)
-        vae = _assembled(AutoencoderKL, Path(folder) / "vae", convert_ldm_vae_checkpoint, state_dict, dtype)
+        vae = _assembled(AutoencoderKL, Path(folder) / "vae", convert_ldm_vae_checkpoint, state_dict,
+                         part_dtype(dtype, "vae"))
         report(3, LOAD_STEPS)
-        text_encoder = _text_encoder(state_dict, Path(folder), dtype, name)
+        text_encoder = _text_encoder(state_dict, Path(folder), part_dtype(dtype, "text_encoder"), name)
         report(4, LOAD_STEPS)
     except (ValueError, RuntimeError, KeyError) as error:
         if isinstance(error, CheckpointError):

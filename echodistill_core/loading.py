@@ -18,7 +18,7 @@ from transformers import CLIPTextModel
 
 from .checkpoints import load_single_file
 from .compat import transformers_dtype
-from .models import DiffusionModel, TextConditioner
+from .models import DiffusionModel, TextConditioner, part_dtype
 from .sampling import Progress
 from .schedule import NoiseSchedule
 from .tokenizer import check_tokenizer, load_clip_tokenizer, write_slow_files
@@ -31,10 +31,11 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete or unreadable."""
 
 
-def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32,
+def load_diffusers_folder(folder: str | Path, dtype: torch.dtype | dict[str, torch.dtype] = torch.float32,
                           device: str | torch.device = "cpu", role: str | None = None,
                           progress: Progress | None = None) -> tuple[DiffusionModel, TextConditioner]:
-    """The folder's diffusion model and its text encoder, frozen, in `dtype` on `device`.
+    """The folder's diffusion model and its text encoder, frozen, in `dtype` (or per part, see
+    `models.part_dtype`) on `device`.
 
     A `role` of "student" is checked before any weight loads: the folder's scheduler must start sampling
     at the last timestep, as a one-step model's does. `progress(done, total)` is called after each of
@@ -55,13 +56,15 @@ def load_diffusers_folder(folder: str | Path, dtype: torch.dtype = torch.float32
         if role == "student":
             check_one_step(scheduler, folder.name)
         schedule = NoiseSchedule.from_scheduler_config(scheduler)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **options)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=part_dtype(dtype, "unet"),
+                                                    **options)
         report(1, FOLDER_LOAD_STEPS)
         vae = None
         if (folder / "vae").is_dir():
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=part_dtype(dtype, "vae"),
+                                                **options)
         report(2, FOLDER_LOAD_STEPS)
-        text_encoder = load_text_encoder(folder / "text_encoder", dtype)
+        text_encoder = load_text_encoder(folder / "text_encoder", part_dtype(dtype, "text_encoder"))
         report(3, FOLDER_LOAD_STEPS)
         tokenizer = load_clip_tokenizer(folder / "tokenizer")
     except ModelFolderError:

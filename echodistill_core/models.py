@@ -20,6 +20,13 @@ from .schedule import NoiseSchedule
 from .text import encode_prompts
 
 DECODE_TILE_LATENTS = 32  # "tiled" decoding: 32 x 32 latent tiles (256 px for SD), overlapping by a quarter
+PARTS = ("unet", "vae", "text_encoder")
+
+
+def part_dtype(dtype: torch.dtype | dict[str, torch.dtype], part: str) -> torch.dtype:
+    """The loaders' `dtype`: one for every part, or one per part (keys PARTS), as a host such as ComfyUI
+    chooses them."""
+    return dtype if isinstance(dtype, torch.dtype) else dtype[part]
 
 
 @dataclass

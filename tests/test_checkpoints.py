@@ -259,6 +259,20 @@ def test_a_folder_written_by_transformers_5_alone_loads_on_every_version():
     assert same_text(bare, bundled)
 
 
+def test_each_part_loads_in_its_own_dtype_when_given_one_per_part(tmp_path):
+    """What a host that picks a dtype per part (ComfyUI's unet_dtype, vae_dtype, text_encoder_dtype) hands the
+    loaders: a file and a folder alike load each part in its own."""
+    from echodistill_core.demo import BUNDLED
+    from echodistill_core.loading import load_diffusers_folder
+
+    dtypes = {"unet": torch.bfloat16, "vae": torch.float16, "text_encoder": torch.float64}
+    path, config, _ = layout_file(tmp_path, "sd2")
+    model, text, _ = load_single_file(path, role="teacher", config=config, dtype=dtypes)
+    assert (model.dtype, model.vae.dtype, text.text_encoder.dtype) == tuple(dtypes.values())
+    folder_model, folder_text = load_diffusers_folder(BUNDLED / "teacher", dtype=dtypes)
+    assert (folder_model.dtype, folder_text.text_encoder.dtype) == (torch.bfloat16, torch.float64)
+
+
 def test_a_weights_only_ckpt_loads_like_its_safetensors(tmp_path):
     path, config, _ = layout_file(tmp_path, "sd2")
     torch.save({"state_dict": read_checkpoint(path), "global_step": 1}, tmp_path / "model.ckpt")

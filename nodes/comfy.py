@@ -8,17 +8,19 @@ has a plain fallback, so the nodes run and are tested without ComfyUI.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import torch
 
 try:  # inside ComfyUI
     import comfy.model_management as model_management
+    import comfy.model_patcher as model_patcher
     import comfy.utils as comfy_utils
     import folder_paths
     from server import PromptServer
 except ImportError:  # a test or a script: no ComfyUI
-    model_management = comfy_utils = folder_paths = PromptServer = None
+    model_management = model_patcher = comfy_utils = folder_paths = PromptServer = None
 
 _FALLBACK_ROOT = Path(os.environ.get("ECHODISTILL_HOME", Path.cwd() / "echodistill_output"))
 
@@ -56,7 +58,90 @@ def free_device_memory_for_training() -> None:
         model_management.soft_empty_cache()
 
 
-def checkpoint_weights(model, clip, vae, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+# The pack's networks under ComfyUI's model management. Each frozen UNet, VAE and text encoder a loader gives
+# is held by a ModelPatcher: it waits on ComfyUI's offload device (the CPU) and is loaded onto the device by
+# load_models_gpu when a node uses it, so ComfyUI counts it among its loaded models and evicts it, as any of
+# its own, when another model needs the room. A model's patchers live as long as the model does.
+_PATCHERS: dict[int, list] = {}  # id(DiffusionModel or TextConditioner) -> its parts' ModelPatchers
+
+
+class EchoDistillNetwork(torch.nn.Module):
+    """One network of the pack as ComfyUI's model management moves it: ModelPatcher keeps the device it
+    loaded a model to in the model's `device` attribute, which diffusers and transformers models compute."""
+
+    def __init__(self, module: torch.nn.Module, label: str):
+        super().__init__()
+        self.module, self.label = module, label
+        self.device = next(module.parameters()).device
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+
+def weight_dtypes(chosen: torch.dtype | None, device: torch.device) -> torch.dtype | dict[str, torch.dtype]:
+    """The frozen weights' dtype: the one chosen, else per part as ComfyUI chooses for its own models on
+    `device` (the UNet by unet_dtype, bf16 before fp16; the VAE by vae_dtype, bf16 or fp32 as for SD's VAE; the
+    text encoder by text_encoder_dtype), fp32 on a CPU. Outside ComfyUI: bf16 on GPUs that have it, fp16 on
+    older ones, fp32 on a CPU."""
+    if chosen is not None:
+        return chosen
+    if device.type == "cpu":
+        return torch.float32
+    if model_management is None:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    preference = [torch.bfloat16, torch.float16, torch.float32]
+    return {"unet": model_management.unet_dtype(device, supported_dtypes=preference),
+            "vae": model_management.vae_dtype(device, allowed_dtypes=[torch.bfloat16]),
+            "text_encoder": model_management.text_encoder_dtype(device)}
+
+
+def offload_device() -> torch.device:
+    """Where a loader puts the frozen weights: ComfyUI's offload device (the CPU unless it keeps everything on
+    the GPU); outside ComfyUI the device itself, as nothing moves them later."""
+    if model_management is not None:
+        return model_management.unet_offload_device()
+    return torch_device()
+
+
+def manage(role: str, model=None, text=None) -> None:
+    """Hand a loaded model's UNet and VAE (a DiffusionModel) and text encoder (a TextConditioner) to ComfyUI's
+    model management, each as a ModelPatcher that loads onto the device and offloads to the CPU. Outside
+    ComfyUI nothing is managed."""
+    if model_management is None:
+        return
+    device = torch_device()
+    for owner, parts in ((model, (("unet", model_management.unet_offload_device()),
+                                  ("vae", model_management.vae_offload_device()))),
+                         (text, (("text_encoder", model_management.text_encoder_offload_device()),))):
+        if owner is None or id(owner) in _PATCHERS:
+            continue
+        patchers = [model_patcher.ModelPatcher(EchoDistillNetwork(module, f"{role} {part.replace('_', ' ')}"),
+                                               load_device=device, offload_device=offload)
+                    for part, offload in parts if (module := getattr(owner, part, None)) is not None]
+        _PATCHERS[id(owner)] = patchers
+        weakref.finalize(owner, _PATCHERS.pop, id(owner), None)
+
+
+def use(models=(), texts=(), training: bool = False, personalization=None) -> None:
+    """Load the networks a node is about to run (DiffusionModels, TextConditioners) onto the device through
+    ComfyUI, which first evicts other models as their room is needed. `training` first unloads every other
+    model ComfyUI holds, whether needed or not: a training step needs far more than its weights. A
+    `personalization` (an nn.Module of adapters and the token) follows the models onto the device."""
+    if model_management is None:
+        return
+    patchers = [patcher for owner in (*models, *texts) for patcher in _PATCHERS.get(id(owner), [])]
+    with torch.inference_mode(False):  # weights moved here stay usable for training
+        if training:
+            keep = [model_management.LoadedModel(patcher) for patcher in patchers]
+            model_management.free_memory(1e30, torch_device(), keep_loaded=keep)
+            model_management.soft_empty_cache()
+        if patchers:
+            model_management.load_models_gpu(patchers, force_full_load=True)
+        if personalization is not None:
+            personalization.to(torch_device())
+
+
+def checkpoint_weights(model, clip, vae, dtype: torch.dtype | dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
     """A stock MODEL, CLIP and VAE as the single-file checkpoint ComfyUI's CheckpointSave would write them
     (LoRAs and other patches applied), copied to the CPU in `dtype` as ordinary tensors (not inference
     tensors, so they can be the frozen weights of a training); ComfyUI's models then leave the GPU.
@@ -69,9 +154,17 @@ def checkpoint_weights(model, clip, vae, dtype: torch.dtype) -> dict[str, torch.
     with torch.inference_mode(False):
         for key in list(weights):
             value = weights.pop(key)
-            copies[key] = value.detach().to("cpu", dtype if value.is_floating_point() else value.dtype, copy=True)
+            wanted = dtype if isinstance(dtype, torch.dtype) else _part_dtype(dtype, key)
+            copies[key] = value.detach().to("cpu", wanted if value.is_floating_point() else value.dtype, copy=True)
     free_device_memory_for_training()  # ComfyUI's copy leaves the GPU before ours arrives
     return copies
+
+
+def _part_dtype(dtypes: dict[str, torch.dtype], key: str) -> torch.dtype:
+    """A single-file key's dtype among weight_dtypes' parts: the UNet's, the VAE's, else the text encoder's."""
+    if key.startswith("model.diffusion_model."):
+        return dtypes["unet"]
+    return dtypes["vae"] if key.startswith("first_stage_model.") else dtypes["text_encoder"]
 
 
 def model_kind(model) -> str:

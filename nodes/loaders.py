@@ -26,9 +26,16 @@ def model_choices(role: str) -> list[str]:
 
 
 def load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
-    """The chosen model; a file's or folder's load moves a progress bar and stops between its parts on Cancel."""
-    device = comfy.torch_device()
-    dtype = weights_dtype(precision, device)
+    """The chosen model, on ComfyUI's offload device and in its care (comfy.manage); a file's or folder's load
+    moves a progress bar and stops between its parts on Cancel."""
+    loaded = _load(role, choice, family, precision, node_id)
+    comfy.manage(role, loaded.model, loaded.text)
+    return loaded
+
+
+def _load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
+    device = comfy.offload_device()
+    dtype = model_dtypes(precision, comfy.torch_device())
     with torch.inference_mode(False):  # weights made here must be usable for training later
         if choice == BUNDLED[role]:
             model, text = bundled_model(role, device=str(device))
@@ -52,13 +59,15 @@ def load(role: str, choice: str, family: str, precision: str, node_id: str | Non
 
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of a `precision` choice for frozen weights on `device`: the one chosen, or for auto bf16 on GPUs
-    that have it (what the memory presets count on), fp16 on older ones, fp32 on a CPU."""
-    if PRECISIONS[precision] is not None:
-        return PRECISIONS[precision]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The dtype of a `precision` choice for frozen weights on `device`: the one chosen, or for auto ComfyUI's
+    choice for a UNet (bf16 on GPUs that have it, what the memory presets count on; fp32 on a CPU)."""
+    dtypes = model_dtypes(precision, device)
+    return dtypes if isinstance(dtypes, torch.dtype) else dtypes["unet"]
+
+
+def model_dtypes(precision: str, device: torch.device) -> torch.dtype | dict[str, torch.dtype]:
+    """`weights_dtype` for a diffusion model and its text encoder: for auto, ComfyUI's choice per part."""
+    return comfy.weight_dtypes(PRECISIONS[precision], device)
 
 
 class _Loader:

@@ -60,6 +60,7 @@ class _Sample:
             progress.update(done)
             comfy.throw_if_interrupted()
 
+        comfy.use([model.base.model], [model.text], personalization=model.personalization)
         with model.applied():
             images = self.generate(model.base.model, model.text, [prompt] * batch_size,
                                    [seed + i for i in range(batch_size)], steps=steps, callback=after_each_step,

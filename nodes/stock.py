@@ -9,7 +9,7 @@ import torch
 from ..echodistill_core.checkpoints import load_state_dict
 from ..echodistill_core.export import student_lora_tensors
 from . import comfy
-from .loaders import AUTO_FAMILY, FAMILY_CHOICES, PRECISION_INPUT, StudentRole, TeacherRole, weights_dtype
+from .loaders import AUTO_FAMILY, FAMILY_CHOICES, PRECISION_INPUT, StudentRole, TeacherRole, model_dtypes
 from .sampling import check_token
 from .sockets import CATEGORY, ONE_STEP_MODEL, LoadedModel, Personalized
 
@@ -32,15 +32,15 @@ class _FromCheckpoint:
         }}
 
     def convert(self, model, clip, vae, family, precision):
-        device = comfy.torch_device()
         name = f"the {self.ROLE}'s {comfy.model_kind(model)} MODEL"
-        dtype = weights_dtype(precision, device)
+        dtype = model_dtypes(precision, comfy.torch_device())
         with torch.inference_mode(False):  # weights made here must be usable for training later
             weights = comfy.checkpoint_weights(model, clip, vae, dtype)
             diffusion, text, found = load_state_dict(
                 weights, name, role=self.ROLE, family=None if family == AUTO_FAMILY else family, dtype=dtype,
-                device=device)
+                device=comfy.offload_device())
         del weights
+        comfy.manage(self.ROLE, diffusion, text)
         comfy.release_device_memory()
         return (LoadedModel(diffusion, text, f"{found.label} ({name})", family=found.name),)
 
@@ -105,6 +105,7 @@ class EncodePrompt:
     def encode(self, one_step_model: Personalized, text):
         check_token(text, one_step_model.token)
         one_step_model.personalization.token.check_within_window(text)
+        comfy.use(texts=[one_step_model.text], personalization=one_step_model.personalization)
         with torch.inference_mode(False), torch.no_grad(), one_step_model.applied():
             cond = one_step_model.text([text])
         return ([[cond.float().cpu(), {}]],)

@@ -227,6 +227,9 @@ class EchoDistillTrain:
         networks = image_networks or choose_networks()  # unconnected: the teacher's features for both
         self._check_memory(memory, teacher, networks)
         with torch.inference_mode(False), torch.enable_grad():
+            # ComfyUI's other models leave the device before the run's own arrive; the student's own text encoder
+            # is not used (both models read the teacher's) and stays offloaded.
+            comfy.use([teacher.model, student.model], [teacher.text], training=True)
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
             dataset = ConceptDataset(images, config.token, config.class_word,
                                      training_resolution(config, student.model), captions=concept.captions)
@@ -240,7 +243,6 @@ class EchoDistillTrain:
             comfy.send_to_browser("echodistill.summary", {
                 "node": node_id, "lines": summary, "total": config.steps, "echo_start": _echo_start(config),
                 "history": [_curves(entry) for entry in trainer.history]})
-            comfy.free_device_memory_for_training()
             try:
                 self._run(trainer, node_id, save_every)
             finally:

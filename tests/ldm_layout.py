@@ -477,3 +477,22 @@ def family_configs_from_folder(folder: str | Path) -> FamilyConfigs:
         vae=dict(AutoencoderKL.load_config(folder / "vae")),
         text_encoders=text_encoders,
     )
+
+
+def write_small_sd1_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """An SD 1.x single file that ComfyUI's stock loader detects and samples, in 0.4 GB instead of SD 1.5's 2 GB:
+    ComfyUI knows SD 1.x by the UNet's width (320 channels) and text width (768), not by its depth, so the UNet
+    here has one level of one cross-attention resnet (8 M parameters); the VAE (84 M) and CLIP ViT-L (123 M)
+    are full size, as ComfyUI builds them at their one size whatever the file holds. Random weights, fp16."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(320,), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",), cross_attention_dim=768,
+        attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                        sample_size=512)
+    clip_l = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
+    return write_single_file(path, "sd1", unet, vae, [clip_l], dtype=torch.float16)

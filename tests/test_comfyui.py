@@ -78,7 +78,8 @@ def work_until(done, cpu_budget: float, pids: list[int], what: str, check=lambda
 
 
 class Server:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, other_packs: tuple[Path, ...] = ()):
+        """`other_packs`: custom node folders loaded beside the pack (the memory probe)."""
         self.root = root
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -87,6 +88,8 @@ class Server:
         packs.mkdir()
         (root / "input").mkdir()
         (packs / "comfyui-echodistill").symlink_to(ROOT)
+        for pack in other_packs:
+            (packs / pack.name).symlink_to(pack)
         config = root / "extra_model_paths.yaml"
         config.write_text(  # is_default: saved files land here, not in the checkout's own models folder
             f"tests:\n  base_path: {root}\n  is_default: true\n  custom_nodes: {packs}\n"
@@ -616,3 +619,23 @@ def test_a_checkpoint_saved_by_comfyui_loads_as_the_same_model(server):
     assert family == resaved_family == "sd-turbo"
     for key, value in expected.items():
         assert torch.allclose(loaded[key], value, atol=1e-3), key
+
+
+def test_comfyuis_model_manager_holds_the_packs_networks_and_training_frees_the_others_first():
+    """bench/comfyui_memory.py in its own server: the pack's networks are among ComfyUI's loaded models while
+    a node uses them and after (the student's own text encoder never: training reads the teacher's), ComfyUI
+    evicts them with its own, and a stock generation's models are unloaded before training loads its
+    networks, so the run accounts no more after a stock generation than alone."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "comfyui_memory.py"), "--steps", "2"],
+                          capture_output=True, text=True, timeout=3600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    for run in ("pack_models_loaded", "pack_models_loaded_after_stock"):
+        assert {"teacher unet", "teacher text encoder", "student unet"} <= set(figures[run]), figures
+        assert "student text encoder" not in figures[run], figures
+    assert figures["stock_loaded_after_generation_mb"] > 100 and figures["stock_models"], figures
+    assert figures["loaded_when_training_loaded"] == [], figures  # the stock models left before training loaded
+    assert 0 < figures["peak_after_stock_mb"] <= figures["peak_alone_mb"], figures
+    assert figures["pack_loaded_after_run_mb"] > 0, figures  # held between uses, as ComfyUI's own models are
+    assert figures["loaded_after_unload_mb"] == figures["loaded_after_unload_alone_mb"] == 0, figures
+    assert figures["pack_models_after_unload"] == [], figures

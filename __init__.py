@@ -4,11 +4,13 @@ ComfyUI imports this folder as a package. Everything ComfyUI-facing lives in `no
 itself is in `echodistill_core/`, which never imports ComfyUI.
 """
 
+import importlib.util
+
 WEB_DIRECTORY = "./web"
 
-# pytest also imports this file, as a plain module, when it collects the repository; only a package
-# import (ComfyUI's) can reach the nodes, and only that one should.
-if __package__:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+# The nodes are ComfyUI V3 nodes: only where ComfyUI's comfy_api is (ComfyUI's import of this folder as a package)
+# do they load. pytest also imports this file when it collects the repository, as a plain module or a package.
+if __package__ and importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint
 
-    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -1,8 +1,9 @@
 """The one module that touches ComfyUI: progress, previews, cancel, devices, memory, stock models (in
 and out), model folders, saving paths and messages to the browser.
 
-Everything else in the pack calls these functions. Outside a ComfyUI process (tests, scripts) each
-has a plain fallback, so the nodes run and are tested without ComfyUI.
+Everything else in the pack calls these functions, and declares its nodes with the V3 `io` schema
+re-exported here, so the pack needs ComfyUI's `comfy_api` (ComfyUI 0.3.64 or later). Outside a running
+ComfyUI server each runtime function has a plain fallback.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import weakref
 from pathlib import Path
 
 import torch
+from comfy_api.latest import ComfyExtension, io  # the V3 node schema every node of the pack is declared with
 
 try:  # inside ComfyUI
     import comfy.model_management as model_management
     import comfy.model_patcher as model_patcher
     import comfy.utils as comfy_utils
     import folder_paths
-    from server import PromptServer
 except ImportError:  # a test or a script: no ComfyUI
-    model_management = model_patcher = comfy_utils = folder_paths = PromptServer = None
+    model_management = model_patcher = comfy_utils = folder_paths = None
+try:  # a running ComfyUI server, which the browser talks to
+    from server import PromptServer
+except ImportError:  # ComfyUI's packages without its server (the nodes' tests)
+    PromptServer = None
 
 _FALLBACK_ROOT = Path(os.environ.get("ECHODISTILL_HOME", Path.cwd() / "echodistill_output"))
 
@@ -189,6 +194,24 @@ def with_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
         raise ValueError(f"only {len(applied)} of the personalization's {len(stems)} layers could be patched into "
                          f"this {model_kind(model)} MODEL; connect the student the result was trained on")
     return patched
+
+
+def lora_layer_weights(model, lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stock MODEL's own weights of the layers `lora` (kohya names) patches, by kohya name, as float32 CPU
+    copies; layers it does not have are left out."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    weights = model.model.state_dict()
+    stems = {key.split(".", 1)[0] for key in lora}
+    return {stem: weights[key_map[stem]].detach().to("cpu", torch.float32, copy=True)
+            for stem in stems if stem in key_map and key_map[stem] in weights}
+
+
+def prediction_type(model) -> str:
+    """What the stock MODEL predicts, in diffusers' words (epsilon, v_prediction), or ComfyUI's name of it."""
+    kind = model.model.model_type.name
+    return {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(kind, kind.lower())
 
 
 def release_device_memory() -> None:

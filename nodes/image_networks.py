@@ -10,7 +10,8 @@ from ..echodistill_core.backbones import TEACHER_FEATURES
 from ..echodistill_core.image_networks import (DISCRIMINATOR_SETS, FEATURE_NETWORKS, NEEDS, ImageNetworkFiles,
                                                choose_networks)
 from . import comfy
-from .loaders import PRECISION_INPUT, weights_dtype
+from .comfy import io
+from .loaders import file_fingerprint, precision_input, weights_dtype
 from .sockets import CATEGORY, IMAGE_NETWORKS
 
 NONE = "none"
@@ -61,32 +62,30 @@ def choice_problem(discriminators: str, feature_network: str, files: dict[str, s
     return None
 
 
-class LoadImageNetworks:
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (IMAGE_NETWORKS,)
-    RETURN_NAMES = ("image_networks",)
-    OUTPUT_TOOLTIPS = ("The discriminators' backbones and the feature network: connect to EchoDistill Train.",)
-    DESCRIPTION = ("Choose the frozen networks EchoDistill Train's discriminators and feature loss read: the "
-                   "teacher's own features (the default, nothing to download) or the paper's image networks from "
-                   "your CLIP vision, IP-Adapter, DINO and DINOv2 files.")
+class LoadImageNetworks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillLoadImageNetworks", display_name="EchoDistill Load Image Networks", category=CATEGORY,
+            description="Choose the frozen networks EchoDistill Train's discriminators and feature loss read: the "
+                        "teacher's own features (the default, nothing to download) or the paper's image networks "
+                        "from your CLIP vision, IP-Adapter, DINO and DINOv2 files.",
+            inputs=[
+                io.Combo.Input("discriminators", options=list(DISCRIMINATOR_SETS), default=TEACHER_FEATURES,
+                               tooltip="The backbones of the discriminators (each gets a small trainable head). " +
+                               "; ".join(f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()) + "."),
+                io.Combo.Input("feature_network", options=list(FEATURE_NETWORKS), default=TEACHER_FEATURES,
+                               tooltip="f of the feature loss, 1 - cosine(f(student sample), f(teacher target)). " +
+                               "; ".join(f"{name}: {what}" for name, what in FEATURE_NETWORKS.items()) + "."),
+                *[io.Combo.Input(name, options=[NONE] + file_choices(name), default=NONE, tooltip=tooltip +
+                                 " none: no file.") for name, tooltip in FILE_TOOLTIPS.items()],
+                precision_input(),
+            ],
+            outputs=[io.Custom(IMAGE_NETWORKS).Output("image_networks", display_name="image_networks", tooltip=(
+                "The discriminators' backbones and the feature network: connect to EchoDistill Train."))])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "discriminators": (list(DISCRIMINATOR_SETS), {"default": TEACHER_FEATURES, "tooltip": "The backbones "
-                               "of the discriminators (each gets a small trainable head). " + "; ".join(
-                                   f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()) + "."}),
-            "feature_network": (list(FEATURE_NETWORKS), {"default": TEACHER_FEATURES, "tooltip": "f of the "
-                                "feature loss, 1 - cosine(f(student sample), f(teacher target)). " + "; ".join(
-                                    f"{name}: {what}" for name, what in FEATURE_NETWORKS.items()) + "."}),
-            **{name: ([NONE] + file_choices(name), {"default": NONE, "tooltip": tooltip + " none: no file."})
-               for name, tooltip in FILE_TOOLTIPS.items()},
-            "precision": PRECISION_INPUT,
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, discriminators=None, feature_network=None, clip_vision=None, ip_adapter=None,
+    def validate_inputs(cls, discriminators=None, feature_network=None, clip_vision=None, ip_adapter=None,
                         dino=None, dinov2=None):
         """At queue time: a chosen file that is not there, or a choice that lacks its files (the core's message)."""
         if discriminators is None or feature_network is None:
@@ -94,7 +93,14 @@ class LoadImageNetworks:
         files = dict(clip_vision=clip_vision, ip_adapter=ip_adapter, dino=dino, dinov2=dinov2)
         return choice_problem(discriminators, feature_network, files) or True
 
-    def load(self, discriminators, feature_network, clip_vision, ip_adapter, dino, dinov2, precision):
+    @classmethod
+    def fingerprint_inputs(cls, **files):
+        """The chosen files as they are on disk: one replaced under its name is read again."""
+        return tuple((name, value, file_fingerprint(comfy.model_path(FOLDERS[name][0], value)))
+                     for name, value in sorted(files.items()) if name in FOLDERS and value not in (NONE, None))
+
+    @classmethod
+    def execute(cls, discriminators, feature_network, clip_vision, ip_adapter, dino, dinov2, precision):
         paths = {}
         for name, value in dict(clip_vision=clip_vision, ip_adapter=ip_adapter, dino=dino, dinov2=dinov2).items():
             if value != NONE and value not in file_choices(name):
@@ -103,4 +109,4 @@ class LoadImageNetworks:
         with torch.inference_mode(False):  # frozen weights that training passes gradients through
             networks = choose_networks(discriminators, feature_network, ImageNetworkFiles(**paths),
                                        dtype=weights_dtype(precision, comfy.torch_device()))
-        return (networks,)
+        return io.NodeOutput(networks)

@@ -10,12 +10,19 @@ from ..echodistill_core.demo import bundled_model
 from ..echodistill_core.families import FAMILIES
 from ..echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
 from . import comfy
+from .comfy import io
 from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
 BUNDLED = {"teacher": "tiny teacher (bundled)", "student": "tiny one-step student (bundled)"}
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PRECISION_INPUT = (list(PRECISIONS), {"default": "auto", "tooltip": "Precision of the frozen weights. auto: bf16 on "
-                   "a GPU (fp16 where it lacks bf16), fp32 on a CPU. What trains is always fp32."})
+PRECISION_TOOLTIP = ("Precision of the frozen weights. auto: bf16 on a GPU (fp16 where it lacks bf16), fp32 on a "
+                     "CPU. What trains is always fp32.")
+
+
+def precision_input() -> io.Combo.Input:
+    return io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=PRECISION_TOOLTIP)
+
+
 AUTO_FAMILY = "auto-detect"
 FAMILY_CHOICES = [AUTO_FAMILY] + [family.label for family in FAMILIES.values() if family.trainable]
 
@@ -70,25 +77,36 @@ def model_dtypes(precision: str, device: torch.device) -> torch.dtype | dict[str
     return comfy.weight_dtypes(PRECISIONS[precision], device)
 
 
-class _Loader:
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
+def file_fingerprint(path) -> tuple | None:
+    """What tells a file (or a folder's files) apart from the one read last time: each file's size and
+    modification time. A model replaced under the same name is loaded again, and so is all it feeds."""
+    if path is None or not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files)
+
+
+class _Loader(io.ComfyNode):
+    ABOUT = ""  # the node's description
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (model_choices(cls.ROLE), {"tooltip": f"The {cls.ROLE}: the bundled tiny model (runs on a "
-                      "CPU in minutes), a diffusers folder from models/diffusers, or a checkpoint file from "
-                      "models/checkpoints. " + cls.EXAMPLE}),
-            "family": (FAMILY_CHOICES, {"default": AUTO_FAMILY, "tooltip": "Which model family a checkpoint "
-                       "file is. auto-detect reads it from the weights; SD 2.1-base, SD 2.1 (768, v) and SD-Turbo "
-                       "look alike, so set it if the detected one is wrong. A student is taken as Turbo. "
-                       "Ignored for the bundled models and diffusers folders."}),
-            "precision": PRECISION_INPUT,
-        }, "hidden": {"node_id": "UNIQUE_ID"}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id=f"EchoDistillLoad{cls.ROLE.capitalize()}", display_name=f"EchoDistill Load {cls.ROLE.capitalize()}",
+            category=CATEGORY, description=cls.ABOUT, hidden=[io.Hidden.unique_id], inputs=[
+                io.Combo.Input("model", options=model_choices(cls.ROLE), tooltip=f"The {cls.ROLE}: the bundled tiny "
+                               "model (runs on a CPU in minutes), a diffusers folder from models/diffusers, or a "
+                               "checkpoint file from models/checkpoints. " + cls.EXAMPLE),
+                io.Combo.Input("family", options=FAMILY_CHOICES, default=AUTO_FAMILY, tooltip="Which model family "
+                               "a checkpoint file is. auto-detect reads it from the weights; SD 2.1-base, SD 2.1 "
+                               "(768, v) and SD-Turbo look alike, so set it if the detected one is wrong. A student "
+                               "is taken as Turbo. Ignored for the bundled models and diffusers folders."),
+                precision_input(),
+            ], outputs=[cls.output()])
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model=None):
+    def validate_inputs(cls, model=None):
         """At queue time: a model that is there; one that is not is named with the folder it belongs in."""
         if model is None or model in model_choices(cls.ROLE):
             return True
@@ -99,31 +117,42 @@ class _Loader:
         return (f"{name} is not in ComfyUI's models/{kind} folder ({where}). Put the {cls.ROLE} there (the "
                 "workflow's note says where to download it), refresh the page and queue again, or choose another")
 
-    def load(self, model, family, precision, node_id=None):
-        return (load(self.ROLE, model, family, precision, node_id),)
+    @classmethod
+    def fingerprint_inputs(cls, model=None, **_):
+        """The chosen file as it is on disk: a model replaced under its name loads again."""
+        kind, _, name = (model or "").partition("/")
+        return model, file_fingerprint(comfy.model_path(kind, name)) if name else None
+
+    @classmethod
+    def execute(cls, model, family, precision):
+        return io.NodeOutput(load(cls.ROLE, model, family, precision, cls.hidden.unique_id))
 
 
 class TeacherRole:
     """What every node that gives a teacher shares: its socket and what it says of it."""
     ROLE = "teacher"
     EXAMPLE = "For SD-Turbo as the student: SD 2.1 or SD 2.1-base."
-    RETURN_TYPES = (TEACHER,)
-    RETURN_NAMES = ("teacher",)
-    OUTPUT_TOOLTIPS = ("The multi-step teacher with its text encoder, which the student shares.",)
+
+    @staticmethod
+    def output():
+        return io.Custom(TEACHER).Output("teacher", display_name="teacher", tooltip="The multi-step teacher with "
+                                         "its text encoder, which the student shares.")
 
 
 class StudentRole:
     """What every node that gives a student shares: its socket and what it says of it."""
     ROLE = "student"
     EXAMPLE = "A one-step model of the teacher's family: SD-Turbo for SD 2.1."
-    RETURN_TYPES = (STUDENT,)
-    RETURN_NAMES = ("student",)
-    OUTPUT_TOOLTIPS = ("The one-step student, to be personalized.",)
+
+    @staticmethod
+    def output():
+        return io.Custom(STUDENT).Output("student", display_name="student",
+                                         tooltip="The one-step student, to be personalized.")
 
 
 class LoadTeacher(TeacherRole, _Loader):
-    DESCRIPTION = "Load the multi-step teacher (e.g. SD 2.1) that learns your concept and teaches the student."
+    ABOUT = "Load the multi-step teacher (e.g. SD 2.1) that learns your concept and teaches the student."
 
 
 class LoadStudent(StudentRole, _Loader):
-    DESCRIPTION = "Load the one-step student (e.g. SD-Turbo) that EchoDistill personalizes."
+    ABOUT = "Load the one-step student (e.g. SD-Turbo) that EchoDistill personalizes."

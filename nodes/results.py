@@ -7,31 +7,34 @@ import torch
 from ..echodistill_core.export import save_embedding, save_student_lora
 from ..echodistill_core.personalization import Personalization
 from . import comfy
+from .comfy import io
+from .loaders import file_fingerprint
 from .sockets import CATEGORY, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER, Personalized
 
 
-class SavePersonalized:
-    CATEGORY = CATEGORY
-    FUNCTION = "save"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Save the personalized student as a LoRA (models/loras) and the token as an embedding "
-                   "(models/embeddings), for stock ComfyUI nodes; plus the whole result for EchoDistill Load "
-                   "Personalized (models/echodistill). The node lists each file it wrote and its folder.")
+def one_step_model_input(name: str, tooltip: str = "From EchoDistill Train or EchoDistill Load Personalized."):
+    return io.Custom(ONE_STEP_MODEL).Input(name, tooltip=tooltip)
+
+
+class SavePersonalized(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillSavePersonalized", display_name="EchoDistill Save Personalized", category=CATEGORY,
+            description="Save the personalized student as a LoRA (models/loras) and the token as an embedding "
+                        "(models/embeddings), for stock ComfyUI nodes; plus the whole result for EchoDistill Load "
+                        "Personalized (models/echodistill). The node lists each file it wrote and its folder.",
+            is_output_node=True, inputs=[
+                one_step_model_input("model", "From EchoDistill Train."),
+                io.String.Input("name", default="echodistill", tooltip="File name (no folders). In prompts of "
+                                "stock workflows use embedding:<name>."),
+                io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace the files of this "
+                                 "name from an earlier save. Off: a number is added (name_00001), nothing is "
+                                 "replaced."),
+            ])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (ONE_STEP_MODEL, {"tooltip": "From EchoDistill Train."}),
-            "name": ("STRING", {"default": "echodistill", "tooltip": "File name (no folders). In prompts of stock "
-                                "workflows use embedding:<name>."}),
-        }, "optional": {
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace the files of this name from an earlier "
-                          "save. Off: a number is added (name_00001), nothing is replaced."}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, name=None):
+    def validate_inputs(cls, name=None):
         """At queue time: a plain file name."""
         if name is not None:
             try:
@@ -40,7 +43,8 @@ class SavePersonalized:
                 return f"name: {error}. Change it on the node and queue again."
         return True
 
-    def save(self, model: Personalized, name, overwrite=False):
+    @classmethod
+    def execute(cls, model: Personalized, name, overwrite=False):
         stem = comfy.safe_file_name(name)
         folders = {kind: comfy.model_folder(kind) for kind in ("embeddings", "loras")}
         folders[comfy.RESULTS_KIND] = comfy.results_folder()
@@ -58,34 +62,48 @@ class SavePersonalized:
                  f"embedding: {embedding.name} in {embedding.parent}; in prompts: embedding:{stem} "
                  f"{model.personalization.config.class_word}",
                  f"result: {result.name} in {result.parent} (EchoDistill Load Personalized lists it)"]
-        return {"ui": {"text": lines}}
+        return io.NodeOutput(ui={"text": lines})
 
 
-class LoadPersonalized:
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (ONE_STEP_MODEL, PERSONALIZED_TEACHER)
-    RETURN_NAMES = ("one_step_model", "teacher")
-    OUTPUT_TOOLTIPS = ("The personalized one-step student.", "The personalized teacher.")
-    DESCRIPTION = "Bring a saved EchoDistill result back onto the base models it was trained on."
+NO_RESULTS = "(no saved results yet)"
+
+
+def saved_results() -> list[str]:
+    folder = comfy.results_folder()
+    return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+class LoadPersonalized(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillLoadPersonalized", display_name="EchoDistill Load Personalized", category=CATEGORY,
+            description="Bring a saved EchoDistill result back onto the base models it was trained on.",
+            inputs=[
+                io.Custom(TEACHER).Input("teacher", tooltip="The same teacher the result was trained with."),
+                io.Custom(STUDENT).Input("student", tooltip="The same student the result was trained with."),
+                io.Combo.Input("result", options=saved_results() or [NO_RESULTS], tooltip="A result in "
+                               "models/echodistill: written by EchoDistill Save Personalized, or by EchoDistill "
+                               "Train when a run finishes."),
+            ],
+            outputs=[io.Custom(ONE_STEP_MODEL).Output("one_step_model", display_name="one_step_model",
+                                                      tooltip="The personalized one-step student."),
+                     io.Custom(PERSONALIZED_TEACHER).Output(
+                "personalized_teacher", display_name="teacher", tooltip="The personalized teacher.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        folder = comfy.results_folder()
-        saved = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-        return {"required": {
-            "teacher": (TEACHER, {"tooltip": "The same teacher the result was trained with."}),
-            "student": (STUDENT, {"tooltip": "The same student the result was trained with."}),
-            "result": (saved or ["(no saved results yet)"], {"tooltip": "A result in models/echodistill: written by "
-                       "EchoDistill Save Personalized, or by EchoDistill Train when a run finishes."}),
-        }}
+    def fingerprint_inputs(cls, result=None, **_):
+        """The saved file as it is on disk: a result saved again under its name is loaded again."""
+        return result, file_fingerprint(comfy.results_folder() / result) if result else None
 
-    def load(self, teacher, student, result):
+    @classmethod
+    def execute(cls, teacher, student, result):
         path = comfy.results_folder() / result
         if not path.is_file():
             raise ValueError(f"no saved result {result!r} in {comfy.results_folder()}; save one with EchoDistill Save "
                              "Personalized, or refresh the page and choose another")
         with torch.inference_mode(False):
             personalization = Personalization.load(path, teacher.model, student.model, teacher.text)
-        return (Personalized(student, teacher.text, personalization, "student", personalization.history),
-                Personalized(teacher, teacher.text, personalization, "teacher", personalization.history))
+        return io.NodeOutput(Personalized(student, teacher.text, personalization, "student", personalization.history),
+                             Personalized(teacher, teacher.text, personalization, "teacher", personalization.history))
+

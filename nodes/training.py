@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,9 @@ from ..echodistill_core.token import check_words
 from ..echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
                                         training_resolution)
 from . import comfy
+from .comfy import io
+from .loaders import file_fingerprint
+from .sampling import seed_input
 from .sockets import (CATEGORY, CONCEPT, IMAGE_NETWORKS, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER,
                       Concept, Personalized)
 
@@ -29,51 +32,47 @@ log = logging.getLogger("echodistill")
 NO_STATE = "none (start fresh)"
 
 
-class DemoConceptImages:
-    CATEGORY = CATEGORY
-    FUNCTION = "images"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("Five drawings of the demo concept (a pink heart), for trying the pack without photos.",)
-    DESCRIPTION = "The demo concept's images, drawn by code: try EchoDistill on the bundled tiny models."
+class DemoConceptImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillDemoConceptImages", display_name="EchoDistill Demo Concept Images", category=CATEGORY,
+            description="The demo concept's images, drawn by code: try EchoDistill on the bundled tiny models.",
+            inputs=[io.Int.Input("size", default=32, min=16, max=1024, step=8,
+                                 tooltip="Image size in px (the bundled tiny models use 32).")],
+            outputs=[io.Image.Output("images", display_name="images", tooltip="Five drawings of the demo concept (a "
+                                     "pink heart), for trying the pack without photos.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"size": ("INT", {"default": 32, "min": 16, "max": 1024, "step": 8,
-                                              "tooltip": "Image size in px (the bundled tiny models use 32)."})}}
-
-    def images(self, size):
-        return (torch.stack([image.permute(1, 2, 0) for image in demo_concept_images(size)]),)
+    def execute(cls, size):
+        return io.NodeOutput(torch.stack([image.permute(1, 2, 0) for image in demo_concept_images(size)]))
 
 
-class ConceptImages:
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (CONCEPT,)
-    RETURN_NAMES = ("concept",)
-    OUTPUT_TOOLTIPS = ("The photos with the word that will stand for the subject.",)
-    DESCRIPTION = ("3-20 photos of one subject and the new word for it. Chain several of these nodes to mix "
-                   "image sizes; images are cropped to a square and augmented during training.")
+class ConceptImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillConceptImages", display_name="EchoDistill Concept Images", category=CATEGORY,
+            description="3-20 photos of one subject and the new word for it. Chain several of these nodes to mix "
+                        "image sizes; images are cropped to a square and augmented during training.",
+            inputs=[
+                io.Image.Input("images", tooltip="Photos of the subject, e.g. from Load Image (a batch)."),
+                io.String.Input("token", default="<sks>", tooltip="A new word, used in prompts for the subject. Use "
+                                "something the model has never seen, like <my-dog>."),
+                io.String.Input("class_word", default="dog", tooltip="What the subject is (dog, mug, person): prompts "
+                                "say '<token> <class word>'."),
+                io.String.Input("initializer_word", default="", tooltip="The word the token starts from; empty uses "
+                                "the class word."),
+                io.Custom(CONCEPT).Input("add_to", optional=True, tooltip="Another EchoDistill Concept Images node "
+                                         "whose photos to include (mixed sizes)."),
+                io.String.Input("captions", multiline=True, default="", optional=True, tooltip="Optional: one "
+                                "caption per image, each mentioning the token. Empty: prompt templates are used."),
+            ],
+            outputs=[io.Custom(CONCEPT).Output("concept", display_name="concept",
+                                               tooltip="The photos with the word that will stand for the subject.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "Photos of the subject, e.g. from Load Image (a batch)."}),
-            "token": ("STRING", {"default": "<sks>", "tooltip": "A new word, used in prompts for the subject. "
-                                 "Use something the model has never seen, like <my-dog>."}),
-            "class_word": ("STRING", {"default": "dog", "tooltip": "What the subject is (dog, mug, person): "
-                                      "prompts say '<token> <class word>'."}),
-            "initializer_word": ("STRING", {"default": "", "tooltip": "The word the token starts from; empty "
-                                            "uses the class word."}),
-        }, "optional": {
-            "add_to": (CONCEPT, {"tooltip": "Another EchoDistill Concept Images node whose photos to include "
-                                 "(mixed sizes)."}),
-            "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
-                                    "image, each mentioning the token. Empty: prompt templates are used."}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, token=None, class_word=None, initializer_word=None, captions=None):
+    def validate_inputs(cls, token=None, class_word=None, initializer_word=None, captions=None):
         """At queue time: a token of one word, a class word (and initializer word) that are plain words, and
         captions that mention the token. A value linked from another node arrives as None: checked at run."""
         problems = []
@@ -91,7 +90,8 @@ class ConceptImages:
             return "; ".join(dict.fromkeys(problems)) + ". Change it on the node and queue again."
         return True
 
-    def build(self, images, token, class_word, initializer_word, add_to=None, captions=""):
+    @classmethod
+    def execute(cls, images, token, class_word, initializer_word, add_to=None, captions=""):
         photos = [image.clone().permute(2, 0, 1).float() for image in images]  # IMAGE is [B, H, W, 3]
         lines = [line.strip() for line in captions.splitlines() if line.strip()]
         if add_to is not None:
@@ -101,7 +101,7 @@ class ConceptImages:
             lines = (add_to.captions or []) + lines if (add_to.captions or lines) else []
         concept = Concept(photos, token.strip(), class_word.strip(), initializer_word.strip(), lines or None)
         ConceptDataset(concept.images, concept.token, concept.class_word, 16, captions=concept.captions)  # validate now
-        return (concept,)
+        return io.NodeOutput(concept)
 
 
 def run_config(tiny: bool, steps=None, parameterisation=None, echo=None, seed=None, preview_every=None, preset="auto",
@@ -124,73 +124,99 @@ def _lr_tooltip(name: str) -> str:
             "fills in its value, and the Train node lists the rates the run uses when it starts.")
 
 
-class EchoDistillTrain:
-    CATEGORY = CATEGORY
-    FUNCTION = "train"
-    RETURN_TYPES = (ONE_STEP_MODEL, PERSONALIZED_TEACHER, "IMAGE", "STRING")
-    RETURN_NAMES = ("one_step_model", "teacher", "loss_plot", "summary")
-    OUTPUT_TOOLTIPS = ("The personalized one-step student: sample it with EchoDistill One-Step Sample or save it.",
-                       "The personalized multi-step teacher, for comparison (EchoDistill Teacher Sample).",
-                       "The training view as an image: a panel per loss on one step axis, the echo stage marked.",
-                       "What the run computed, a line per part: the losses, the discriminators, the echo.")
-    DESCRIPTION = ("Personalize the one-step student by training it together with the teacher (EchoDistill). "
-                   "The node shows the losses as the run goes, the student's one-step previews of your preview "
-                   "prompts (at step 1, then every preview_every steps) and what the run computes; Cancel keeps "
-                   "a resumable state.")
+def rate_input(name: str) -> io.Float.Input:
+    """A learning rate; the browser fills in a preset's own rate when the preset is chosen (web/echodistill.js)."""
+    rate = io.Float.Input(name, default=0.0, min=0.0, max=1.0, step=1e-6, round=False, optional=True,
+                          tooltip=_lr_tooltip(name))
+    rate.extra_dict = {"echodistill_presets": {preset: getattr(config, name) for preset, config in PRESETS.items()}}
+    return rate
+
+
+LINKED = ("teacher", "student", "concept", "image_networks")
+SHOWN_ONLY = ("preview_every", "preview_prompts", "save_every")  # what a run shows and keeps on the way, not learns
+
+
+def result_fingerprint(**widgets) -> tuple:
+    """Train's widgets that decide what a run learns (all but SHOWN_ONLY), the resume state as its file is on disk:
+    equal fingerprints and the same linked inputs give the same result."""
+    chosen = {name: value for name, value in widgets.items() if name not in LINKED + SHOWN_ONLY}
+    if chosen.get("resume_state") not in (None, NO_STATE):
+        chosen["resume_state"] = (chosen["resume_state"],
+                                  file_fingerprint(comfy.states_folder() / chosen["resume_state"]))
+    return tuple(sorted(chosen.items()))
+
+
+class EchoDistillTrain(io.ComfyNode):
+    finished: dict[str, tuple] = {}  # node id -> (fingerprint, linked inputs, outputs) of its last finished run
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "teacher": (TEACHER, {"tooltip": "From EchoDistill Load Teacher."}),
-            "student": (STUDENT, {"tooltip": "From EchoDistill Load Student."}),
-            "concept": (CONCEPT, {"tooltip": "From EchoDistill Concept Images."}),
-            "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Training steps. The paper "
-                      "uses 1000 for SD; 300 is enough for the bundled tiny models."}),
-            "parameterisation": (["custom_diffusion", "lora"], {"default": "custom_diffusion", "tooltip":
-                                 "custom_diffusion: the paper's (trains cross-attention keys/values). lora: "
-                                 "less memory (its rank is lora_rank)."}),
-            "memory": (list(MEMORY_PRESETS), {"default": DEFAULT_MEMORY_PRESET, "tooltip": "Your GPU's memory, "
-                       "for SD 2.1 + SD-Turbo at 512 px. 8 GB: batch 1, text encoder and VAE parked in CPU "
-                       "memory; 12 GB: the paper's batch of 2 with gradient checkpointing; 24 GB: faster, no "
-                       "checkpointing; unlimited: keep everything. Load the models in bf16 (fp16 on older GPUs). "
-                       "The bundled tiny models always run as unlimited."}),
-            "echo": ("BOOLEAN", {"default": True, "tooltip": "In the last quarter, the teacher also learns from "
-                                 "the student's best samples (the echo)."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 2**31 - 1, "tooltip": "The same seed repeats a run."}),
-            "preview_every": ("INT", {"default": 25, "min": 0, "max": 10000, "tooltip": "Show the student's one-step "
-                              "previews at step 1 and then every N steps (0: never). A preview costs one student "
-                              "evaluation per preview prompt."}),
-        }, "optional": {
-            "preset": (["auto", *PRESETS], {"default": "auto", "tooltip": "Learning rates and batch size: "
-                       "paper for SD-size models, tiny for the bundled ones; auto picks by model."}),
-            "teacher_lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
-                                     "tooltip": _lr_tooltip("teacher_lr"),
-                                     "echodistill_presets": {p: c.teacher_lr for p, c in PRESETS.items()}}),
-            "student_lr": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-6, "round": False,
-                                     "tooltip": _lr_tooltip("student_lr"),
-                                     "echodistill_presets": {p: c.student_lr for p, c in PRESETS.items()}}),
-            "resume_state": (cls.state_choices(), {"default": NO_STATE, "tooltip": "Continue a cancelled run "
-                             "from its saved state (same settings)."}),
-            "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training "
-                           "resolution in pixels; 0: the student's own (512 for SD-Turbo, also with a 768 px teacher). Lower "
-                           "is faster and lighter, at some cost in detail."}),
-            "save_every": ("INT", {"default": 250, "min": 0, "max": 100000, "tooltip": "Every N steps keep a "
-                           "resumable state (output/echodistill_states, replaced each time), so a crash loses at "
-                           "most N steps; 0: never. The finished result is always saved to models/echodistill."}),
-            "image_networks": (IMAGE_NETWORKS, {"tooltip": "From EchoDistill Load Image Networks: the "
-                               "discriminators' backbones and the feature network. Unconnected: the frozen "
-                               "teacher's features for both (no download)."}),
-            "lora_rank": ("INT", {"default": PRESETS["paper"].lora_rank, "min": 1, "max": 256, "tooltip": "The rank "
-                          "of the LoRA factors when parameterisation is lora: higher learns more detail and takes "
-                          "more memory. Unused by custom_diffusion."}),
-            "preview_prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompts the previews "
-                                "draw, one a line, shown side by side; use the concept's token to see the subject, "
-                                "leave it out to see what else the student still draws. Empty: 'a photo of a "
-                                "<token> <class word>'."}),
-        }, "hidden": {"node_id": "UNIQUE_ID"}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoDistillTrain", display_name="EchoDistill Train", category=CATEGORY,
+            description="Personalize the one-step student by training it together with the teacher (EchoDistill). "
+                        "The node shows the losses as the run goes, the student's one-step previews of your preview "
+                        "prompts (at step 1, then every preview_every steps) and what the run computes; Cancel keeps "
+                        "a resumable state.",
+            hidden=[io.Hidden.unique_id],
+            inputs=[
+                io.Custom(TEACHER).Input("teacher", tooltip="From EchoDistill Load Teacher."),
+                io.Custom(STUDENT).Input("student", tooltip="From EchoDistill Load Student."),
+                io.Custom(CONCEPT).Input("concept", tooltip="From EchoDistill Concept Images."),
+                io.Int.Input("steps", default=300, min=1, max=100000, tooltip="Training steps. The paper uses 1000 "
+                             "for SD; 300 is enough for the bundled tiny models."),
+                io.Combo.Input("parameterisation", options=["custom_diffusion", "lora"], default="custom_diffusion",
+                               tooltip="custom_diffusion: the paper's (trains cross-attention keys/values). lora: "
+                               "less memory (its rank is lora_rank)."),
+                io.Combo.Input("memory", options=list(MEMORY_PRESETS), default=DEFAULT_MEMORY_PRESET, tooltip="Your "
+                               "GPU's memory, for SD 2.1 + SD-Turbo at 512 px. 8 GB: batch 1, text encoder and VAE "
+                               "parked in CPU memory; 12 GB: the paper's batch of 2 with gradient checkpointing; 24 "
+                               "GB: faster, no checkpointing; unlimited: keep everything. Load the models in bf16 "
+                               "(fp16 on older GPUs). The bundled tiny models always run as unlimited."),
+                io.Boolean.Input("echo", default=True, tooltip="In the last quarter, the teacher also learns from the "
+                                 "student's best samples (the echo)."),
+                seed_input(42, "The same seed repeats a run."),
+                io.Int.Input("preview_every", default=25, min=0, max=10000, tooltip="Show the student's one-step "
+                             "previews at step 1 and then every N steps (0: never). A preview costs one student "
+                             "evaluation per preview prompt."),
+                io.Combo.Input("preset", options=["auto", *PRESETS], default="auto", optional=True, tooltip="Learning "
+                               "rates and batch size: paper for SD-size models, tiny for the bundled ones; auto "
+                               "picks by model."),
+                rate_input("teacher_lr"),
+                rate_input("student_lr"),
+                io.Combo.Input("resume_state", options=cls.state_choices(), default=NO_STATE, optional=True,
+                               tooltip="Continue a cancelled run from its saved state (same settings)."),
+                io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training "
+                             "resolution in pixels; 0: the student's own (512 for SD-Turbo, also with a 768 px "
+                             "teacher). Lower is faster and lighter, at some cost in detail."),
+                io.Int.Input("save_every", default=250, min=0, max=100000, optional=True, tooltip="Every N steps keep "
+                             "a resumable state (output/echodistill_states, replaced each time), so a crash loses at "
+                             "most N steps; 0: never. The finished result is always saved to models/echodistill."),
+                io.Custom(IMAGE_NETWORKS).Input("image_networks", optional=True, tooltip="From EchoDistill Load Image "
+                                                "Networks: the discriminators' backbones and the feature network. "
+                                                "Unconnected: the frozen teacher's features for both (no download)."),
+                io.Int.Input("lora_rank", default=PRESETS["paper"].lora_rank, min=1, max=256, optional=True,
+                             tooltip="The rank of the LoRA factors when parameterisation is lora: higher learns more "
+                             "detail and takes more memory. Unused by custom_diffusion."),
+                io.String.Input("preview_prompts", multiline=True, default="", optional=True, tooltip="The prompts "
+                                "the previews draw, one a line, shown side by side; use the concept's token to see "
+                                "the subject, leave it out to see what else the student still draws. Empty: 'a photo "
+                                "of a <token> <class word>'."),
+            ],
+            outputs=[
+                io.Custom(ONE_STEP_MODEL).Output("one_step_model", display_name="one_step_model", tooltip="The "
+                                                 "personalized one-step student: sample it with EchoDistill One-Step "
+                                                 "Sample or save it."),
+                io.Custom(PERSONALIZED_TEACHER).Output("personalized_teacher", display_name="teacher", tooltip="The "
+                                                       "personalized multi-step teacher, for comparison (EchoDistill "
+                                                       "Teacher Sample)."),
+                io.Image.Output("loss_plot", display_name="loss_plot", tooltip="The training view as an image: a "
+                                "panel per loss on one step axis, the echo stage marked."),
+                io.String.Output("summary", display_name="summary", tooltip="What the run computed, a line per part: "
+                                 "the losses, the discriminators, the echo."),
+            ])
 
     @classmethod
-    def VALIDATE_INPUTS(cls, steps=None, preview_every=None, teacher_lr=None, student_lr=None, resolution=None,
+    def validate_inputs(cls, steps=None, preview_every=None, teacher_lr=None, student_lr=None, resolution=None,
                         lora_rank=None, resume_state=None):
         """At queue time, the widgets' values as the core config sees them (every problem at once), and a
         resume state that is still there. A value linked from another node arrives as None: checked at run."""
@@ -209,23 +235,62 @@ class EchoDistillTrain:
                 ". Change them on the node and queue again."
         return True
 
+    @classmethod
+    def fingerprint_inputs(cls, **inputs):
+        """ComfyUI runs Train again when this changes (or any input does): the resume state's file included, so a
+        state kept again under its name (the autosave) is read again."""
+        return result_fingerprint(**inputs)
+
     @staticmethod
     def state_choices() -> list[str]:
         folder = comfy.states_folder()
         saved = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
         return [NO_STATE] + saved
 
-    def train(self, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
-              preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0,
-              save_every=250, image_networks: RunNetworks | None = None, lora_rank=None, preview_prompts="",
-              node_id=None):
+    @classmethod
+    def execute(cls, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
+                preset="auto", teacher_lr=0.0, student_lr=0.0, resume_state=NO_STATE, resolution=0, save_every=250,
+                image_networks: RunNetworks | None = None, lora_rank=None, preview_prompts=""):
+        node_id = cls.hidden.unique_id
+        fingerprint = result_fingerprint(
+            steps=steps, parameterisation=parameterisation, memory=memory, echo=echo, seed=seed, preset=preset,
+            teacher_lr=teacher_lr, student_lr=student_lr, resume_state=resume_state, resolution=resolution,
+            lora_rank=lora_rank)
+        linked = (teacher, student, concept, image_networks)
+        earlier = cls.finished.pop(node_id, None)  # a new run's models never live beside the last run's
+        if earlier and earlier[0] == fingerprint and all(a is b for a, b in zip(earlier[1], linked)):
+            cls.finished[node_id] = earlier  # only what the run shows changed: its result stands
+            return cls.show_finished(node_id, *earlier[2])
+        outputs = cls.train(node_id, teacher, student, concept, steps, parameterisation, memory, echo, seed,
+                            preview_every, preset, teacher_lr, student_lr, resume_state, resolution, save_every,
+                            image_networks, lora_rank, preview_prompts)
+        cls.finished[node_id] = (fingerprint, linked, outputs)
+        return io.NodeOutput(*outputs)
+
+    @staticmethod
+    def show_finished(node_id, one_step: Personalized, personal_teacher, plot, summary: str) -> io.NodeOutput:
+        """The finished run again, without training: its view in the node, its outputs."""
+        config = one_step.personalization.config
+        lines = summary.splitlines()
+        log.info("EchoDistill: nothing that changes the result changed; the finished run's result stands (%s)",
+                 lines[-1])
+        comfy.send_to_browser("echodistill.summary", {
+            "node": node_id, "lines": lines[:-1], "total": config.steps, "echo_start": _echo_start(config),
+            "history": [_curves(entry) for entry in one_step.history]})
+        comfy.send_to_browser("echodistill.finished", {"node": node_id, "result": lines[-1].removeprefix("result: ")})
+        return io.NodeOutput(one_step, personal_teacher, plot, summary)
+
+    @classmethod
+    def train(cls, node_id, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
+              preset, teacher_lr, student_lr, resume_state, resolution, save_every, image_networks, lora_rank,
+              preview_prompts) -> tuple:
         memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
         config = memory.apply(run_config(
             teacher.tiny, steps, parameterisation, echo, seed, preview_every, preset, teacher_lr, student_lr,
             resolution, lora_rank, preview_prompts, token=concept.token, class_word=concept.class_word,
             initializer_word=concept.initializer_word))
         networks = image_networks or choose_networks()  # unconnected: the teacher's features for both
-        self._check_memory(memory, teacher, networks)
+        cls._check_memory(memory, teacher, networks)
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI's other models leave the device before the run's own arrive; the student's own text encoder
             # is not used (both models read the teacher's) and stays offloaded.
@@ -244,7 +309,7 @@ class EchoDistillTrain:
                 "node": node_id, "lines": summary, "total": config.steps, "echo_start": _echo_start(config),
                 "history": [_curves(entry) for entry in trainer.history]})
             try:
-                self._run(trainer, node_id, save_every)
+                cls._run(trainer, node_id, save_every)
             finally:
                 comfy.release_device_memory()
         result = keep(trainer.personalization.save, comfy.results_folder() / f"{_run_name(trainer)}.safetensors")
@@ -254,7 +319,7 @@ class EchoDistillTrain:
         one_step = Personalized(student, teacher.text, trainer.personalization, "student", trainer.history)
         personal_teacher = Personalized(teacher, teacher.text, trainer.personalization, "teacher", trainer.history)
         plot = loss_plot(trainer.history, config.steps, _echo_start(config))
-        return (one_step, personal_teacher, plot, "\n".join(summary + [f"result: {result}"]))
+        return one_step, personal_teacher, plot, "\n".join(summary + [f"result: {result}"])
 
     @staticmethod
     def _check_memory(memory, teacher, networks: RunNetworks) -> None:
@@ -266,7 +331,8 @@ class EchoDistillTrain:
             log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
                         "choose that precision in Load Teacher and Load Student", memory.name, wanted)
 
-    def _run(self, trainer: EchoDistillTrainer, node_id, save_every: int = 0) -> None:
+    @classmethod
+    def _run(cls, trainer: EchoDistillTrainer, node_id, save_every: int = 0) -> None:
         progress = comfy.Progress(trainer.config.steps, node_id)
         autosave = comfy.states_folder() / f"{_word(trainer)}_seed{trainer.config.seed}_autosave.safetensors"
         prompts = trainer.preview_prompts()
@@ -286,16 +352,16 @@ class EchoDistillTrain:
         try:
             finished = trainer.train(callback=on_step, should_cancel=comfy.processing_interrupted)
         except comfy.interruption_types():
-            self._keep_state(trainer, node_id)
+            cls._keep_state(trainer, node_id)
             raise
         except Exception as error:  # a non-finite loss, out of memory, anything: the last good step is kept
-            path = self._keep_state(trainer, node_id, "failed")
+            path = cls._keep_state(trainer, node_id, "failed")
             advice = {TrainingOutOfMemoryError: ", with a smaller memory preset",
                       NonFiniteLossError: ", with lower learning rates"}.get(type(error), " once the cause is fixed")
             raise RuntimeError(f"EchoDistill stopped: {error}. The state after step {trainer.step} is saved as "
                                f"{path.name} in {path.parent}: choose it as resume_state to continue{advice}") from error
         if not finished:
-            self._keep_state(trainer, node_id)
+            cls._keep_state(trainer, node_id)
             comfy.throw_if_interrupted()
             raise comfy.Interrupted(f"training stopped at step {trainer.step}")
 
@@ -337,7 +403,7 @@ def preview_images(strip: torch.Tensor, count: int) -> list[str]:
     the browser enlarges them without smoothing and labels them with that size."""
     urls = []
     for image in strip.chunk(count, dim=1):
-        buffer = io.BytesIO()
+        buffer = BytesIO()
         Image.fromarray((image.float().numpy() * 255).round().astype(np.uint8)).save(buffer, format="PNG")
         urls.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
     return urls

@@ -287,6 +287,39 @@ def test_invalid_widgets_are_refused_when_queued_with_what_to_do(server):
     assert any("plain file name" in error["details"] for error in errors["11"]["errors"])
 
 
+def cached_nodes(entry: dict) -> set[str]:
+    """The nodes ComfyUI did not run for a prompt, reusing their outputs, by its /history entry."""
+    return {node for event, data in entry["status"]["messages"] if event == "execution_cached" for node in data["nodes"]}
+
+
+def test_train_runs_again_only_when_what_it_learns_changes(server):
+    """A graph queued again unchanged reuses Train's outputs; with only what a run shows changed (previews,
+    autosaves) Train keeps its finished result (its V3 fingerprint and the node's memory of its last run); a new
+    seed, step count or concept trains."""
+    def runs():
+        return server.log.read_text().count("EchoDistill run:")
+
+    def queued(prompt) -> dict:
+        entry = server.wait(server.queue(prompt))
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[-2000:]
+        return entry
+
+    prompt = tiny_workflow(steps=2, name="fingerprint")
+    prompt["5"]["inputs"]["seed"] = 7  # a run of this test's own
+    queued(prompt)
+    trained = runs()
+    assert "5" in cached_nodes(queued(prompt)) and runs() == trained  # queued again: not even run
+    prompt["5"]["inputs"].update(preview_every=1, preview_prompts="a <heart> toy\na ring", save_every=1)
+    log_before = len(server.log.read_text())
+    assert "5" not in cached_nodes(queued(prompt)) and runs() == trained  # run, but not trained
+    assert "the finished run's result stands" in server.log.read_text()[log_before:]
+    for node, changes in (("5", dict(seed=8)), ("5", dict(steps=3)), ("4", dict(class_word="doll"))):
+        prompt[node]["inputs"].update(changes)
+        queued(prompt)
+        assert runs() == trained + 1, changes
+        trained += 1
+
+
 def test_other_workflows_validate_given_their_models(server):
     """Workflows 2 and 3 name real models. Without them ComfyUI refuses only those choices; with files of
     those names in place (empty stand-ins here) the graphs pass validation and are queued."""
@@ -335,9 +368,10 @@ def test_load_image_networks_lists_the_users_files_refuses_a_lacking_choice_and_
     widgets = info["input"]["required"]
     assert info["output"] == ["ECHODISTILL_IMAGE_NETWORKS"] and widgets["discriminators"][1]["default"] == "teacher"
     for name in ("dino", "dinov2"):
-        assert {"none", "dinov2-folder", "dino-file.safetensors"} <= set(widgets[name][0])
-        assert not {"dinov2-folder/model.safetensors", "notes.txt"} & set(widgets[name][0])
-    assert "ip-adapter-file.safetensors" in widgets["ip_adapter"][0]
+        assert widgets[name][0] == "COMBO"  # a V3 combo: its choices are its options
+        assert {"none", "dinov2-folder", "dino-file.safetensors"} <= set(widgets[name][1]["options"])
+        assert not {"dinov2-folder/model.safetensors", "notes.txt"} & set(widgets[name][1]["options"])
+    assert "ip-adapter-file.safetensors" in widgets["ip_adapter"][1]["options"]
 
     with pytest.raises(AssertionError) as refused:  # the paper's set without its files: refused when queued
         server.queue(with_image_networks(tiny_workflow(steps=2, name="refused"), discriminators="paper"))

@@ -1,10 +1,16 @@
-"""The nodes' contract, without ComfyUI: declarations, and the whole graph run inside inference mode."""
+"""The nodes' contract in ComfyUI's own Python, with its V3 node API (comfy_api) and its folders, but no
+server: declarations, and the whole graph run inside inference mode. Run with COMFYUI_DIR set, by
+COMFYUI_PYTHON (ComfyUI's environment, where comfy_api imports); skipped in a Python without ComfyUI's
+packages. The pack's model and output folders are pointed at a temporary folder per test."""
 
+import asyncio
 import base64
 import dataclasses
 import importlib.util
 import io
+import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,17 +20,47 @@ from PIL import Image
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
+# In another Python than ComfyUI's (make test's .venv), the tests below run in a child pytest of ComfyUI's Python.
+ELSEWHERE = bool(COMFYUI_DIR and COMFYUI_PYTHON) and \
+    Path(sys.prefix).resolve() != Path(COMFYUI_PYTHON).absolute().parent.parent.resolve()
+FOLDER_KINDS = ("checkpoints", "diffusers", "loras", "embeddings", "clip_vision", "echodistill", "ipadapter", "dino")
+
+
+def comfy_api():
+    """ComfyUI's V3 API from COMFYUI_DIR, imported as ComfyUI imports it on a CPU (skip where it cannot be)."""
+    if not COMFYUI_DIR:
+        pytest.skip("set COMFYUI_DIR, and run with COMFYUI_PYTHON: the nodes are ComfyUI V3 nodes")
+    if ELSEWHERE:
+        pytest.skip("not needed here: run in ComfyUI's Python by test_the_nodes_tests_pass_in_comfyuis_python")
+    if COMFYUI_DIR not in sys.path:
+        sys.path.insert(0, COMFYUI_DIR)
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+        from comfy_api.latest import io as comfy_io
+    except ImportError as error:
+        pytest.skip(f"ComfyUI's packages are not in this Python ({error}); run with COMFYUI_PYTHON")
+    return comfy_io
 
 
 @pytest.fixture(scope="module")
 def pack():
-    """The pack imported the way ComfyUI imports it: a package from its folder, no comfy modules."""
+    """The pack imported the way ComfyUI imports it (a package from its folder) and its nodes registered the
+    way ComfyUI registers them (comfy_entrypoint, each under its schema's node id)."""
+    comfy_api()
     spec = importlib.util.spec_from_file_location("echodistill_pack", ROOT / "__init__.py",
                                                   submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+    schemas = {node: node.GET_SCHEMA() for node in nodes}
+    module.NODE_CLASS_MAPPINGS = {schema.node_id: node for node, schema in schemas.items()}
+    module.NODE_DISPLAY_NAME_MAPPINGS = {schema.node_id: schema.display_name for schema in schemas.values()}
     yield module
     for name in [name for name in sys.modules if name.startswith("echodistill_pack")]:
         del sys.modules[name]
@@ -32,9 +68,28 @@ def pack():
 
 @pytest.fixture
 def comfy(pack, tmp_path, monkeypatch):
+    """The adapter, with ComfyUI's folders (folder_paths) in tmp_path: models/<kind> and output."""
     adapter = sys.modules["echodistill_pack.nodes.comfy"]
-    monkeypatch.setattr(adapter, "_FALLBACK_ROOT", tmp_path)
+    folder_paths = adapter.folder_paths
+    for kind in FOLDER_KINDS:
+        extensions = folder_paths.folder_names_and_paths.get(kind, ([], set()))[1]
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(tmp_path / "models" / kind)], extensions))
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     return adapter
+
+
+@pytest.mark.skipif(not ELSEWHERE, reason="not needed here: the tests run in this Python" if COMFYUI_DIR else
+                    "set COMFYUI_DIR and COMFYUI_PYTHON: the nodes are ComfyUI V3 nodes")
+def test_the_nodes_tests_pass_in_comfyuis_python():
+    """This Python lacks ComfyUI's packages (av, aiohttp...): every other test of this file runs in ComfyUI's."""
+    environment = {name: value for name, value in os.environ.items() if name != "PYTEST_ADDOPTS"}  # no junit of its own
+    done = subprocess.run([COMFYUI_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", __file__],
+                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=7200)
+    print(done.stdout[-6000:])
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    summary = done.stdout.splitlines()[-1]  # every test passed there; skipped only this one
+    assert " passed" in summary and ("skipped" not in summary or " 1 skipped" in summary), summary
 
 
 def test_every_node_is_prefixed_described_and_tooltipped(pack):
@@ -46,9 +101,9 @@ def test_every_node_is_prefixed_described_and_tooltipped(pack):
         for section in ("required", "optional"):
             for name, (kind, *options) in inputs.get(section, {}).items():
                 assert options and options[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
-                assert isinstance(kind, list) or kind in WIDGET_TYPES or kind.isupper(), f"{node_id}.{name}"
-                if isinstance(kind, list) and "default" in options[0]:
-                    assert options[0]["default"] in kind
+                assert kind in WIDGET_TYPES or kind.isupper(), f"{node_id}.{name}"
+                if kind == "COMBO" and "default" in options[0]:
+                    assert options[0]["default"] in options[0]["options"]
         outputs = getattr(node, "RETURN_TYPES")
         assert len(getattr(node, "OUTPUT_TOOLTIPS", outputs)) == len(outputs)
         assert outputs or node.OUTPUT_NODE
@@ -74,9 +129,15 @@ def test_load_image_networks_feeds_trains_optional_input(pack):
     assert "models/dino" in widgets["dino"][1]["tooltip"] and "models/dino" in widgets["dinov2"][1]["tooltip"]
 
 
-def run(pack, node_type, **inputs):
-    node = pack.NODE_CLASS_MAPPINGS[node_type]()
-    return getattr(node, node.FUNCTION)(**inputs)
+NODE_IDS = itertools.count(1)
+
+
+def run(pack, node_type, node_id=None, **inputs):
+    """Execute a node as ComfyUI does: a clone of its class holding the hidden inputs (its node id; each call a node
+    of its own unless `node_id` says which). The io.NodeOutput unpacks as the node's outputs."""
+    node = pack.NODE_CLASS_MAPPINGS[node_type]
+    hidden = {comfy_api().Hidden.unique_id: str(node_id or f"test{next(NODE_IDS)}")}
+    return node.PREPARE_CLASS_CLONE(hidden).execute(**inputs)
 
 
 def bundled_pair(pack):
@@ -119,7 +180,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
 
         saved = run(pack, "EchoDistillSavePersonalized", model=one_step, name="my toy")
         again = run(pack, "EchoDistillSavePersonalized", model=one_step, name="my toy")
-        assert saved["ui"]["text"] != again["ui"]["text"]  # a number is added, nothing is overwritten
+        assert saved.ui["text"] != again.ui["text"]  # a number is added, nothing is overwritten
         assert sorted(p.name for p in (tmp_path / "models" / "loras").iterdir()) == \
             ["my toy.safetensors", "my toy_00001.safetensors"]
         with safe_open(str(tmp_path / "models" / "embeddings" / "my toy.safetensors"), "pt") as file:
@@ -129,7 +190,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
             assert all(key.startswith("lora_unet_") and key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
                        for key in file.keys())
 
-        result = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadPersonalized"].INPUT_TYPES()["required"]["result"][0]
+        result = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadPersonalized"].INPUT_TYPES()["required"]["result"][1]["options"]
         assert result == ["my toy.safetensors", "my toy_00001.safetensors", "toy_seed1_2steps.safetensors"]  # Train's
         loaded, _ = run(pack, "EchoDistillLoadPersonalized", teacher=teacher, student=student,
                         result="my toy.safetensors")
@@ -210,7 +271,7 @@ def test_a_choice_without_its_files_is_refused_at_queue_time_with_the_cores_mess
     with pytest.raises(core.CheckpointError) as refused:
         core.choose_networks(discriminators, feature, core.ImageNetworkFiles())
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
-    assert node.VALIDATE_INPUTS(discriminators=discriminators, feature_network=feature, **NO_FILES) == str(refused.value)
+    assert node.validate_inputs(discriminators=discriminators, feature_network=feature, **NO_FILES) == str(refused.value)
     assert "models/clip_vision" in str(refused.value)
     with pytest.raises(core.CheckpointError, match="needs the"):  # queued past validation: refused when run
         run(pack, "EchoDistillLoadImageNetworks", discriminators=discriminators, feature_network=feature,
@@ -221,11 +282,11 @@ def test_image_network_choices_that_need_no_file_pass_and_absent_files_are_named
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadImageNetworks"]
     for discriminators in ("teacher", "teacher + image networks"):
         for feature in ("teacher", "none"):
-            assert node.VALIDATE_INPUTS(discriminators=discriminators, feature_network=feature, **NO_FILES) is True
+            assert node.validate_inputs(discriminators=discriminators, feature_network=feature, **NO_FILES) is True
     files = {**NO_FILES, "dino": "dino-vits16"}  # outside ComfyUI no model folder lists anything
-    assert node.VALIDATE_INPUTS(discriminators="paper", feature_network="teacher", **files) == (
+    assert node.validate_inputs(discriminators="paper", feature_network="teacher", **files) == (
         "dino: dino-vits16 is not in ComfyUI's models/dino folder; put it there and refresh the page, or choose another")
-    assert node.VALIDATE_INPUTS(discriminators="paper", feature_network="teacher", **{**NO_FILES, "dino": None}) \
+    assert node.validate_inputs(discriminators="paper", feature_network="teacher", **{**NO_FILES, "dino": None}) \
         .startswith("the paper discriminator set needs the dinov2 and clip_vision files")  # dino linked: known at run
 
 
@@ -289,37 +350,37 @@ def train_widgets(**changes):
 
 def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, comfy):
     train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
-    assert train.VALIDATE_INPUTS(**train_widgets()) is True
-    assert train.VALIDATE_INPUTS(**train_widgets(teacher_lr=1e-4, resolution=64)) is True
-    refused = train.VALIDATE_INPUTS(**train_widgets(steps=0, resolution=100, student_lr=-1.0))
+    assert train.validate_inputs(**train_widgets()) is True
+    assert train.validate_inputs(**train_widgets(teacher_lr=1e-4, resolution=64)) is True
+    refused = train.validate_inputs(**train_widgets(steps=0, resolution=100, student_lr=-1.0))
     assert "steps must be at least 1, not 0" in refused
     assert "resolution must be 0 (the student's size) or a multiple of 8 from 8 px, not 100" in refused
     assert "student_lr must be positive, not -1.0" in refused and refused.endswith("queue again.")
-    assert "lora_rank must be at least 1" in train.VALIDATE_INPUTS(**train_widgets(lora_rank=0))
-    assert "preview_every must be 0 (never) or more" in train.VALIDATE_INPUTS(**train_widgets(preview_every=-5))
-    gone = train.VALIDATE_INPUTS(**train_widgets(resume_state="dog_seed1_step9.safetensors"))
+    assert "lora_rank must be at least 1" in train.validate_inputs(**train_widgets(lora_rank=0))
+    assert "preview_every must be 0 (never) or more" in train.validate_inputs(**train_widgets(preview_every=-5))
+    gone = train.validate_inputs(**train_widgets(resume_state="dog_seed1_step9.safetensors"))
     assert "resume_state dog_seed1_step9.safetensors is no longer in" in gone and "none (start fresh)" in gone
-    assert train.VALIDATE_INPUTS(steps=None, resolution=None) is True  # linked from other nodes: checked at run
+    assert train.validate_inputs(steps=None, resolution=None) is True  # linked from other nodes: checked at run
 
 
 def test_concept_images_refuse_bad_words_and_captions_at_queue_time(pack):
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillConceptImages"]
-    assert node.VALIDATE_INPUTS(token="<cup>", class_word="cup", initializer_word="", captions="") is True
-    assert "must be one word without spaces" in node.VALIDATE_INPUTS(token="my cup", class_word="cup",
+    assert node.validate_inputs(token="<cup>", class_word="cup", initializer_word="", captions="") is True
+    assert "must be one word without spaces" in node.validate_inputs(token="my cup", class_word="cup",
                                                                         initializer_word="", captions="")
-    assert "class word is empty" in node.VALIDATE_INPUTS(token="<cup>", class_word=" ", initializer_word="", captions="")
-    refused = node.VALIDATE_INPUTS(token="<cup>", class_word="cup", initializer_word="",
+    assert "class word is empty" in node.validate_inputs(token="<cup>", class_word=" ", initializer_word="", captions="")
+    refused = node.validate_inputs(token="<cup>", class_word="cup", initializer_word="",
                                    captions="a <cup> cup\na mug on a table\n\n")
     assert refused.startswith("caption 2 ('a mug on a table') does not mention the token <cup>")
-    assert "contains the placeholder token" in node.VALIDATE_INPUTS(token="<cup>", class_word="cup",
+    assert "contains the placeholder token" in node.validate_inputs(token="<cup>", class_word="cup",
                                                                      initializer_word="<cup>", captions="")
 
 
 def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, comfy, tmp_path):
     for node_id, role in (("EchoDistillLoadTeacher", "teacher"), ("EchoDistillLoadStudent", "student")):
         node = pack.NODE_CLASS_MAPPINGS[node_id]
-        assert node.VALIDATE_INPUTS(model=node.INPUT_TYPES()["required"]["model"][0][0]) is True  # the bundled one
-        refused = node.VALIDATE_INPUTS(model="checkpoints/sd_turbo.safetensors")
+        assert node.validate_inputs(model=node.INPUT_TYPES()["required"]["model"][1]["options"][0]) is True  # the bundled one
+        refused = node.validate_inputs(model="checkpoints/sd_turbo.safetensors")
         assert refused.startswith("sd_turbo.safetensors is not in ComfyUI's models/checkpoints folder "
                                   f"({tmp_path / 'models' / 'checkpoints'}). Put the {role} there")
 
@@ -327,10 +388,10 @@ def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, 
 def test_samplers_and_save_refuse_empty_prompts_and_paths_at_queue_time(pack):
     for node_id in ("EchoDistillOneStepSample", "EchoDistillTeacherSample"):
         node = pack.NODE_CLASS_MAPPINGS[node_id]
-        assert node.VALIDATE_INPUTS(prompt="a <cup> cup") is True and "the prompt is empty" in node.VALIDATE_INPUTS(prompt=" ")
+        assert node.validate_inputs(prompt="a <cup> cup") is True and "the prompt is empty" in node.validate_inputs(prompt=" ")
     save = pack.NODE_CLASS_MAPPINGS["EchoDistillSavePersonalized"]
-    assert save.VALIDATE_INPUTS(name="my cup") is True
-    assert "must be a plain file name" in save.VALIDATE_INPUTS(name="../models/cup")
+    assert save.validate_inputs(name="my cup") is True
+    assert "must be a plain file name" in save.validate_inputs(name="../models/cup")
 
 
 @pytest.fixture
@@ -357,9 +418,9 @@ def test_save_lists_what_it_wrote_and_where_and_replaces_only_when_asked(pack, c
     umask = os.umask(0o022)
     try:
         with torch.inference_mode():
-            first = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup")["ui"]["text"]
-            replaced = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup", overwrite=True)["ui"]["text"]
-            kept = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup")["ui"]["text"]
+            first = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup").ui["text"]
+            replaced = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup", overwrite=True).ui["text"]
+            kept = run(pack, "EchoDistillSavePersonalized", model=one_step, name="cup").ui["text"]
     finally:
         os.umask(umask)
     loras = tmp_path / "models" / "loras"
@@ -416,3 +477,89 @@ def test_samplers_show_progress_stop_on_cancel_and_upscale_for_viewing(pack, com
     size = images.shape[1]
     assert large.shape == (2, 4 * size, 4 * size, 3) and teacher_images.shape == (1, size, size, 3)
     assert torch.equal(large[:, ::4, ::4], images) and torch.equal(large[:, 3::4, 1::4], images)
+
+
+def test_seeds_ask_the_frontend_for_their_control_widget(pack):
+    for node_id in ("EchoDistillTrain", "EchoDistillOneStepSample", "EchoDistillTeacherSample"):
+        seed = pack.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"]["seed"]
+        assert seed[0] == "INT" and seed[1]["control_after_generate"] is True  # web/echodistill.js starts it fixed
+
+
+def test_train_trains_again_only_when_what_it_learns_changes(pack, comfy, monkeypatch):
+    sent = []
+    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append(event))
+    train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
+    widgets = dict(steps=2, parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0,
+                   resume_state="none (start fresh)")
+    shown_only = dict(preview_every=1, preview_prompts="a <cup> cup\na red ring", save_every=1)
+    assert train.fingerprint_inputs(**widgets) == train.fingerprint_inputs(**{**widgets, **shown_only})
+    for changed in (dict(seed=1), dict(steps=3), dict(memory="8 GB"), dict(teacher_lr=1e-4)):
+        assert train.fingerprint_inputs(**widgets) != train.fingerprint_inputs(**{**widgets, **changed}), changed
+
+    def trainings():
+        return sent.count("echodistill.progress")
+
+    with torch.inference_mode():
+        teacher, student, concept = cup(pack)
+        linked = dict(teacher=teacher, student=student, concept=concept)
+        first = run(pack, "EchoDistillTrain", node_id="5", **linked, **widgets)
+        assert trainings() == 2
+        again = run(pack, "EchoDistillTrain", node_id="5", **linked, **{**widgets, **shown_only})
+        assert trainings() == 2 and again[0] is first[0] and again[3] == first[3]  # the finished run, not a new one
+        assert sent[-2:] == ["echodistill.summary", "echodistill.finished"]  # shown again in the node
+        run(pack, "EchoDistillTrain", node_id="5", **linked, **{**widgets, "seed": 1})
+        assert trainings() == 4
+        other, = run(pack, "EchoDistillConceptImages", images=torch.rand(2, 32, 32, 3), token="<cup>",
+                     class_word="cup", initializer_word="")
+        run(pack, "EchoDistillTrain", node_id="5", **{**linked, "concept": other}, **{**widgets, "seed": 1})
+        assert trainings() == 6  # a concept made again (its photos changed): a new run
+
+
+def test_trains_fingerprint_reads_the_resume_states_file(pack, comfy):
+    train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
+    state = comfy.states_folder() / "cup_seed0_autosave.safetensors"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"a state")
+    kept = train.fingerprint_inputs(steps=2, resume_state=state.name)
+    state.write_bytes(b"a state kept again, later")  # the autosave is replaced under its name
+    assert train.fingerprint_inputs(steps=2, resume_state=state.name) != kept
+
+
+def test_loaders_fingerprint_the_model_file_they_read(pack, comfy, tmp_path):
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadStudent"]
+    checkpoint = tmp_path / "models" / "checkpoints" / "student.safetensors"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"first")
+    before = node.fingerprint_inputs(model="checkpoints/student.safetensors", family="auto-detect", precision="auto")
+    assert before == node.fingerprint_inputs(model="checkpoints/student.safetensors", family="auto-detect",
+                                             precision="auto")
+    checkpoint.write_bytes(b"replaced by another download")
+    assert node.fingerprint_inputs(model="checkpoints/student.safetensors") != before
+
+
+def test_personalized_model_refuses_a_stock_model_that_is_not_the_trained_student(pack, trained_cup):
+    stock = sys.modules["echodistill_pack.nodes.stock"]
+    export = sys.modules["echodistill_pack.echodistill_core.export"]
+    one_step = trained_cup[0]
+    student = dataclasses.replace(one_step.base, name="checkpoints/sd_turbo.safetensors", family="sd-turbo")
+    lora = export.student_lora_tensors(one_step.personalization, student.model.unet, dtype=torch.float32)
+    own = stock.student_layer_weights(student, lora)
+    assert own and set(own) == {key.split(".", 1)[0] for key in lora}
+    predicts = student.model.schedule.prediction_type
+    assert stock.stock_model_problem(student, own, own, predicts, "SD20") is None
+    loaded_in_half = {stem: weight.half().float() for stem, weight in own.items()}
+    assert stock.stock_model_problem(student, own, loaded_in_half, predicts, "SD20") is None
+    advice = "connect the MODEL of the checkpoint the student was loaded from (checkpoints/sd_turbo.safetensors)"
+    generator = torch.Generator().manual_seed(0)
+    other_weights = {stem: weight + weight.std() * torch.randn(weight.shape, generator=generator)
+                     for stem, weight in own.items()}  # SD 2.1 where SD-Turbo was trained: same names and shapes
+    refused = stock.stock_model_problem(student, own, other_weights, predicts, "SD20")
+    assert refused.startswith("this SD20 MODEL is a model of the same shape but not the SD-Turbo student") and advice in refused
+    refused = stock.stock_model_problem(student, own, own, "v_prediction" if predicts != "v_prediction" else "epsilon",
+                                        "SD20")
+    assert "SD 2.1 768 is v-prediction, SD-Turbo epsilon" in refused and advice in refused
+    narrower = {stem: weight[:, :-1] for stem, weight in own.items()}  # SD 1.x: other text width, same layer names
+    refused = stock.stock_model_problem(student, own, narrower, predicts, "SD15")
+    assert refused.startswith("this SD15 MODEL is another architecture than the SD-Turbo student") and advice in refused
+    missing = stock.stock_model_problem(student, own, {}, predicts, "Flux")
+    assert f"{len(own)} of the personalization's {len(own)} layers" in missing and "not a SD-Turbo model" in missing

@@ -2,16 +2,18 @@
 ComfyUI's template browser lists (with `<name>.jpg` beside each as its card's picture).
 
 Each graph is described once below as nodes and links; widget values follow each node's declared
-inputs (the pack's own INPUT_TYPES, and a table for the stock nodes used), so the files stay in step
-with the nodes. Every graph is laid out in columns without overlaps, its nodes in titled groups, with a
+inputs (the pack's own declarations as ComfyUI reads them, and a table for the stock nodes used), so the
+files stay in step with the nodes. Every graph is laid out in columns without overlaps, its nodes in titled groups, with a
 note that says what it does and what to change, and the models it needs (name, folder, download
-address) for ComfyUI's missing-model dialog. Run: python tools/make_workflows.py
+address) for ComfyUI's missing-model dialog. Run: COMFYUI_DIR=... COMFYUI_PYTHON=... python tools/make_workflows.py
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,32 +40,56 @@ NOTES = {"MarkdownNote"}
 SEED_INPUTS = {"seed"}  # the frontend adds a "control_after_generate" widget after these
 
 
+# The pack's nodes are V3 nodes: only ComfyUI's Python, with ComfyUI's folder on its path, can import them. It
+# prints how ComfyUI's /object_info describes each (PyPI's CUDA torchvision beside a CPU torch needs two of its
+# modules stood in for, as tests/test_comfyui.py starts ComfyUI).
+NODE_INFO = """
+import asyncio, importlib.util, json, sys, types
+for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+    sys.modules.setdefault(name, types.ModuleType(name))
+root, comfyui = sys.argv[1:]
+sys.path.insert(0, comfyui)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+spec = importlib.util.spec_from_file_location("echodistill_pack", root + "/__init__.py", submodule_search_locations=[root])
+pack = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = pack
+spec.loader.exec_module(pack)
+nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+print(json.dumps({node.GET_SCHEMA().node_id: node.GET_NODE_INFO_V1() for node in nodes}, default=str))
+"""
+
+
+@functools.cache
 def pack_nodes() -> dict:
-    spec = importlib.util.spec_from_file_location("echodistill_pack", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.NODE_CLASS_MAPPINGS
+    """Each node of the pack as ComfyUI's /object_info describes it ({node id: info}), read by ComfyUI's Python
+    (COMFYUI_PYTHON, default this one) from ComfyUI's folder (COMFYUI_DIR)."""
+    comfyui = os.environ.get("COMFYUI_DIR")
+    if not comfyui:
+        raise SystemExit("the pack's nodes are ComfyUI V3 nodes: set COMFYUI_DIR to a ComfyUI checkout (and "
+                         "COMFYUI_PYTHON to its Python) to read them")
+    done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", NODE_INFO, str(ROOT), comfyui],
+                          capture_output=True, text=True, cwd=comfyui, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"ComfyUI's Python could not read the pack's nodes:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def signature(node_type: str, pack: dict) -> tuple[list, list, list]:
     """(input sockets [(name, type)], widget names, output sockets [(name, type)]) of a node type."""
     if node_type in STOCK:
         return STOCK[node_type]
-    node = pack[node_type]
-    declared = node.INPUT_TYPES()
+    info = pack[node_type]
     sockets, widgets = [], []
     for section in ("required", "optional"):
-        for name, (kind, *_) in declared.get(section, {}).items():
-            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+        for name, (kind, *_) in info["input"].get(section, {}).items():
+            if isinstance(kind, list) or kind in ("COMBO", "INT", "FLOAT", "STRING", "BOOLEAN"):
                 widgets.append(name)
                 if name in SEED_INPUTS:
                     widgets.append("control_after_generate")
             else:
                 sockets.append((name, kind))
-    names = getattr(node, "RETURN_NAMES", node.RETURN_TYPES)
-    return sockets, widgets, list(zip(names, node.RETURN_TYPES))
+    return sockets, widgets, list(zip(info["output_name"], info["output"]))
 
 
 def workflow(nodes: list[dict], pack: dict, groups: list[tuple[str, list[int]]] = (),

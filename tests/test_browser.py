@@ -92,6 +92,6 @@ def test_workflows_load_convert_and_run_in_the_frontend(tmp_path_factory):
     assert summary["run"]["status"] == "success"
     assert {Path(p).name for p in summary["screenshots"]} >= {
         "1_train_node_mid_run.png", "1_train_node_after_run.png", "1_train_node_cancelled.png",
-        "1_train_node_resumed.png", "templates.png",
+        "1_train_node_resumed.png", "templates.png", "new_train_node_seed.png",
         "2_personalize_sd_turbo_with_sd21_teacher_image_networks.png",
         "2_personalize_sd_turbo_with_sd21_teacher_missing_models.png"}

@@ -278,15 +278,25 @@ function setUpSave(node) {
   };
 }
 
+// A new node's seed control starts at "fixed", not the frontend's "randomize": queued again, a graph trains and
+// draws the same (the schema can only ask for the control, not its start). A loaded workflow keeps its own.
+function fixSeed(node) {
+  const control = node.widgets?.find((w) => w.name === "control_after_generate");
+  if (control) control.value = "fixed";
+}
+
 app.registerExtension({
   name: "echodistill.liveview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    const seeded = nodeData.name?.startsWith("EchoDistill") && (nodeData.input?.required?.seed
+      ?? nodeData.input?.optional?.seed)?.[1]?.control_after_generate;
     const setUp = { EchoDistillTrain: setUpTrain, EchoDistillSavePersonalized: setUpSave }[nodeData.name];
-    if (!setUp) return;
+    if (!setUp && !seeded) return;
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = created?.apply(this, arguments);
-      setUp(this, nodeData);
+      if (seeded) fixSeed(this);
+      setUp?.(this, nodeData);
       return result;
     };
   },

@@ -166,6 +166,7 @@ async function main() {
     if (RUN_PREFIX && !results.run) fail(`no workflow file starts with "${RUN_PREFIX}"`);
     results.templates = await templates(page, PACK_FOLDER, files);
     results.presetRates = await presetFillsRates(page, objectInfo);
+    results.newSeeds = await newNodesSeedsFixed(page);
   } finally {
     await browser.close();
   }
@@ -579,6 +580,37 @@ async function cancelAndResume(page, file, trainId, steps) {
   await page.evaluate((id) => { window.app.graph.getNodeById(id).widgets.find((w) => w.name === "resume_state").value = "none (start fresh)"; }, trainId);
   log(`${file}: cancelled at step ${cancelled.step} (state ${cancelled.state}, ${result.cancelledStatus}); resumed to ${result.after.run?.step}: ${result.resumedStatus}`);
   return result;
+}
+
+// A node placed anew (as from the node search) has its seed control at "fixed", not the frontend's "randomize":
+// queued again, the graph trains and draws the same (new_train_node_seed.png shows the Train node's widgets).
+async function newNodesSeedsFixed(page) {
+  await page.evaluate(() => window.app.graph.clear());
+  const seeds = {};
+  for (const type of ["EchoDistillTrain", "EchoDistillOneStepSample", "EchoDistillTeacherSample"]) {
+    const id = await page.evaluate((type) => {
+      const node = LiteGraph.createNode(type);
+      node.pos = [100, 100];
+      window.app.graph.add(node);
+      return node.id;
+    }, type);
+    await showNode(page, id);
+    seeds[type] = await page.evaluate((id) => {
+      const widgets = window.app.graph.getNodeById(id).widgets;
+      const seed = widgets.findIndex((w) => w.name === "seed");
+      return { control: widgets.find((w) => w.name === "control_after_generate")?.value ?? null,
+               next: widgets[seed + 1]?.name, seed: widgets[seed]?.value };
+    }, id);
+    check(seeds[type].control === "fixed" && seeds[type].next === "control_after_generate",
+          `a new ${type}'s seed control reads ${JSON.stringify(seeds[type])}, not "fixed" right after the seed`);
+    if (type === "EchoDistillTrain") {
+      const clip = await nodeClip(page, id);
+      await screenshot(page, "new_train_node_seed.png", { ...clip, height: Math.min(clip.height, 520) });
+    }
+    await page.evaluate((id) => window.app.graph.remove(window.app.graph.getNodeById(id)), id);
+  }
+  log(`new nodes' seed controls: ${JSON.stringify(seeds)}`);
+  return seeds;
 }
 
 // A new Train node shows 0 (the preset's) rates; choosing a preset shows that preset's own.

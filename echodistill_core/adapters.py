@@ -54,9 +54,10 @@ class LinearAdapter(nn.Module):
         return self.alpha / self.down.shape[0]
 
     def delta(self, base: nn.Linear) -> torch.Tensor:
-        """The change this adapter makes to the base weight, [out, in] in float32."""
+        """The change this adapter makes to the base weight, [out, in] in float32, on the adapter's device (the
+        base may wait on another: a host such as ComfyUI offloads it between uses)."""
         if self.kind == "custom_diffusion":
-            return self.weight.detach() - base.weight.detach().float()
+            return self.weight.detach() - base.weight.detach().to(self.weight.device, torch.float32)
         return (self.up.detach() @ self.down.detach()) * self.scale
 
     def forward(self, base: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,13 @@ from .image_networks import LoadImageNetworks
 from .loaders import LoadStudent, LoadTeacher
 from .results import LoadPersonalized, SavePersonalized
 from .sampling import OneStepSample, TeacherSample
+from .scoring import PaperMetrics
 from .stock import EncodePrompt, PersonalizedModel, StudentFromCheckpoint, TeacherFromCheckpoint
 from .training import ConceptImages, DemoConceptImages, EchoDistillTrain
 
 NODES = [LoadTeacher, LoadStudent, TeacherFromCheckpoint, StudentFromCheckpoint, LoadImageNetworks, DemoConceptImages,
          ConceptImages, EchoDistillTrain, OneStepSample, TeacherSample, SavePersonalized, LoadPersonalized,
-         PersonalizedModel, EncodePrompt]
+         PersonalizedModel, EncodePrompt, PaperMetrics]
 
 
 class EchoDistillExtension(ComfyExtension):

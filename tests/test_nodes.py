@@ -563,3 +563,18 @@ def test_personalized_model_refuses_a_stock_model_that_is_not_the_trained_studen
     assert refused.startswith("this SD15 MODEL is another architecture than the SD-Turbo student") and advice in refused
     missing = stock.stock_model_problem(student, own, {}, predicts, "Flux")
     assert f"{len(own)} of the personalization's {len(own)} layers" in missing and "not a SD-Turbo model" in missing
+
+
+def test_paper_metrics_scores_the_trained_student_beside_the_untouched_one(pack, comfy, trained_cup):
+    """No CLIP or DINO file chosen: the tiny world's judge stands in, and the table says so."""
+    one_step, teacher_model, _, _ = trained_cup
+    node = pack.NODE_CLASS_MAPPINGS["EchoDistillPaperMetrics"]
+    assert isinstance(node.validate_inputs(prompts="a photo of a cup"), str)  # no place for the subject: refused
+    with torch.inference_mode():
+        _, _, concept = cup(pack)
+        output = run(pack, "EchoDistillPaperMetrics", one_step_model=one_step, teacher=teacher_model,
+                     concept=concept, clip="none", dino="none", prompts="a {} on teal\na big {} on gray", seeds=2,
+                     role="student")
+    table, grid = output
+    assert "| judge-I |" in table and "not a network of the paper" in table and output.ui["text"][0] == table.splitlines()[0]
+    assert grid.shape == (1, 3 * 128, 5 * 128, 3)  # the photos, then per prompt: two seeds, a gap, two seeds

@@ -267,16 +267,23 @@ function setUpTrain(node, nodeData) {
   }
 }
 
-function setUpSave(node) {
-  const saved = panel("echodistill-saved", "The files' names and folders are listed here once saved.", SAVED_HEIGHT);
-  node.echodistill = { saved };
-  addDom(node, "saved", "echodistill_saved", saved, SAVED_HEIGHT);
-  const executed = node.onExecuted;
-  node.onExecuted = function (message) {
-    executed?.apply(this, arguments);
-    if (message?.text) saved.textContent = message.text.join("\n");
+// A panel that shows the lines a node reports when it has run (its ui "text"): Save's files, Paper Metrics' table.
+function textPanel(placeholder) {
+  return (node) => {
+    const saved = panel("echodistill-saved", placeholder, SAVED_HEIGHT);
+    node.echodistill = { saved };
+    addDom(node, "saved", "echodistill_saved", saved, SAVED_HEIGHT);
+    const executed = node.onExecuted;
+    node.onExecuted = function (message) {
+      executed?.apply(this, arguments);
+      if (message?.text) saved.textContent = message.text.join("\n");
+    };
   };
 }
+
+const setUpSave = textPanel("The files' names and folders are listed here once saved.");
+const setUpScores = textPanel("The figures are listed here once scored: the personalized model, the untouched one, "
+  + "the paper's where the same network made it.");
 
 // A new node's seed control starts at "fixed", not the frontend's "randomize": queued again, a graph trains and
 // draws the same (the schema can only ask for the control, not its start). A loaded workflow keeps its own.
@@ -290,7 +297,8 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const seeded = nodeData.name?.startsWith("EchoDistill") && (nodeData.input?.required?.seed
       ?? nodeData.input?.optional?.seed)?.[1]?.control_after_generate;
-    const setUp = { EchoDistillTrain: setUpTrain, EchoDistillSavePersonalized: setUpSave }[nodeData.name];
+    const setUp = { EchoDistillTrain: setUpTrain, EchoDistillSavePersonalized: setUpSave,
+      EchoDistillPaperMetrics: setUpScores }[nodeData.name];
     if (!setUp && !seeded) return;
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {

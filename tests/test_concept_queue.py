@@ -4,7 +4,6 @@ one resumed from its kept state; from Python and from the command line (spread o
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from echodistill_core import cli

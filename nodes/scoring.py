@@ -81,6 +81,8 @@ class PaperMetrics(io.ComfyNode):
             progress.update(done)
             comfy.throw_if_interrupted()
 
+        comfy.use([teacher.base.model, one_step_model.base.model], [one_step_model.text],
+                  personalization=one_step_model.personalization)  # onto the device through ComfyUI
         scores = evaluate_concept(teacher.base.model, one_step_model.base.model, one_step_model.text,
                                   one_step_model.personalization, concept.images, judges, prompts=tuple(prompt_list),
                                   seeds=tuple(range(seeds)), role=role, progress=after_each_prompt)

@@ -3,8 +3,10 @@
 Every image is drawn by code from known attributes (shape, colour, size, background, position), so a
 generated image can be checked against its prompt without any pretrained network. The bundled tiny
 teacher, student and judge are trained on this world only. The shapes of `NOVEL_SHAPES` are never
-in the models' training; they render the "new concept" of the demos. The judge, the yardstick, knows
-them (`ALL_SHAPES`), so that a concept's samples can be recognised.
+in the models' training. The judge, the yardstick, knows them (`ALL_SHAPES`), so that a concept's samples
+can be recognised. A concept may also be a shape the models know with its own look (`LOOKS`): part of it
+in a second colour, as "my circle" has a red upper and a blue lower half; `recognise_concept` reads both
+from the pixels.
 
 Every attribute is measured from pixels (`measure`): background, colour and size directly, shape by
 matching the object's coverage against every training shape drawn at both sizes and every position
@@ -51,6 +53,7 @@ BACKGROUNDS = {  # background colours: dark or muted
     "brown": (0.40, 0.22, 0.08),
     "teal": (0.00, 0.40, 0.40),
 }
+LOOKS = ("halves", "dot", "band")  # a concept's own look: where its second colour (`color2`) goes
 SIZES = {"small": 5.0, "big": 10.0}  # half-width of the shape in pixels
 SIZE_THRESHOLD = 15  # measured extent (pixels) between the two sizes
 ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
@@ -124,20 +127,43 @@ def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES + NOVEL_SHAPES}")
 
 
-def render(attributes: dict) -> torch.Tensor:
-    """[3, 32, 32] image in [-1, 1] of `attributes` (any shape, including `NOVEL_SHAPES`).
+def _look_mask(look: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Where a look puts the second colour, on the shape's normalised coordinates. Every look is symmetric
+    left-right: the training augmentation flips images, and a flipped concept must stay the same concept."""
+    if look == "halves":  # the lower half
+        return v > 0
+    if look == "dot":  # a dot in the middle
+        return u**2 + v**2 <= 0.42**2
+    if look == "band":  # a horizontal band across the middle
+        return v.abs() <= 0.3
+    raise ValueError(f"unknown look {look!r}; known: {', '.join(LOOKS)}")
 
-    Missing x/y centre the shape; colours may be names or RGB triples in [0, 1].
-    """
+
+def _regions(attributes: dict) -> list[torch.Tensor]:
+    """Per colour of the object (`color`, then `color2` where a `look` puts it): [32, 32] share of each
+    pixel it covers."""
     size = SIZES[attributes["size"]]
     x, y = attributes.get("x", IMAGE_SIZE / 2), attributes.get("y", IMAGE_SIZE / 2)
     fine = (torch.arange(IMAGE_SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
     v, u = torch.meshgrid((fine - y) / size, (fine - x) / size, indexing="ij")
-    inside = _shape_mask(attributes["shape"], u, v).float()[None, None]
-    alpha = F.avg_pool2d(inside, SUPERSAMPLE)[0]
-    color, background = (_rgb(attributes[key], table) for key, table in
-                         (("color", COLORS), ("background", BACKGROUNDS)))
-    image = background * (1 - alpha) + color * alpha
+    inside = _shape_mask(attributes["shape"], u, v)
+    masks = [inside]
+    if attributes.get("look"):
+        second = inside & _look_mask(attributes["look"], u, v)
+        masks = [inside & ~second, second]
+    return [F.avg_pool2d(mask.float()[None, None], SUPERSAMPLE)[0, 0] for mask in masks]
+
+
+def render(attributes: dict) -> torch.Tensor:
+    """[3, 32, 32] image in [-1, 1] of `attributes` (any shape, including `NOVEL_SHAPES`).
+
+    Missing x/y centre the shape; colours may be names or RGB triples in [0, 1]. With a `look` (of
+    `LOOKS`), part of the shape is drawn in `color2`: "my circle", a circle with red and blue halves.
+    """
+    colors = [attributes["color"], attributes.get("color2")]
+    image = _rgb(attributes["background"], BACKGROUNDS)
+    for alpha, color in zip(_regions(attributes), colors):
+        image = image * (1 - alpha) + _rgb(color, COLORS) * alpha
     return image * 2 - 1
 
 
@@ -177,9 +203,10 @@ def measure(images: torch.Tensor) -> list[dict]:
     the object's coverage, "unclear" when no training shape fits.
     """
     background, color, coverage = _object_colours(images)
+    extent_coverage = object_coverage(images)
     results = []
     for index in range(len(images)):
-        mask = coverage[index] >= 0.5
+        mask = extent_coverage[index] >= 0.5
         extent = max(int((mask.sum(dim=0) >= 2).sum()), int((mask.sum(dim=1) >= 2).sum()))
         results.append(dict(
             background=_nearest(background[index : index + 1], BACKGROUNDS)[0],
@@ -191,8 +218,19 @@ def measure(images: torch.Tensor) -> list[dict]:
 
 
 def object_coverage(images: torch.Tensor) -> torch.Tensor:
-    """[B, 32, 32] in [0, 1]: how much of each pixel is the object rather than the background."""
-    return _object_colours(images)[2]
+    """[B, 32, 32] in [0, 1]: how much of each pixel is the object rather than the background, whatever its
+    colours: the larger of the coverage along the object's main colour (`_object_colours`) and the pixel's
+    RGB distance from the background, which finds a look's second colour too (`OBJECT_DISTANCE`)."""
+    background, _, coverage = _object_colours(images)
+    pixels = (images.float().clamp(-1, 1) + 1) / 2
+    distance = (pixels - background[:, :, None, None]).norm(dim=1)
+    low, high = OBJECT_DISTANCE
+    return torch.maximum(coverage, ((distance - low) / (high - low)).clamp(0, 1))
+
+
+# RGB distances from the background (0..1 units) that count as no object and as all object: every object
+# colour is at least 0.44 from every background (green on teal), a generated image's noise about 0.1.
+OBJECT_DISTANCE = (0.12, 0.36)
 
 
 def _object_colours(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,27 +260,34 @@ SHAPE_FIT = 0.35  # the largest unexplained fraction of the object's coverage th
 
 
 def match_shape(coverage: torch.Tensor, shapes: tuple[str, ...] = SHAPES) -> str:
-    """The shape of `shapes` whose drawing best explains a [32, 32] coverage map (1 = object, 0 = background).
+    """The shape of `shapes` whose drawing best explains a [32, 32] coverage map (1 = object, 0 = background),
+    "unclear" when none does (`fit_shape`)."""
+    fit = fit_shape(coverage, shapes)
+    return fit["shape"] if fit else "unclear"
+
+
+def fit_shape(coverage: torch.Tensor, shapes: tuple[str, ...] = SHAPES) -> dict | None:
+    """The shape, size and centre (x, y) whose drawing best explains a [32, 32] coverage map, or None.
 
     Every shape of `shapes` (the training vocabulary unless told) at both sizes and every whole-pixel
-    position is a template; the best one (least squared difference) names the shape if it leaves at
-    most `SHAPE_FIT` of the coverage unexplained, and "unclear" otherwise (a blob, two objects, an
-    empty image).
+    position is a template; the best one (least squared difference) is the answer if it leaves at most
+    `SHAPE_FIT` of the coverage unexplained (not: a blob, two objects, an empty image).
     """
-    templates, labels = _shape_templates(tuple(shapes))
+    templates, placements = _shape_templates(tuple(shapes))
     flat = coverage.flatten().float()
     errors = (templates - flat).square().sum(dim=1)
     best = int(errors.argmin())
     mass = flat.square().sum().clamp(min=1e-6)
-    return labels[best] if errors[best] / mass <= SHAPE_FIT else "unclear"
+    return dict(placements[best]) if errors[best] / mass <= SHAPE_FIT else None
 
 
 @lru_cache(maxsize=2)
-def _shape_templates(shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, list[str]]:
-    """[T, 32*32] coverage of every shape of `shapes`, size and whole-pixel position, and each one's shape."""
-    templates, labels = [], []
+def _shape_templates(shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, list[dict]]:
+    """[T, 32*32] coverage of every shape of `shapes`, size and whole-pixel position, and each one's
+    shape, size and centre."""
+    templates, placements = [], []
     for shape in shapes:
-        for half in SIZES.values():
+        for size, half in SIZES.items():
             fine = (torch.arange(IMAGE_SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
             v, u = torch.meshgrid((fine - IMAGE_SIZE / 2) / half, (fine - IMAGE_SIZE / 2) / half, indexing="ij")
             centred = F.avg_pool2d(_shape_mask(shape, u, v).float()[None, None], SUPERSAMPLE)[0, 0]
@@ -250,5 +295,37 @@ def _shape_templates(shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, li
             for dy in range(-reach, reach + 1):
                 for dx in range(-reach, reach + 1):
                     templates.append(torch.roll(centred, (dy, dx), dims=(0, 1)).flatten())
-                    labels.append(shape)
-    return torch.stack(templates), labels
+                    placements.append((("shape", shape), ("size", size),
+                                       ("x", IMAGE_SIZE / 2 + dx), ("y", IMAGE_SIZE / 2 + dy)))
+    return torch.stack(templates), placements
+
+
+LOOK_SHARE = 0.75  # a pixel is read for a colour of the concept where that colour covers this much of it
+LOOK_AGREEMENT = 0.8  # the share of those pixels whose nearest palette colour must be that colour
+
+
+def recognise_concept(images: torch.Tensor, concept: dict) -> list[dict]:
+    """Is each of [B, 3, 32, 32] images (in [-1, 1]) the concept, read from the pixels alone?
+
+    "shape": the shape, among every shape the world draws, that best explains the object's coverage at
+    any place and size (`fit_shape`), or "unclear". "look": the shape is the concept's, and where the
+    concept, drawn at the fitted place and size, has each of its colours (`color`, and `color2` where its
+    `look` puts it), at least `LOOK_AGREEMENT` of the image's pixels are nearest that colour in the
+    palette. A red circle is not "my circle" with red and blue halves, nor is one with a white dot.
+    """
+    coverage = object_coverage(images)
+    pixels = (images.float().clamp(-1, 1) + 1) / 2
+    results = []
+    for index in range(len(images)):
+        fit = fit_shape(coverage[index], ALL_SHAPES)
+        if fit is None or fit["shape"] != concept["shape"]:
+            results.append(dict(shape=fit["shape"] if fit else "unclear", look=False))
+            continue
+        colours = [concept["color"], concept.get("color2")]
+        look = True
+        for share, colour in zip(_regions(dict(concept, **fit)), colours):
+            where = share >= LOOK_SHARE
+            named = _nearest(pixels[index][:, where].T, COLORS)
+            look = look and named.count(colour) >= LOOK_AGREEMENT * len(named)
+        results.append(dict(shape=fit["shape"], look=look))
+    return results

@@ -108,3 +108,57 @@ def test_fidelity_and_frechet_distance_on_known_inputs(rendered, judge):
     noise = torch.rand_like(images) * 2 - 1
     assert same == pytest.approx(0.0, abs=1e-3)
     assert frechet_distance(judge, images, other) < frechet_distance(judge, images, noise)
+
+
+# Concepts of a known kind with their own look: "my circle" has a red upper and a blue lower half.
+MY_CIRCLE = dict(shape="circle", color="red", color2="blue", look="halves", background="black")
+OTHER_CIRCLES = {  # the same kind, other looks: none of them is my circle
+    "plain red": dict(shape="circle", color="red", background="black"),
+    "plain blue": dict(shape="circle", color="blue", background="black"),
+    "halves the other way up": dict(MY_CIRCLE, color="blue", color2="red"),
+    "red with a blue dot": dict(MY_CIRCLE, look="dot"),
+    "red with a blue band": dict(MY_CIRCLE, look="band"),
+    "a square with my circle's halves": dict(MY_CIRCLE, shape="square"),
+}
+
+
+def views(concept: dict, seed: int, count: int = 24) -> torch.Tensor:
+    """Noisy renders of a concept at random places, sizes and backgrounds, as generated samples are."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.stack([world.render(dict(world.sample_attributes(generator), **dict(concept, background=background)))
+                          for background in world.BACKGROUNDS for _ in range(count // len(world.BACKGROUNDS))])
+    return (images + 0.1 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+
+
+def test_a_look_puts_the_second_colour_where_it_says():
+    red, blue, white = (torch.tensor(world.COLORS[name]) * 2 - 1 for name in ("red", "blue", "white"))
+    halves = world.render(dict(MY_CIRCLE, size="big"))
+    assert torch.allclose(halves[:, 10, 16], red) and torch.allclose(halves[:, 22, 16], blue)
+    dot = world.render(dict(MY_CIRCLE, look="dot", color2="white", size="big"))
+    assert torch.allclose(dot[:, 16, 16], white) and torch.allclose(dot[:, 16, 9], red)
+    band = world.render(dict(MY_CIRCLE, look="band", color2="white", size="big"))
+    assert torch.allclose(band[:, 16, 9], white) and torch.allclose(band[:, 9, 16], red)
+    # Every look is symmetric left-right: the training augmentation's flip keeps the concept.
+    for look in world.LOOKS:
+        image = world.render(dict(MY_CIRCLE, look=look, size="big"))
+        assert torch.allclose(image, image.flip(-1), atol=1e-6), look
+    with pytest.raises(ValueError, match="unknown look"):
+        world.render(dict(MY_CIRCLE, look="spots", size="big"))
+
+
+def test_a_concepts_own_renders_are_recognised_and_other_looks_of_its_kind_are_not():
+    """From the pixels alone: the shape at any place and size, and each colour where the look puts it."""
+    def rate(images, concept):
+        return sum(item["look"] for item in world.recognise_concept(images, concept)) / len(images)
+
+    mine = views(MY_CIRCLE, seed=0)
+    assert rate(mine, MY_CIRCLE) >= 0.8
+    assert [item["shape"] for item in world.recognise_concept(mine, MY_CIRCLE)].count("circle") >= 0.8 * len(mine)
+    for name, other in OTHER_CIRCLES.items():
+        assert rate(views(other, seed=1), MY_CIRCLE) <= 0.05, name
+    # The other looks are concepts too, each recognised as itself.
+    for name, other in OTHER_CIRCLES.items():
+        assert rate(views(other, seed=2), other) >= 0.75, name
+    # The size and background of a two-coloured object are still read from its pixels.
+    measured = world.measure(world.render(dict(MY_CIRCLE, size="small", background="teal"))[None])[0]
+    assert (measured["size"], measured["background"]) == ("small", "teal")

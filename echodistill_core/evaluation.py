@@ -152,52 +152,89 @@ def plain_samples(sample: Sampler, evaluation: EvaluationSet) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # The concept yardstick
 
-WORLD_VIEWS = 24  # rendered views of every shape-and-colour concept of the world, for `world_space`
+WORLD_VIEWS = 24  # rendered views of every concept of the world, for `world_space`
 WHITENING_FLOOR = 0.1  # added to the within-concept variances, as a fraction of their mean
+LAYOUT_CELLS = 4  # the colour layout is the object, cropped to its extent, at this many cells a side
 
 
-_SPACES: dict[int, tuple[Judge, torch.Tensor, torch.Tensor]] = {}
+_SPACES: dict[int, tuple] = {}
 
 
 def object_on_black(images: torch.Tensor) -> torch.Tensor:
     """The object of each image on the world's black, its background taken away ([B, 3, H, W] in [-1, 1]):
     the concept is the object, and where the prompt puts it is prompt fidelity's question."""
-    _, _, coverage = world._object_colours(images)
+    coverage = world.object_coverage(images)
     black = torch.tensor(world.BACKGROUNDS["black"]).view(1, 3, 1, 1) * 2 - 1
     return images * coverage[:, None] + black * (1 - coverage[:, None])
 
 
-@torch.no_grad()
-def world_space(judge: Judge) -> tuple[torch.Tensor, torch.Tensor]:
-    """(origin [D], whitening [D, D]) of the judge's embedding of objects (`object_on_black`).
+def colour_layout(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3 * LAYOUT_CELLS**2]: each object (`object_on_black`) cropped to its extent and averaged down to
+    `LAYOUT_CELLS` x `LAYOUT_CELLS` colours: where on the object each colour is, at any place and size (a
+    red top over a blue bottom, a white middle). All -1 where there is no object."""
+    objects, masks = object_on_black(images), world.object_coverage(images) >= 0.5
+    layouts = []
+    for image, mask in zip(objects, masks):
+        rows, columns = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        if len(rows) == 0:
+            layouts.append(-torch.ones(3 * LAYOUT_CELLS**2))
+            continue
+        crop = image[:, rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        layouts.append(F.adaptive_avg_pool2d(crop[None], LAYOUT_CELLS).flatten())
+    return torch.stack(layouts)
 
-    From `WORLD_VIEWS` noisy renders of every shape (novel ones too) in every colour, at random places,
-    sizes and backgrounds: the origin is their mean embedding, and the whitening divides out the spread
-    WITHIN a concept (place, size, noise), so that what tells concepts apart (shape, colour) counts.
+
+def world_concepts() -> list[dict]:
+    """Every concept the world draws: each shape (novel ones too) in each colour, and with each look in
+    each colour over the next colour of the palette."""
+    colors = list(world.COLORS)
+    plain = [dict(shape=shape, color=color) for shape in world.ALL_SHAPES for color in colors]
+    looks = [dict(shape=shape, color=color, color2=colors[(index + 1) % len(colors)], look=look)
+             for shape in world.ALL_SHAPES for look in world.LOOKS for index, color in enumerate(colors)]
+    return plain + looks
+
+
+def _centre_and_whiten(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(origin, whitening) of feature groups [N, D], one per concept: the mean of them all, and the inverse
+    square root of the covariance within a concept (floored)."""
+    within = sum(torch.cov(group.T) for group in groups) / len(groups)
+    values, vectors = torch.linalg.eigh(within)
+    whitening = vectors @ torch.diag((values.clamp(min=0) + WHITENING_FLOOR * values.mean()).rsqrt()) @ vectors.T
+    return torch.cat(groups).mean(dim=0), whitening
+
+
+@torch.no_grad()
+def world_space(judge: Judge) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((origin, whitening) of the judge's embedding of objects, the same of their `colour_layout`).
+
+    From `WORLD_VIEWS` noisy renders of every concept of the world (`world_concepts`), at random places,
+    sizes and backgrounds: each origin is the mean, and each whitening divides out the spread WITHIN a
+    concept (place, size, noise), so that what tells concepts apart (shape, colours, look) counts.
     """
     cached = _SPACES.get(id(judge))
     if cached is None or cached[0] is not judge:
         generator = torch.Generator().manual_seed(4321)
-        embeddings = []
-        for shape in world.ALL_SHAPES:
-            for color in world.COLORS:
-                images = torch.stack([world.render(dict(world.sample_attributes(generator), shape=shape, color=color))
-                                      for _ in range(WORLD_VIEWS)])
-                images = (images + 0.08 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
-                embeddings.append(judge.embedding(object_on_black(images)))
-        within = sum(torch.cov(group.T) for group in embeddings) / len(embeddings)
-        values, vectors = torch.linalg.eigh(within)
-        whitening = vectors @ torch.diag((values.clamp(min=0) + WHITENING_FLOOR * values.mean()).rsqrt()) @ vectors.T
-        cached = _SPACES[id(judge)] = (judge, torch.cat(embeddings).mean(dim=0), whitening)
+        embeddings, layouts = [], []
+        for concept in world_concepts():
+            images = torch.stack([world.render(dict(world.sample_attributes(generator), **concept))
+                                  for _ in range(WORLD_VIEWS)])
+            images = (images + 0.08 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+            embeddings.append(judge.embedding(object_on_black(images)))
+            layouts.append(colour_layout(images))
+        cached = _SPACES[id(judge)] = (judge, _centre_and_whiten(embeddings), _centre_and_whiten(layouts))
     return cached[1], cached[2]
 
 
 @torch.no_grad()
 def concept_embedding(judge: Judge, images: torch.Tensor) -> torch.Tensor:
-    """[B, D] judge embeddings of the objects (`object_on_black`) in `world_space`: from the world's mean
-    object, whitened by the spread within a concept."""
-    origin, whitening = world_space(judge)
-    return (judge.embedding(object_on_black(images)) - origin) @ whitening
+    """[B, D] unit vectors: the judge's embedding of the objects (`object_on_black`) and their
+    `colour_layout`, each in `world_space` (from the world's mean object, whitened by the spread within a
+    concept) and of length 1/sqrt(2): a cosine between two is the mean of the judge's and the layout's.
+    The judge knows shapes and single colours; the layout says where each colour is on the object."""
+    (judge_origin, judge_whitening), (layout_origin, layout_whitening) = world_space(judge)
+    parts = ((judge.embedding(object_on_black(images)) - judge_origin) @ judge_whitening,
+             (colour_layout(images) - layout_origin) @ layout_whitening)
+    return torch.cat([F.normalize(part, dim=1) for part in parts], dim=1) / 2**0.5
 
 
 @torch.no_grad()

@@ -115,7 +115,16 @@ def recognise(images: torch.Tensor, judge: Judge) -> list[dict]:
 
 def recognition_rate(images: torch.Tensor, judge: Judge, concept: dict,
                      keys: tuple[str, ...] = ("shape", "color")) -> float:
-    """Share of images recognised as the concept: its shape among all shapes, and its colour (or `keys`)."""
+    """Share of images recognised as the concept: its shape among all shapes, and its colour (or `keys`).
+
+    A concept with a look (`world.LOOKS`: a second colour in a pattern of a known shape) is read from the
+    pixels (`world.recognise_concept`): the judge never saw two-coloured objects. Its colour is its look:
+    each of its colours where the look puts it.
+    """
+    if concept.get("look"):
+        recognised = world.recognise_concept(images, concept)
+        return sum(item["shape"] == concept["shape"] and ("color" not in keys or item["look"])
+                   for item in recognised) / len(recognised)
     recognised = recognise(images, judge)
     return sum(all(item[key] == concept[key] for key in keys) for item in recognised) / len(recognised)
 

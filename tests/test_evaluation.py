@@ -166,3 +166,33 @@ def test_prompt_files_name_only_what_can_be_measured():
         read_prompt_file("a dog on teal")
     with pytest.raises(ValueError, match="only background, color and size"):
         read_prompt_file("a {} | shape=star")
+
+
+# Concepts of a known kind with their own look (world.LOOKS), next to plain ones of the same kinds and colours.
+LOOK_CONCEPTS = {
+    "circle red/blue halves": dict(shape="circle", color="red", color2="blue", look="halves", background="black"),
+    "red circle": dict(shape="circle", color="red", background="black"),
+    "blue circle": dict(shape="circle", color="blue", background="black"),
+    "circle red/white dot": dict(shape="circle", color="red", color2="white", look="dot", background="black"),
+    "square yellow/white dot": dict(shape="square", color="yellow", color2="white", look="dot", background="black"),
+    "yellow square": dict(shape="square", color="yellow", background="black"),
+    "ring green/white halves": dict(shape="ring", color="green", color2="white", look="halves", background="black"),
+}
+
+
+def test_the_yardstick_tells_looks_of_one_kind_apart(judge):
+    """Noisy held-out renders of each concept score closest to that concept's five training images, and are
+    recognised as it and as no other: a circle with red and blue halves is neither a red nor a blue circle."""
+    references, samples = {}, {}
+    for name, drawn in LOOK_CONCEPTS.items():
+        evaluation = EvaluationSet(SUBJECT, seeds_per_prompt=4, plain_count=4, drawn=drawn)
+        references[name] = torch.stack(rendered_concept_images(drawn)) * 2 - 1
+        samples[name] = noisy(held_out_images(evaluation, seed=5), seed=len(name))
+    matrix = cross_concept_matrix(judge, samples, references)
+    for row, scores in matrix.items():
+        assert max(scores, key=scores.get) == row, (row, scores)
+    for name, drawn in LOOK_CONCEPTS.items():
+        assert recognition_rate(samples[name], judge, drawn) >= 0.75, name
+        for other, other_samples in samples.items():
+            if other != name and drawn.get("look"):
+                assert recognition_rate(other_samples, judge, drawn) <= 0.05, (name, other)

@@ -10,11 +10,16 @@ Each student is judged in ONE step by `echodistill_core.evaluation` (calibrated 
 student, 1 the concept's own held-out images; recognition where the world draws the concept; silhouette,
 prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 steps.
 
-    python bench/quality.py                       # the bundled tiny models and the demo concept
+    python bench/quality.py                       # the bundled tiny models and the demo concept, "my circle"
     python bench/quality.py --concept photos/ --class-word toy --prompts prompts.txt --steps 300
     python bench/quality.py --seeds 0 1 2          # each figure the mean of three training seeds
-    python bench/quality.py --concepts heart/pink star/yellow ring/green --methods echodistill
+    python bench/quality.py --concepts circle/red/halves/blue square/yellow/dot/white --methods echodistill
                                                    # world-drawn concepts, and the cross-concept matrix
+    python bench/quality.py --students-only        # judge the 1-step students alone (much faster)
+
+A world-drawn concept is SHAPE/COLOUR (a shape, heart and star included, in one colour) or
+SHAPE/COLOUR/LOOK/COLOUR2: a shape the models know with its own look (`world.LOOKS`: "halves", a lower half
+in COLOUR2; "dot", a dot in the middle; "band", a band across it), trained with the shape as class word.
 
 The prompt file holds lines such as "a {} on teal | background=teal" ({} is the subject). Sample grids
 (PNG, one row per concept prompt, one column per seed) are written to --out next to `results.json`:
@@ -30,7 +35,9 @@ each concept scored against every concept's images ("score"), and calibrated per
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import re
 import statistics
 import sys
 import time
@@ -62,12 +69,15 @@ METRICS = ("calibrated_fidelity", "recognition", "recognition_shape", "concept_s
 
 
 def drawn_concept(text: str) -> dict:
-    """"heart/pink" -> the world concept {shape, color, background black}, as the demo's heart."""
-    shape, _, color = text.partition("/")
-    if shape not in world.ALL_SHAPES or color not in world.COLORS:
-        raise SystemExit(f"--concepts {text}: give shape/colour, a shape of {', '.join(world.ALL_SHAPES)} "
-                         f"and a colour of {', '.join(world.COLORS)}")
-    return dict(shape=shape, color=color, background="black")
+    """"heart/pink" -> the world concept {shape, color, background black};
+    "circle/red/halves/blue" -> a circle with a red upper and a blue lower half (a look of `world.LOOKS`)."""
+    shape, color, *look = text.split("/")
+    if (shape not in world.ALL_SHAPES or color not in world.COLORS or len(look) not in (0, 2)
+            or look and (look[0] not in world.LOOKS or look[1] not in world.COLORS)):
+        raise SystemExit(f"--concepts {text}: give shape/colour or shape/colour/look/colour, a shape of "
+                         f"{', '.join(world.ALL_SHAPES)}, colours of {', '.join(world.COLORS)} and a look of "
+                         f"{', '.join(world.LOOKS)}")
+    return dict(shape=shape, color=color, background="black", **(dict(look=look[0], color2=look[1]) if look else {}))
 
 
 def concept_images(folder: Path | None, size: int, drawn: dict | None = None) -> list[torch.Tensor]:
@@ -94,11 +104,12 @@ def config_change(config, item: str) -> tuple[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concept", type=Path, help="folder of concept images (default: the demo heart)")
-    parser.add_argument("--concepts", nargs="+", metavar="SHAPE/COLOUR",
-                        help="world-drawn concepts on black instead, e.g. heart/pink star/yellow; with two or more, "
-                             "the cross-concept matrix")
-    parser.add_argument("--class-word", default=DEMO_CLASS_WORD)
+    parser.add_argument("--concept", type=Path, help="folder of concept images (default: the demo concept)")
+    parser.add_argument("--concepts", nargs="+", metavar="SHAPE/COLOUR[/LOOK/COLOUR2]",
+                        help="world-drawn concepts on black instead, e.g. circle/red/halves/blue heart/pink; with two "
+                             "or more, the cross-concept matrix")
+    parser.add_argument("--class-word", help=f"default: {DEMO_CLASS_WORD!r}; for --concepts with a look, their shape "
+                                             "(the kind the models know: \"my circle\")")
     parser.add_argument("--token", default=DEMO_TOKEN)
     parser.add_argument("--prompts", type=Path, help="prompt file (default: the built-in concept prompts)")
     parser.add_argument("--steps", type=int, default=PRESETS["tiny"].steps)
@@ -111,37 +122,49 @@ def main() -> None:
                         help="change the tiny preset for every method, e.g. --set teacher_lr=3e-4 steps=200")
     parser.add_argument("--out", type=Path, default=Path("out/quality"), help="folder for the sample grids")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER_OR_LOG",
+                        help="combine runs made apart (other seeds, methods or concepts, e.g. run in parallel) into "
+                             "one table and JSON line, written to --out; trains nothing. Each is a folder with a "
+                             "results.json, or the saved stderr of a run stopped early: the runs it finished (their "
+                             "steps are taken to be --steps)")
+    parser.add_argument("--students-only", action="store_true",
+                        help="judge the 1-step students only (25-step teacher samples cost most of an evaluation)")
     args = parser.parse_args()
     if args.concept and args.concepts:
         raise SystemExit("give --concept (a folder of photos) or --concepts (world-drawn), not both")
+    if args.merge:
+        return merge(args.merge, args.out, args.steps)
     torch.set_num_threads(args.threads)
 
     teacher, student, text = default_models()
     size = teacher.image_size()
-    config = PRESETS["tiny"].replace(token=args.token, class_word=args.class_word, steps=args.steps)
-    config = config.replace(**dict(config_change(config, item) for item in args.set))
-    prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
     if args.concept:
         concepts = {args.concept.name: None}
     else:
         concepts = {text_: drawn_concept(text_) for text_ in args.concepts or ["/".join(
-            (DEMO_CONCEPT["shape"], DEMO_CONCEPT["color"]))]}
+            DEMO_CONCEPT[key] for key in ("shape", "color", "look", "color2") if key in DEMO_CONCEPT)]}
+    config = PRESETS["tiny"].replace(token=args.token, steps=args.steps)
+    config = config.replace(**dict(config_change(config, item) for item in args.set))
+    prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
+    judged_teachers = () if args.students_only else TEACHER_TRAINED
     judge = load_judge()
-    # The untouched models: the new token as it starts, nothing trained (the 0 of calibrated fidelity).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        start = Personalization.create(config, teacher, student, text)
-    untouched_samplers = samplers(teacher, student, text, config.guidance_scale, start)
 
     results, grids, samples, setups = {}, {}, {}, {}
     for name, drawn in concepts.items():
         folder = args.out / name.replace("/", "_")
         images = concept_images(args.concept, size, drawn)
+        config = config.replace(class_word=args.class_word or (
+            drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD))
         concept = ConceptDataset(images, config.token, config.class_word, size)
         evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts, drawn)
         references = torch.stack(images) * 2 - 1
+        # The untouched models: the new token as it starts, nothing trained (the 0 of calibrated fidelity).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            start = Personalization.create(config, teacher, student, text)
+        untouched_samplers = samplers(teacher, student, text, config.guidance_scale, start)
         untouched = {role: untouched_samples(sample, evaluation) for role, sample in untouched_samplers.items()
-                     if role == "student" or set(args.methods) & set(TEACHER_TRAINED)}
+                     if role == "student" or set(args.methods) & set(judged_teachers)}
         grids[name] = {"concept": str(save_grid(references, folder / "concept.png", columns=len(references))),
                        **{f"untouched {role}": str(save_grid(value.concept, folder / f"untouched_{role}.png",
                                                                columns=args.seeds_per_prompt))
@@ -153,7 +176,7 @@ def main() -> None:
             for method in args.methods:
                 run, student_samples = personalize_and_evaluate(
                     method, teacher, student, text, concept, config.replace(seed=seed), references, evaluation,
-                    judge, untouched, folder / f"{method}_seed{seed}")
+                    judge, untouched, folder / f"{method}_seed{seed}", judged_teachers)
                 runs[method].append(run)
                 grids[name].update(run.pop("grids"))
                 samples[name].setdefault(method, []).append(student_samples)
@@ -188,6 +211,57 @@ def main() -> None:
     print(json.dumps(output))
 
 
+def merge(folders: list[Path], out: Path, steps: int) -> None:
+    """One table and JSON line from several runs' results.json (or the runs a stopped one printed): each
+    concept's runs of every method gathered, means and spreads taken again (the cross-concept matrix needs
+    one run)."""
+    outputs = [json.loads((folder / "results.json").read_text()) if folder.is_dir() else finished_runs(folder, steps)
+               for folder in folders]
+    runs: dict[str, dict[str, list]] = {}
+    grids: dict[str, dict] = {}
+    for output in outputs:
+        concepts = output.get("concepts") or {next(iter(output["grids"])): output}
+        for name, figures in concepts.items():
+            for method, method_runs in figures["per_seed"].items():
+                runs.setdefault(name, {}).setdefault(method, []).extend(method_runs)
+        for name, paths in output["grids"].items():
+            grids.setdefault(name, {}).update(paths)
+    seeds = sorted({seed for output in outputs for seed in output["seeds"]})
+    figures = {}
+    for name, concept_runs in runs.items():
+        means = {method: mean_run(method_runs) for method, method_runs in concept_runs.items()}
+        print(f"\n{name}:")
+        print(table(means, min(len(method_runs) for method_runs in concept_runs.values())))
+        figures[name] = {
+            "methods": {method: dict(mean["student"], seconds=mean["seconds"]) for method, mean in means.items()},
+            "teacher": {method: mean["teacher"] for method, mean in means.items() if "teacher" in mean},
+            "per_seed": concept_runs,
+        }
+    steps = sorted({output["steps"] for output in outputs})
+    output = {"steps": steps[0] if len(steps) == 1 else steps, "seeds": seeds,
+              "changes": outputs[0]["changes"], "merged": [str(folder) for folder in folders],
+              **next(iter(figures.values())), "grids": grids, "concepts": figures}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(output, indent=2) + "\n")
+    print(json.dumps(output))
+
+
+def finished_runs(log: Path, steps: int) -> dict:
+    """The runs a stopped run finished, read from its stderr ("<concept>, <method>, seed <n>: {...}" lines), as
+    a results.json holds them; its grids are where that run wrote them."""
+    per_seed: dict[str, list] = {}
+    names, seeds = set(), set()
+    for line in log.read_text().splitlines():
+        found = re.fullmatch(r"(.+), (\w+), seed (\d+): (\{.*\})", line)
+        if found:
+            names.add(found[1])
+            seeds.add(int(found[3]))
+            per_seed.setdefault(found[2], []).append(ast.literal_eval(found[4]))
+    if len(names) != 1:
+        raise SystemExit(f"--merge {log}: no finished runs of one concept in it (found {sorted(names)})")
+    return {"steps": steps, "seeds": sorted(seeds), "changes": [], "per_seed": per_seed, "grids": {names.pop(): {}}}
+
+
 def cross_concept(judge, samples: dict[str, torch.Tensor], setups: dict) -> dict[str, dict]:
     """The students' samples of each concept (rows) against each concept's images (columns): raw, and
     calibrated by the column concept's untouched student and own held-out images."""
@@ -203,7 +277,7 @@ def cross_concept(judge, samples: dict[str, torch.Tensor], setups: dict) -> dict
 
 
 def personalize_and_evaluate(method, teacher, student, text, concept, config, references, evaluation, judge,
-                             untouched, grid_stem: Path) -> tuple[dict, torch.Tensor]:
+                             untouched, grid_stem: Path, judged_teachers=TEACHER_TRAINED) -> tuple[dict, torch.Tensor]:
     """One method's run: its 1-step student's metrics and training seconds (and the 25-step teacher's if it
     trained one), the grids written, and the student's concept-prompt samples."""
     start = time.time()
@@ -217,7 +291,7 @@ def personalize_and_evaluate(method, teacher, student, text, concept, config, re
     personalized = samplers(teacher, student, text, config.guidance_scale, personalization)
     grids = {}
     run = {"seconds": round(seconds, 1)}
-    for role in ("student", "teacher") if method in TEACHER_TRAINED else ("student",):
+    for role in ("student", "teacher") if method in judged_teachers else ("student",):
         path = grid_stem.parent / f"{grid_stem.name}_{role}.png"
         run[role] = evaluate(personalized[role], references, evaluation, judge, untouched[role], grid=path)
         grids[f"{grid_stem.name} {role}"] = str(path)

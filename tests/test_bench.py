@@ -77,6 +77,24 @@ def test_the_quality_benchmark_averages_its_seeds():
     assert "| echodistill teacher, 25 steps |" in printed and " ± " in printed
 
 
+def test_the_quality_benchmark_judges_a_concept_with_a_look_by_a_single_method(tmp_path):
+    """A world concept of a known kind with its own look, one method: the student and the teacher it trained
+    both carry calibrated fidelity and recognition, numbers (none NaN), and their grids are written."""
+    import math
+
+    figures, printed = run_bench("quality.py", "--concepts", "circle/red/halves/blue", "--methods", "teacher_only",
+                                 "--steps", "2", "--seeds-per-prompt", "1", "--plain", "4", "--threads", "1",
+                                 "--out", str(tmp_path))
+    for model in (figures["methods"]["teacher_only"], figures["teacher"]["teacher_only"]):
+        for metric in ("calibrated_fidelity", "recognition", "recognition_shape", "prompt_fidelity", "kept_accuracy"):
+            assert not math.isnan(model[metric]), (metric, model)
+    assert "nan" not in printed.lower()
+    grids = figures["grids"]["circle/red/halves/blue"]
+    assert {"concept", "untouched student", "untouched teacher", "teacher_only_seed0 student",
+            "teacher_only_seed0 teacher"} <= set(grids)
+    assert all(Path(path).is_file() for path in grids.values())
+
+
 def test_the_memory_benchmark_measures_the_papers_image_networks():
     figures, printed = run_bench("memory.py", "--presets", "24 GB", "--networks", "paper", "--tiny",
                                  "--resolution", "64")
@@ -113,3 +131,26 @@ def test_the_meta_device_memory_estimate_agrees_with_the_measurement():
     # UNet checkpointing (12 GB) holds less than keeping the activations (24 GB).
     assert figures["presets"]["12 GB"]["peak_gb"] < figures["presets"]["24 GB"]["peak_gb"]
     assert "meta-device estimate" in printed
+
+
+def test_the_quality_benchmark_merges_runs_made_apart(tmp_path):
+    """Seeds run in parallel, one results.json each, give the table and JSON line one run of all seeds gives."""
+    def run(fidelity):
+        return {"seconds": 2.0, "student": {"calibrated_fidelity": fidelity, "recognition": fidelity / 2}}
+
+    for seed, fidelity in ((0, 0.2), (1, 0.4)):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({
+            "steps": 60, "seeds": [seed], "changes": [], "per_seed": {"echodistill": [run(fidelity)]},
+            "grids": {"circle/red/halves/blue": {f"echodistill_seed{seed} student": "grid.png"}}}))
+    figures, printed = run_bench("quality.py", "--merge", str(tmp_path / "seed0"), str(tmp_path / "seed1"),
+                                 "--out", str(tmp_path / "merged"))
+    assert figures["seeds"] == [0, 1] and figures["steps"] == 60
+    merged = figures["methods"]["echodistill"]
+    assert merged["calibrated_fidelity"] == pytest.approx(0.3)
+    assert merged["calibrated_fidelity_sd"] == pytest.approx(0.1)
+    assert merged["recognition"] == pytest.approx(0.15)
+    assert len(figures["grids"]["circle/red/halves/blue"]) == 2
+    assert "| echodistill student, 1 step | 0.300 ± 0.100 |" in printed
+    assert json.loads((tmp_path / "merged" / "results.json").read_text()) == figures

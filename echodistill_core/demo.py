@@ -1,7 +1,9 @@
 """The demo concept and the default models: what runs on a fresh machine with nothing downloaded.
 
-The concept is a pink heart, a shape the tiny world's models have never seen (`world.NOVEL_SHAPES`),
-drawn by the world's own renderer at different places and both sizes on black. The models are the
+The concept is "my circle": a circle, a kind the tiny world's models know, with its own look, a red upper
+and a blue lower half (`world.LOOKS`), which they have never drawn; as SD learns "my dog", a dog of its
+own looks. It is drawn by the world's own renderer at different places and both sizes on black. The
+models are the
 bundled tiny pair when present (`assets/tiny/teacher`, `assets/tiny/student`), else a tiny random
 pair built from configs.
 """
@@ -20,9 +22,9 @@ from .models import DiffusionModel, TextConditioner
 from .tiny import tiny_pair
 
 BUNDLED = Path(__file__).parent / "assets" / "tiny"
-DEMO_TOKEN = "<heart>"
-DEMO_CLASS_WORD = "toy"
-DEMO_CONCEPT = dict(shape="heart", color="pink", background="black")
+DEMO_TOKEN = "<mine>"
+DEMO_CLASS_WORD = "circle"
+DEMO_CONCEPT = dict(shape="circle", color="red", look="halves", color2="blue", background="black")
 DEMO_PROMPTS = (  # new contexts in the world's own words: other backgrounds, the other size
     "a {} on teal",
     "a small {} on gray",
@@ -48,13 +50,13 @@ def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel,
 
 
 def demo_concept_images(size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
-    """`count` views of the pink heart on black, around the centre, small and big: [3, size, size] in 0..1."""
+    """`count` views of the demo concept on black, around the centre, small and big: [3, size, size] in 0..1."""
     return rendered_concept_images(DEMO_CONCEPT, size, count)
 
 
 def rendered_concept_images(concept: dict, size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
     """`count` views of a concept the world draws (shape, color, background), around the centre, big and
-    small in turn, as the demo's heart: [3, size, size] in 0..1."""
+    small in turn, as the demo's concept: [3, size, size] in 0..1."""
     images = []
     for index in range(count):
         angle = 2 * math.pi * index / count

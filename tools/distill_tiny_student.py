@@ -1,18 +1,21 @@
-"""Distill the bundled tiny teacher into a one-step student.
+"""Distill a bundled tiny teacher (pixel or latent) into a one-step student.
 
 1. Dataset: random world prompts with one noise each (seeded), and the teacher's DDIM + CFG sample
    from that noise (`generate_teacher`'s sampler). Cached in files, since this is the dear part: each
    `--dataset` file is made with its own seeds, so several can be made in parallel (`--dataset-only`)
    and trained on together. Only pairs whose sample the judge finds right for its prompt are kept,
-   so the student learns from the teacher's successes, not its slips.
+   so the student learns from the teacher's successes, not its slips (`--keep-attributes`: right in
+   those attributes only, for a teacher whose shapes are seldom right).
 2. Student: initialised from the teacher's UNet, trained to map the noise to the teacher's sample in
    ONE evaluation at the terminal timestep (as `generate_student` samples it). Pairs are augmented by
-   horizontal flips of noise and sample together (the world and the teacher are mirror-symmetric).
+   horizontal flips of noise and sample together (the world and the teacher are mirror-symmetric; a
+   VAE's latents are not, so a latent teacher's pairs are not flipped).
    Optionally, a "touch-up" term as in the EchoDistill student step: the student's sample from fresh
    noise is re-noised, the teacher denoises it in one guided evaluation, and the student regresses
    onto that, weighted by abar_t.
-The student shares the teacher's text encoder (frozen, copied into its folder) and is saved with an
-Euler scheduler config (trailing spacing) and the teacher's prediction type.
+The student shares the teacher's text encoder (frozen, copied into its folder) and its VAE, if any, and
+is saved with an Euler scheduler config (trailing spacing) and the teacher's prediction type, or
+`--prediction`'s (SD-Turbo's epsilon: x0 = (z - sqrt(1 - abar) eps) / sqrt(abar) at the last timestep).
 
 The bundled student was made in about 50 min on two CPU cores:
 
@@ -26,6 +29,20 @@ The bundled student was made in about 50 min on two CPU cores:
         --steps 600 --batch 32 --threads 2
     # one step, 200 prompts: shape 72.0 % after the first stage, 78.5 % after the second, 83.0 % after
     # the third; colour 100 %, size 98.5 %, background 100 %
+
+The bundled latent student (epsilon-prediction, as SD-Turbo) was made from the latent teacher in
+about 20 min on shared CPU cores; the teacher draws few shapes right, so pairs are kept when their
+colour, size and background are:
+
+    python tools/distill_tiny_student.py --teacher echodistill_core/assets/tiny/latent-teacher \
+        --dataset /tmp/latent-pairs0.pt --pairs 700 --teacher-steps 15 --dataset-only &
+    python tools/distill_tiny_student.py --teacher echodistill_core/assets/tiny/latent-teacher \
+        --dataset /tmp/latent-pairs1.pt --pairs 700 --teacher-steps 15 --dataset-only --seed 1100000 &
+    wait   # 1400 pairs (8 min), 1233 of them right in colour, size and background
+    python tools/distill_tiny_student.py --teacher echodistill_core/assets/tiny/latent-teacher \
+        --dataset /tmp/latent-pairs0.pt /tmp/latent-pairs1.pt --keep-attributes color size background \
+        --prediction epsilon --steps 600 --batch 16 --out echodistill_core/assets/tiny/latent-student
+    # 9 min; one step, 200 prompts: shape 8.0 %, colour 70.0 %, size 59.5 %, background 92.0 %
 """
 
 from __future__ import annotations
@@ -50,6 +67,7 @@ from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judg
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, guided_x0, initial_noise, teacher_sample  # noqa: E402
+from echodistill_core.schedule import NoiseSchedule  # noqa: E402
 
 
 def student_scheduler(prediction_type: str) -> EulerDiscreteScheduler:
@@ -71,7 +89,7 @@ def make_dataset(teacher: DiffusionModel, text, count: int, steps: int, guidance
     for index in range(0, count, batch):
         part = slice(index, index + batch)
         sample = teacher_sample(teacher, text(prompts[part]), uncond, noise[part], steps, guidance)
-        samples.append(sample.clamp(-1, 1))
+        samples.append(sample.clamp(-1, 1) if teacher.in_pixel_space else sample)
         print(f"  dataset {index + len(samples[-1])}/{count} {time.time() - start:.0f}s", flush=True)
     return dict(noise=noise, prompts=prompts, attributes=attributes, samples=torch.cat(samples), steps=steps,
                 guidance=guidance)
@@ -89,18 +107,21 @@ def load_datasets(files: list[Path], args, teacher: DiffusionModel, text, judge)
                    samples=torch.cat([part["samples"] for part in parts]),
                    prompts=[prompt for part in parts for prompt in part["prompts"]],
                    attributes=[item for part in parts for item in part["attributes"]])
-    measured = measure_attributes(dataset["samples"], judge)
-    right = [all(m[name] == a[name] for name in world.ATTRIBUTES) for m, a in zip(measured, dataset["attributes"])]
+    with torch.no_grad():
+        images = torch.cat([teacher.decode(part).clamp(-1, 1) for part in dataset["samples"].split(100)])
+    measured = measure_attributes(images, judge)
+    right = [all(m[name] == a[name] for name in args.keep_attributes) for m, a in zip(measured, dataset["attributes"])]
+    accuracy = attribute_accuracy(images, dataset["attributes"], judge)
     print(f"{len(right)} pairs, teacher DDIM {parts[0]['steps']} steps, CFG {parts[0]['guidance']}; right for "
-          f"their prompt: {sum(right)} ({attribute_accuracy(dataset['samples'], dataset['attributes'], judge)})")
+          f"their prompt in {', '.join(args.keep_attributes)}: {sum(right)} ({accuracy})")
     keep = torch.tensor(right)
     return dict(noise=dataset["noise"][keep], samples=dataset["samples"][keep],
                 prompts=[p for p, ok in zip(dataset["prompts"], right) if ok])
 
 
-def flip_pairs(noise: torch.Tensor, samples: torch.Tensor, generator: torch.Generator):
-    """Mirror a random half of the (noise, sample) pairs left-right."""
-    flip = (torch.rand(len(noise), generator=generator) < 0.5).view(-1, 1, 1, 1)
+def flip_pairs(noise: torch.Tensor, samples: torch.Tensor, generator: torch.Generator, share: float = 0.5):
+    """Mirror a random `share` of the (noise, sample) pairs left-right."""
+    flip = (torch.rand(len(noise), generator=generator) < share).view(-1, 1, 1, 1)
     return torch.where(flip, noise.flip(-1), noise), torch.where(flip, samples.flip(-1), samples)
 
 
@@ -138,6 +159,10 @@ def main() -> None:
     parser.add_argument("--touch-up-batch", type=int, default=0, help="0 turns the touch-up term off")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--keep-attributes", nargs="+", choices=tuple(world.ATTRIBUTES),
+                        default=list(world.ATTRIBUTES), help="keep the pairs right in these attributes (default: all)")
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"),
+                        help="the student's prediction type (default: the teacher's)")
     parser.add_argument("--seed", type=int, default=100000, help="first noise seed of the dataset")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -151,9 +176,11 @@ def main() -> None:
 
     start_from = load_diffusers_folder(args.init)[0].unet.float() if args.init else teacher.unet
     unet = copy.deepcopy(start_from).train().requires_grad_(True)
-    student = DiffusionModel(unet=unet, schedule=teacher.schedule, name="tiny-student")
-    ema = DiffusionModel(unet=copy.deepcopy(unet).eval().requires_grad_(False), schedule=teacher.schedule,
-                         name="tiny-student")
+    scheduler = student_scheduler(args.prediction or teacher.schedule.prediction_type)
+    schedule = NoiseSchedule.from_scheduler_config(scheduler.config)
+    student = DiffusionModel(unet=unet, schedule=schedule, vae=teacher.vae, name="tiny-student")
+    ema = DiffusionModel(unet=copy.deepcopy(unet).eval().requires_grad_(False), schedule=schedule,
+                         vae=teacher.vae, name="tiny-student")
     print("student before distillation:", evaluate(student, text, judge), flush=True)
     with torch.no_grad():
         conds = torch.cat([text(dataset["prompts"][i : i + 100]) for i in range(0, len(dataset["prompts"]), 100)])
@@ -166,7 +193,8 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         index = torch.randint(len(conds), (args.batch,), generator=generator)
-        noise, target = flip_pairs(dataset["noise"][index], dataset["samples"][index], generator)
+        noise, target = flip_pairs(dataset["noise"][index], dataset["samples"][index], generator,
+                                   0.5 if teacher.in_pixel_space else 0.0)
         loss = F.mse_loss(student.predict_x0(noise, terminal, conds[index]), target)
         if args.touch_up_batch:
             fresh = torch.randint(len(conds), (args.touch_up_batch,), generator=generator)
@@ -184,8 +212,10 @@ def main() -> None:
         if step % 200 == 0 or step == args.steps:
             print(f"  one-step accuracy (200 prompts): {evaluate(ema, text, judge)}", flush=True)
 
-    ema.unet.to(torch.float16), text.text_encoder.to(torch.float16)
-    save_diffusers_folder(args.out, ema, text, student_scheduler(teacher.schedule.prediction_type))
+    for module in (ema.unet, ema.vae, text.text_encoder):
+        if module is not None:
+            module.to(torch.float16)
+    save_diffusers_folder(args.out, ema, text, scheduler)
     loaded, loaded_text = load_diffusers_folder(args.out)
     print(f"saved {args.out} after {time.time() - start:.0f}s; reloaded:", evaluate(loaded, loaded_text, judge))
 

@@ -89,12 +89,15 @@ def tiny_pair(teacher_prediction: str = "v_prediction", student_prediction: str 
 def bundled_pair(pair: str = "pixel", device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
     """(teacher, student, shared text encoder) of a bundled pair of `world.PAIRS`: "pixel" (32 px images,
     a v-prediction student) or "latent" (a tiny VAE's 4 x 8 x 8 latents and an epsilon-prediction student
-    at the last timestep: SD 2.1 and SD-Turbo in miniature). Loaded as any diffusers folder is."""
+    at the last timestep: SD 2.1 and SD-Turbo in miniature). Loaded as any diffusers folder is; both folders
+    hold the same VAE, and the pair shares the teacher's, as SD 2.1 and SD-Turbo share theirs."""
     if pair not in world.PAIRS:
         raise ValueError(f"unknown bundled pair {pair!r}; choose one of {', '.join(world.PAIRS)}")
     teacher_folder, student_folder = world.PAIRS[pair]
     teacher, text = load_diffusers_folder(teacher_folder, device=device, role="teacher")
     student, _ = load_diffusers_folder(student_folder, device=device, role="student")
+    if student.vae is not None:
+        student.vae = teacher.vae
     return teacher, student, text
 
 

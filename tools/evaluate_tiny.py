@@ -5,6 +5,7 @@ distance of judge embeddings to rendered world images, for the teacher (DDIM, CF
 guidance scales and for the one-step student.
 
     python tools/evaluate_tiny.py --prompts 200 --guidance 3 7.5
+    python tools/evaluate_tiny.py --pair latent     # the latent pair (a tiny VAE, an epsilon student)
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ def report(name: str, images: torch.Tensor, attributes: list[dict], judge, refer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default=str(world.TEACHER_FOLDER))
-    parser.add_argument("--student", default=str(world.STUDENT_FOLDER))
+    parser.add_argument("--pair", choices=tuple(world.PAIRS), default="pixel", help="the bundled pair to measure")
+    parser.add_argument("--teacher", help="a teacher folder instead of the pair's")
+    parser.add_argument("--student", help="a student folder instead of the pair's")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--guidance", type=float, nargs="*", default=[world.TEACHER_GUIDANCE])
     parser.add_argument("--teacher-steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    pair_teacher, pair_student = world.PAIRS[args.pair]
+    teacher_folder, student_folder = args.teacher or pair_teacher, args.student or pair_student
 
     judge = load_judge()
     prompts, attributes = world.evaluation_set(args.prompts)
@@ -52,14 +56,14 @@ def main() -> None:
     fresh, _ = world.sample_batch(args.prompts, torch.Generator().manual_seed(98))
     print(f"rendered images (the floor): FD {frechet_distance(judge, fresh, references):.2f}")
     if args.guidance:
-        teacher, text = load_diffusers_folder(args.teacher)
+        teacher, text = load_diffusers_folder(teacher_folder)
         for guidance in args.guidance:
             start = time.time()
             images = generate_teacher(teacher, text, prompts, seeds, args.teacher_steps, guidance)
             report(f"teacher {args.teacher_steps} steps CFG {guidance}", images, attributes, judge, references,
                    time.time() - start)
-    if Path(args.student).is_dir():
-        student, text = load_diffusers_folder(args.student)
+    if Path(student_folder).is_dir():
+        student, text = load_diffusers_folder(student_folder)
         start = time.time()
         images = generate_student(student, text, prompts, seeds, steps=1)
         report("student 1 step", images, attributes, judge, references, time.time() - start)

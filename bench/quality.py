@@ -16,6 +16,7 @@ prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 st
     python bench/quality.py --concepts circle/red/halves/blue square/yellow/dot/white --methods echodistill
                                                    # world-drawn concepts, and the cross-concept matrix
     python bench/quality.py --students-only        # judge the 1-step students alone (much faster)
+    python bench/quality.py --pair latent         # the latent pair: a tiny VAE, an epsilon one-step student
 
 A world-drawn concept is SHAPE/COLOUR (a shape, heart and star included, in one colour) or
 SHAPE/COLOUR/LOOK/COLOUR2: a shape the models know with its own look (`world.LOOKS`: "halves", a lower half
@@ -60,6 +61,7 @@ from echodistill_core.evaluation import (  # noqa: E402
 )
 from echodistill_core.judge import comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.personalization import Personalization  # noqa: E402
+from echodistill_core.tiny import bundled_pair, tiny_discriminators  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
@@ -111,6 +113,8 @@ def main() -> None:
     parser.add_argument("--class-word", help=f"default: {DEMO_CLASS_WORD!r}; for --concepts with a look, their shape "
                                              "(the kind the models know: \"my circle\")")
     parser.add_argument("--token", default=DEMO_TOKEN)
+    parser.add_argument("--pair", choices=tuple(world.PAIRS), default="pixel",
+                        help="the bundled pair: pixel, or latent (VAE, decoded colour loss, image discriminator)")
     parser.add_argument("--prompts", type=Path, help="prompt file (default: the built-in concept prompts)")
     parser.add_argument("--steps", type=int, default=PRESETS["tiny"].steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -136,7 +140,7 @@ def main() -> None:
         return merge(args.merge, args.out, args.steps)
     torch.set_num_threads(args.threads)
 
-    teacher, student, text = default_models()
+    teacher, student, text = default_models() if args.pair == "pixel" else bundled_pair(args.pair)
     size = teacher.image_size()
     if args.concept:
         concepts = {args.concept.name: None}
@@ -194,8 +198,8 @@ def main() -> None:
             "teacher": {method: mean["teacher"] for method, mean in result["means"].items() if "teacher" in mean},
             "per_seed": result["runs"],
         }
-    output = {"steps": config.steps, "seeds": args.seeds, "changes": args.set, **next(iter(figures.values())),
-              "grids": grids}
+    output = {"pair": args.pair, "steps": config.steps, "seeds": args.seeds, "changes": args.set,
+              **next(iter(figures.values())), "grids": grids}
     if len(concepts) > 1:
         output["concepts"] = figures
         output["cross_concept"] = {method: cross_concept(judge, {name: torch.cat(samples[name][method])
@@ -284,7 +288,8 @@ def personalize_and_evaluate(method, teacher, student, text, concept, config, re
     if method in BASELINES:
         personalization = personalize_one_model(method, teacher, student, text, concept, config)
     else:
-        trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"))
+        trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"),
+                                     discriminator_backbones=tiny_discriminators(teacher))
         trainer.train()
         personalization = trainer.personalization
     seconds = time.time() - start

@@ -41,7 +41,7 @@ class DemoConceptImages(io.ComfyNode):
             inputs=[io.Int.Input("size", default=32, min=16, max=1024, step=8,
                                  tooltip="Image size in px (the bundled tiny models use 32).")],
             outputs=[io.Image.Output("images", display_name="images", tooltip="Five drawings of the demo concept (a "
-                                     "pink heart), for trying the pack without photos.")])
+                                     "circle, red above and blue below), for trying the pack without photos.")])
 
     @classmethod
     def execute(cls, size):

@@ -413,6 +413,7 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(server):
     interrupted["5"]["inputs"]["seed"] = 42  # same settings as the straight run
     interrupted["1"]["inputs"]["precision"] = "fp32"  # a new graph signature, so ComfyUI does not reuse the cache
     states = server.root / "output" / "echodistill_states"
+    earlier = set(states.glob("*.safetensors"))  # the server is shared: other tests' runs keep states too
     start = server.cpu_seconds()
     prompt_id = server.queue(interrupted)
     if straight_work is None:  # no /proc: wall seconds
@@ -423,8 +424,8 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(server):
     server.post("/interrupt", {})
     entry = server.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
-    saved = sorted(states.glob("*.safetensors"))
-    assert len(saved) == 1, "cancel must keep exactly one resumable state"
+    saved = sorted(set(states.glob("*.safetensors")) - earlier)
+    assert len(saved) == 1, f"cancel must keep exactly one resumable state, not {[path.name for path in saved]}"
     interrupted["5"]["inputs"]["resume_state"] = saved[0].name
     resumed = server.wait(server.queue(interrupted))
     assert resumed["status"]["status_str"] == "success", json.dumps(resumed["status"])[-2000:]

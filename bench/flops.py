@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from echodistill_core import trainer as trainer_module  # noqa: E402
 from echodistill_core.config import PRESETS, VAE_DECODES  # noqa: E402
 from echodistill_core.data import ConceptDataset  # noqa: E402
-from echodistill_core.demo import demo_concept_images  # noqa: E402
+from echodistill_core.lab.demo import demo_concept_images  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 aten = torch.ops.aten

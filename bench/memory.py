@@ -119,7 +119,7 @@ def build_models(resolution: int, dtype):
     from echodistill_core.families import FAMILIES
     from echodistill_core.models import DiffusionModel, TextConditioner
     from echodistill_core.schedule import NoiseSchedule
-    from echodistill_core.tokenizer import build_clip_tokenizer
+    from echodistill_core.clip_tokenizer import build_clip_tokenizer
 
     def read(family: str, part: str, name: str = "config.json") -> dict:
         return json.loads((FAMILIES[family].config / part / name).read_text())
@@ -141,7 +141,7 @@ def build_models(resolution: int, dtype):
 
 def build_tiny_models(resolution: int, dtype):
     """The bundled tiny random pair (a VAE halving the size, a million parameters) in place of SD 2.1 and SD-Turbo."""
-    from echodistill_core.tiny import tiny_pair
+    from echodistill_core.lab.tiny import tiny_pair
 
     teacher, student, text = tiny_pair("v_prediction", "epsilon", image_size=resolution, latent=True)
     for module in (teacher.unet, student.unet, teacher.vae, text.text_encoder):
@@ -191,7 +191,7 @@ def echo_stage_trainer(teacher, student, text, preset, networks, resolution: int
     made: the state whose iteration holds the run's peak."""
     from echodistill_core.config import PRESETS
     from echodistill_core.data import ConceptDataset
-    from echodistill_core.demo import demo_concept_images
+    from echodistill_core.lab.demo import demo_concept_images
     from echodistill_core.trainer import EchoDistillTrainer
 
     config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))

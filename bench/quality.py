@@ -6,7 +6,7 @@ Five methods, the same models, concept, optimisation steps and seed:
 3. Custom Diffusion on the teacher alone, then the plain student with the learned token;
 4. EchoDistill without the echo stage;
 5. full EchoDistill.
-Each student is judged in ONE step by `echodistill_core.evaluation` (calibrated fidelity: 0 the untouched
+Each student is judged in ONE step by `echodistill_core.lab.evaluation` (calibrated fidelity: 0 the untouched
 student, 1 the concept's own held-out images; recognition where the world draws the concept; silhouette,
 prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 steps.
 
@@ -48,20 +48,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echodistill_core.baselines import BASELINES, personalize_one_model  # noqa: E402
+from echodistill_core.lab.baselines import BASELINES, personalize_one_model  # noqa: E402
 from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import ConceptDataset, center_square, read_images, to_tensor  # noqa: E402
-from echodistill_core import world  # noqa: E402
-from echodistill_core.demo import (  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
+from echodistill_core.lab.demo import (  # noqa: E402
     DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_TOKEN, default_models, rendered_concept_images,
 )
-from echodistill_core.evaluation import (  # noqa: E402
+from echodistill_core.lab.evaluation import (  # noqa: E402
     CONCEPT_PROMPTS, EvaluationSet, calibrate, concept_score, evaluate, matrix_table, own_score, read_prompt_file,
     samplers, save_grid, untouched_samples,
 )
-from echodistill_core.judge import comfy_to_world, load_judge  # noqa: E402
+from echodistill_core.lab.judge import comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.personalization import Personalization  # noqa: E402
-from echodistill_core.tiny import bundled_pair, tiny_discriminators  # noqa: E402
+from echodistill_core.lab.tiny import bundled_pair, tiny_discriminators  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")

@@ -44,12 +44,12 @@ from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 
 from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import ConceptDataset  # noqa: E402
-from echodistill_core.demo import demo_concept_images  # noqa: E402
+from echodistill_core.lab.demo import demo_concept_images  # noqa: E402
 from echodistill_core.families import FAMILIES  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, generate_teacher, initial_noise, timesteps_for  # noqa: E402
 from echodistill_core.schedule import NoiseSchedule  # noqa: E402
-from echodistill_core.tiny import TINY_TEXT_WIDTH, tiny_pair, tiny_text  # noqa: E402
+from echodistill_core.lab.tiny import TINY_TEXT_WIDTH, tiny_pair, tiny_text  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 

@@ -29,7 +29,7 @@ from .families import CheckpointError, Family, check_role, detect_family
 from .models import DiffusionModel, TextConditioner, part_dtype
 from .sampling import Progress
 from .schedule import NoiseSchedule
-from .tokenizer import FULL_NUM_MERGES, build_clip_tokenizer
+from .clip_tokenizer import FULL_NUM_MERGES, build_clip_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES

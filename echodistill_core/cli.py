@@ -15,17 +15,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import world
+from .lab import world
 from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
-from .demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
-                   demo_concept_images)
+from .lab.demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
+                       demo_concept_images)
 from .backbones import TEACHER_FEATURES
-from .evaluation import EvaluationSet, evaluate, samplers, untouched_samples
-from .evaluation import save_grid as save_sample_grid
+from .lab.evaluation import EvaluationSet, evaluate, samplers, untouched_samples
+from .lab.evaluation import save_grid as save_sample_grid
 from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, choose_networks
-from .judge import load_judge
+from .lab.judge import load_judge
 from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .paper_metrics import PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
@@ -33,8 +33,8 @@ from .parallel import Shard, start_from_environment
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
 from .safekeeping import check_output, is_echodistill_file, keep
-from .tiny import bundled_pair, tiny_discriminators
-from .token import check_words
+from .lab.tiny import bundled_pair, tiny_discriminators
+from .placeholder_token import check_words
 from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError, training_resolution
 
 # Config fields the command line sets directly, with their help.

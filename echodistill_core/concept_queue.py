@@ -23,7 +23,7 @@ from .image_networks import RunNetworks
 from .models import DiffusionModel, TextConditioner
 from .safekeeping import check_output, is_echodistill_file
 from .serialization import load_tree
-from .token import check_words
+from .placeholder_token import check_words
 from .trainer import EchoDistillTrainer, training_resolution
 
 log = logging.getLogger("echodistill")

@@ -21,7 +21,7 @@ from .compat import transformers_dtype
 from .models import DiffusionModel, TextConditioner, part_dtype
 from .sampling import Progress
 from .schedule import NoiseSchedule
-from .tokenizer import check_tokenizer, load_clip_tokenizer, write_slow_files
+from .clip_tokenizer import check_tokenizer, load_clip_tokenizer, write_slow_files
 
 REQUIRED_PARTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 FOLDER_LOAD_STEPS = 3  # the UNet, the VAE (or its absence), the text encoder

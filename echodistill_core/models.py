@@ -17,7 +17,6 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from .config import VAE_DECODES
 from .families import FAMILIES, pair_problem
 from .schedule import NoiseSchedule
-from .text import encode_prompts
 
 DECODE_TILE_LATENTS = 32  # "tiled" decoding: 32 x 32 latent tiles (256 px for SD), overlapping by a quarter
 PARTS = ("unet", "vae", "text_encoder")
@@ -39,7 +38,11 @@ class TextConditioner:
         return self.text_encoder.config.hidden_size
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
-        return encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        """[B, tokens, width] hidden states of `prompts`, padded to the tokenizer's model_max_length: the
+        conditioning every UNet of a pair receives (`encoder_hidden_states`)."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
 
 @dataclass

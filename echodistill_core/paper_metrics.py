@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import world
+from .lab import world
 from .backbones import TeacherUNetFeatures
 from .checkpoints import read_checkpoint
 from .data import ConceptDataset
 from .image_networks import load_clip_vision, load_dino
-from .judge import Judge, load_judge
+from .lab.judge import Judge, load_judge
 from .models import DiffusionModel, TextConditioner
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher

@@ -14,7 +14,7 @@ from .adapters import AdapterSet
 from .config import EchoDistillConfig
 from .models import DiffusionModel, TextConditioner
 from .serialization import ResultFileError, load_tree, save_tree
-from .token import PlaceholderToken
+from .placeholder_token import PlaceholderToken
 
 FORMAT = "echodistill-result/1"
 

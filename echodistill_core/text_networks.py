@@ -23,7 +23,7 @@ from transformers import AutoConfig, CLIPTextModelWithProjection, PretrainedConf
 from .families import CheckpointError
 from .image_networks import (_RESBLOCK, OPEN_CLIP_RULES, _key_ending, _read, _renamed,
                              bundled_config, load_transformers)
-from .tokenizer import build_clip_tokenizer
+from .clip_tokenizer import build_clip_tokenizer
 
 TEXT_ARCHITECTURES = {  # bundled config -> what the user sees
     "clip-text-l-14": "CLIP ViT-L/14 text tower",

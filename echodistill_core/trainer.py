@@ -38,7 +38,7 @@ from .parallel import Shard, average, average_gradients
 from .personalization import Personalization
 from .sampling import generate_student
 from .serialization import ResultFileError, load_tree, save_tree
-from .token import PlaceholderEmbedding
+from .placeholder_token import PlaceholderEmbedding
 
 log = logging.getLogger("echodistill")
 STATE_FORMAT = "echodistill-state/1"

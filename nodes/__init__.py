@@ -1,11 +1,11 @@
 """The ComfyUI face of EchoDistill: V3 node declarations that delegate to `echodistill_core`.
 
-All contact with ComfyUI goes through `comfy.py`; node ids are saved in workflow files, so they are
+All contact with ComfyUI goes through `comfyui_host.py`; node ids are saved in workflow files, so they are
 prefixed with the pack name and never renamed. Display names all begin with "EchoDistill", so the node
 search finds every node of the pack by that word and lists them together.
 """
 
-from .comfy import ComfyExtension
+from .comfyui_host import ComfyExtension
 from .image_networks import LoadImageNetworks
 from .loaders import LoadStudent, LoadTeacher
 from .results import LoadPersonalized, SavePersonalized

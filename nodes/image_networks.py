@@ -9,17 +9,17 @@ import torch
 from ..echodistill_core.backbones import TEACHER_FEATURES
 from ..echodistill_core.image_networks import (DISCRIMINATOR_SETS, FEATURE_NETWORKS, NEEDS, ImageNetworkFiles,
                                                choose_networks)
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .loaders import file_fingerprint, precision_input, weights_dtype
 from .sockets import CATEGORY, IMAGE_NETWORKS
 
 NONE = "none"
 FOLDERS = {  # file input -> ComfyUI's model folder kind, and what of it the input lists
-    "clip_vision": ("clip_vision", comfy.weights_files),
-    "ip_adapter": (comfy.IP_ADAPTER_KIND, comfy.weights_files),
-    "dino": (comfy.DINO_KIND, comfy.weights_and_model_folders),
-    "dinov2": (comfy.DINO_KIND, comfy.weights_and_model_folders),
+    "clip_vision": ("clip_vision", host.weights_files),
+    "ip_adapter": (host.IP_ADAPTER_KIND, host.weights_files),
+    "dino": (host.DINO_KIND, host.weights_and_model_folders),
+    "dinov2": (host.DINO_KIND, host.weights_and_model_folders),
 }
 FILE_TOOLTIPS = {
     "clip_vision": "A CLIP vision model from ComfyUI's models/clip_vision: a discriminator backbone (the paper's "
@@ -96,7 +96,7 @@ class LoadImageNetworks(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, **files):
         """The chosen files as they are on disk: one replaced under its name is read again."""
-        return tuple((name, value, file_fingerprint(comfy.model_path(FOLDERS[name][0], value)))
+        return tuple((name, value, file_fingerprint(host.model_path(FOLDERS[name][0], value)))
                      for name, value in sorted(files.items()) if name in FOLDERS and value not in (NONE, None))
 
     @classmethod
@@ -105,8 +105,8 @@ class LoadImageNetworks(io.ComfyNode):
         for name, value in dict(clip_vision=clip_vision, ip_adapter=ip_adapter, dino=dino, dinov2=dinov2).items():
             if value != NONE and value not in file_choices(name):
                 raise ValueError(missing_file(name, value))
-            paths[name] = None if value == NONE else comfy.model_path(FOLDERS[name][0], value)
+            paths[name] = None if value == NONE else host.model_path(FOLDERS[name][0], value)
         with torch.inference_mode(False):  # frozen weights that training passes gradients through
             networks = choose_networks(discriminators, feature_network, ImageNetworkFiles(**paths),
-                                       dtype=weights_dtype(precision, comfy.torch_device()))
+                                       dtype=weights_dtype(precision, host.torch_device()))
         return io.NodeOutput(networks)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from ..echodistill_core.checkpoints import LOAD_STEPS, load_single_file
-from ..echodistill_core.demo import bundled_model
+from ..echodistill_core.lab.demo import bundled_model
 from ..echodistill_core.families import FAMILIES
 from ..echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
 BUNDLED = {"teacher": "tiny teacher (bundled)", "student": "tiny one-step student (bundled)"}
@@ -28,34 +28,34 @@ FAMILY_CHOICES = [AUTO_FAMILY] + [family.label for family in FAMILIES.values() i
 
 
 def model_choices(role: str) -> list[str]:
-    return [BUNDLED[role]] + [f"diffusers/{name}" for name in comfy.model_names("diffusers")] + \
-        [f"checkpoints/{name}" for name in comfy.model_names("checkpoints")]
+    return [BUNDLED[role]] + [f"diffusers/{name}" for name in host.model_names("diffusers")] + \
+        [f"checkpoints/{name}" for name in host.model_names("checkpoints")]
 
 
 def load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
-    """The chosen model, on ComfyUI's offload device and in its care (comfy.manage); a file's or folder's load
+    """The chosen model, on ComfyUI's offload device and in its care (host.manage); a file's or folder's load
     moves a progress bar and stops between its parts on Cancel."""
     loaded = _load(role, choice, family, precision, node_id)
-    comfy.manage(role, loaded.model, loaded.text)
+    host.manage(role, loaded.model, loaded.text)
     return loaded
 
 
 def _load(role: str, choice: str, family: str, precision: str, node_id: str | None = None) -> LoadedModel:
-    device = comfy.offload_device()
-    dtype = model_dtypes(precision, comfy.torch_device())
+    device = host.offload_device()
+    dtype = model_dtypes(precision, host.torch_device())
     with torch.inference_mode(False):  # weights made here must be usable for training later
         if choice == BUNDLED[role]:
             model, text = bundled_model(role, device=str(device))
             return LoadedModel(model, text, choice, tiny=True)
         kind, _, name = choice.partition("/")
-        path = comfy.model_path(kind, name)
+        path = host.model_path(kind, name)
         if path is None:
             raise ValueError(f"{choice} is not in ComfyUI's models/{kind} folder any more; refresh the page")
-        bar = comfy.Progress(LOAD_STEPS if kind == "checkpoints" else FOLDER_LOAD_STEPS, node_id)
+        bar = host.Progress(LOAD_STEPS if kind == "checkpoints" else FOLDER_LOAD_STEPS, node_id)
 
         def after_each_part(done, total):
             bar.update(done)
-            comfy.throw_if_interrupted()
+            host.throw_if_interrupted()
 
         if kind == "checkpoints":
             model, text, found = load_single_file(path, role=role, family=None if family == AUTO_FAMILY else family,
@@ -74,7 +74,7 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def model_dtypes(precision: str, device: torch.device) -> torch.dtype | dict[str, torch.dtype]:
     """`weights_dtype` for a diffusion model and its text encoder: for auto, ComfyUI's choice per part."""
-    return comfy.weight_dtypes(PRECISIONS[precision], device)
+    return host.weight_dtypes(PRECISIONS[precision], device)
 
 
 def file_fingerprint(path) -> tuple | None:
@@ -113,7 +113,7 @@ class _Loader(io.ComfyNode):
         kind, _, name = model.partition("/")
         if kind not in ("checkpoints", "diffusers") or not name:
             return f"{model!r} is not a {cls.ROLE} this node knows; choose one from the list"
-        where = comfy.model_folder(kind)
+        where = host.model_folder(kind)
         return (f"{name} is not in ComfyUI's models/{kind} folder ({where}). Put the {cls.ROLE} there (the "
                 "workflow's note says where to download it), refresh the page and queue again, or choose another")
 
@@ -121,7 +121,7 @@ class _Loader(io.ComfyNode):
     def fingerprint_inputs(cls, model=None, **_):
         """The chosen file as it is on disk: a model replaced under its name loads again."""
         kind, _, name = (model or "").partition("/")
-        return model, file_fingerprint(comfy.model_path(kind, name)) if name else None
+        return model, file_fingerprint(host.model_path(kind, name)) if name else None
 
     @classmethod
     def execute(cls, model, family, precision):

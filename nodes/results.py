@@ -6,8 +6,8 @@ import torch
 
 from ..echodistill_core.export import save_embedding, save_student_lora
 from ..echodistill_core.personalization import Personalization
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .loaders import file_fingerprint
 from .sockets import CATEGORY, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER, Personalized
 
@@ -38,16 +38,16 @@ class SavePersonalized(io.ComfyNode):
         """At queue time: a plain file name."""
         if name is not None:
             try:
-                comfy.safe_file_name(name)
+                host.safe_file_name(name)
             except ValueError as error:
                 return f"name: {error}. Change it on the node and queue again."
         return True
 
     @classmethod
     def execute(cls, model: Personalized, name, overwrite=False):
-        stem = comfy.safe_file_name(name)
-        folders = {kind: comfy.model_folder(kind) for kind in ("embeddings", "loras")}
-        folders[comfy.RESULTS_KIND] = comfy.results_folder()
+        stem = host.safe_file_name(name)
+        folders = {kind: host.model_folder(kind) for kind in ("embeddings", "loras")}
+        folders[host.RESULTS_KIND] = host.results_folder()
         chosen, counter = stem, 0
         while not overwrite and any((folder / f"{stem}.safetensors").exists() for folder in folders.values()):
             counter += 1  # one name free in all three folders: the three files keep one name together
@@ -57,7 +57,7 @@ class SavePersonalized(io.ComfyNode):
         save_student_lora(lora, model.personalization, model.base.model.unet, stem)
         model.personalization.save(result)
         for kind in folders:
-            comfy.refresh_model_list(kind)
+            host.refresh_model_list(kind)
         lines = [f"LoRA: {lora.name} in {lora.parent}",
                  f"embedding: {embedding.name} in {embedding.parent}; in prompts: embedding:{stem} "
                  f"{model.personalization.config.class_word}",
@@ -69,7 +69,7 @@ NO_RESULTS = "(no saved results yet)"
 
 
 def saved_results() -> list[str]:
-    folder = comfy.results_folder()
+    folder = host.results_folder()
     return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
@@ -94,13 +94,13 @@ class LoadPersonalized(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, result=None, **_):
         """The saved file as it is on disk: a result saved again under its name is loaded again."""
-        return result, file_fingerprint(comfy.results_folder() / result) if result else None
+        return result, file_fingerprint(host.results_folder() / result) if result else None
 
     @classmethod
     def execute(cls, teacher, student, result):
-        path = comfy.results_folder() / result
+        path = host.results_folder() / result
         if not path.is_file():
-            raise ValueError(f"no saved result {result!r} in {comfy.results_folder()}; save one with EchoDistill Save "
+            raise ValueError(f"no saved result {result!r} in {host.results_folder()}; save one with EchoDistill Save "
                              "Personalized, or refresh the page and choose another")
         with torch.inference_mode(False):
             personalization = Personalization.load(path, teacher.model, student.model, teacher.text)

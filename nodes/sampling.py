@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..echodistill_core.sampling import generate_student, generate_teacher
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .sockets import CATEGORY, ONE_STEP_MODEL, PERSONALIZED_TEACHER
 
 PROMPT_TOOLTIP = "Describe the image; use the concept's token (e.g. 'a photo of a <sks> dog on the beach')."
@@ -56,14 +56,14 @@ class _Sample(io.ComfyNode):
     @classmethod
     def execute(cls, model, prompt, seed, batch_size, steps, upscale=1, **options):
         check_token(prompt, model.token)
-        comfy.throw_if_interrupted()
-        progress = comfy.Progress(steps, cls.hidden.unique_id)
+        host.throw_if_interrupted()
+        progress = host.Progress(steps, cls.hidden.unique_id)
 
         def after_each_step(done, total):  # the bar moves; Cancel stops between network evaluations
             progress.update(done)
-            comfy.throw_if_interrupted()
+            host.throw_if_interrupted()
 
-        comfy.use([model.base.model], [model.text], personalization=model.personalization)
+        host.use([model.base.model], [model.text], personalization=model.personalization)
         with model.applied():
             images = cls.generate(model.base.model, model.text, [prompt] * batch_size,
                                   [seed + i for i in range(batch_size)], steps=steps, callback=after_each_step,

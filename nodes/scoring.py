@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from ..echodistill_core.paper_metrics import (PAPER_SEEDS, dreambench_prompts, evaluate_concept, load_judges,
                                               read_prompts)
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .sockets import CATEGORY, CONCEPT, ONE_STEP_MODEL, PERSONALIZED_TEACHER, Concept, Personalized
 
 NONE = "none"
 NETWORKS = {  # input -> ComfyUI's model folder kind it lists (weights files and transformers folders)
     "clip": "clip_vision",
-    "dino": comfy.DINO_KIND,
+    "dino": host.DINO_KIND,
 }
 
 
 def network_choices(name: str) -> list[str]:
-    return [NONE] + comfy.weights_and_model_folders(NETWORKS[name])
+    return [NONE] + host.weights_and_model_folders(NETWORKS[name])
 
 
 class PaperMetrics(io.ComfyNode):
@@ -71,17 +71,17 @@ class PaperMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, one_step_model: Personalized, teacher: Personalized, concept: Concept, clip, dino, prompts,
                 seeds, role):
-        paths = {name: None if value == NONE else comfy.model_path(NETWORKS[name], value)
+        paths = {name: None if value == NONE else host.model_path(NETWORKS[name], value)
                  for name, value in (("clip", clip), ("dino", dino))}
         judges = load_judges(paths["clip"], paths["dino"])
         prompt_list = read_prompts(prompts) if prompts.strip() else list(dreambench_prompts(concept.class_word))
-        progress = comfy.Progress(2 * len(prompt_list), cls.hidden.unique_id)
+        progress = host.Progress(2 * len(prompt_list), cls.hidden.unique_id)
 
         def after_each_prompt(done, total):  # the bar moves; Cancel stops between prompts
             progress.update(done)
-            comfy.throw_if_interrupted()
+            host.throw_if_interrupted()
 
-        comfy.use([teacher.base.model, one_step_model.base.model], [one_step_model.text],
+        host.use([teacher.base.model, one_step_model.base.model], [one_step_model.text],
                   personalization=one_step_model.personalization)  # onto the device through ComfyUI
         scores = evaluate_concept(teacher.base.model, one_step_model.base.model, one_step_model.text,
                                   one_step_model.personalization, concept.images, judges, prompts=tuple(prompt_list),

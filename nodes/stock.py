@@ -9,8 +9,8 @@ import torch
 from ..echodistill_core.checkpoints import load_state_dict
 from ..echodistill_core.export import kohya_name, student_lora_tensors
 from ..echodistill_core.families import FAMILIES
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .loaders import AUTO_FAMILY, FAMILY_CHOICES, StudentRole, TeacherRole, model_dtypes, precision_input
 from .results import one_step_model_input
 from .sampling import check_token
@@ -41,16 +41,16 @@ class _FromCheckpoint(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, family, precision):
-        name = f"the {cls.ROLE}'s {comfy.model_kind(model)} MODEL"
-        dtype = model_dtypes(precision, comfy.torch_device())
+        name = f"the {cls.ROLE}'s {host.model_kind(model)} MODEL"
+        dtype = model_dtypes(precision, host.torch_device())
         with torch.inference_mode(False):  # weights made here must be usable for training later
-            weights = comfy.checkpoint_weights(model, clip, vae, dtype)
+            weights = host.checkpoint_weights(model, clip, vae, dtype)
             diffusion, text, found = load_state_dict(
                 weights, name, role=cls.ROLE, family=None if family == AUTO_FAMILY else family, dtype=dtype,
-                device=comfy.offload_device())
+                device=host.offload_device())
         del weights
-        comfy.manage(cls.ROLE, diffusion, text)
-        comfy.release_device_memory()
+        host.manage(cls.ROLE, diffusion, text)
+        host.release_device_memory()
         return io.NodeOutput(LoadedModel(diffusion, text, f"{found.label} ({name})", family=found.name))
 
 
@@ -129,11 +129,11 @@ class PersonalizedModel(io.ComfyNode):
             lora = student_lora_tensors(one_step_model.personalization, one_step_model.base.model.unet,
                                         dtype=torch.float32)
         problem = stock_model_problem(one_step_model.base, student_layer_weights(one_step_model.base, lora),
-                                      comfy.lora_layer_weights(model, lora), comfy.prediction_type(model),
-                                      comfy.model_kind(model))
+                                      host.lora_layer_weights(model, lora), host.prediction_type(model),
+                                      host.model_kind(model))
         if problem:
             raise ValueError(problem)
-        return io.NodeOutput(comfy.with_lora(model, lora, strength), lora)
+        return io.NodeOutput(host.with_lora(model, lora, strength), lora)
 
 
 class EncodePrompt(io.ComfyNode):
@@ -155,7 +155,7 @@ class EncodePrompt(io.ComfyNode):
     def execute(cls, one_step_model: Personalized, text):
         check_token(text, one_step_model.token)
         one_step_model.personalization.token.check_within_window(text)
-        comfy.use(texts=[one_step_model.text], personalization=one_step_model.personalization)
+        host.use(texts=[one_step_model.text], personalization=one_step_model.personalization)
         with torch.inference_mode(False), torch.no_grad(), one_step_model.applied():
             cond = one_step_model.text([text])
         return io.NodeOutput([[cond.float().cpu(), {}]])

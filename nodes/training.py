@@ -13,16 +13,16 @@ from PIL import Image
 
 from ..echodistill_core.config import PRESETS, EchoDistillConfig
 from ..echodistill_core.data import ConceptDataset
-from ..echodistill_core.demo import demo_concept_images
+from ..echodistill_core.lab.demo import demo_concept_images
 from ..echodistill_core.image_networks import RunNetworks, choose_networks
 from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
 from ..echodistill_core.plots import LOSSES, loss_plot
 from ..echodistill_core.safekeeping import keep
-from ..echodistill_core.token import check_words
+from ..echodistill_core.placeholder_token import check_words
 from ..echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
                                         training_resolution)
-from . import comfy
-from .comfy import io
+from . import comfyui_host as host
+from .comfyui_host import io
 from .loaders import file_fingerprint
 from .sampling import seed_input
 from .sockets import (CATEGORY, CONCEPT, IMAGE_NETWORKS, ONE_STEP_MODEL, PERSONALIZED_TEACHER, STUDENT, TEACHER,
@@ -142,7 +142,7 @@ def result_fingerprint(**widgets) -> tuple:
     chosen = {name: value for name, value in widgets.items() if name not in LINKED + SHOWN_ONLY}
     if chosen.get("resume_state") not in (None, NO_STATE):
         chosen["resume_state"] = (chosen["resume_state"],
-                                  file_fingerprint(comfy.states_folder() / chosen["resume_state"]))
+                                  file_fingerprint(host.states_folder() / chosen["resume_state"]))
     return tuple(sorted(chosen.items()))
 
 
@@ -228,7 +228,7 @@ class EchoDistillTrain(io.ComfyNode):
         except (ValueError, TypeError) as error:
             problems.append(str(error))
         if resume_state not in (None, NO_STATE) and resume_state not in cls.state_choices():
-            problems.append(f"resume_state {resume_state} is no longer in {comfy.states_folder()}; choose another "
+            problems.append(f"resume_state {resume_state} is no longer in {host.states_folder()}; choose another "
                             f"or {NO_STATE}")
         if problems:
             return "EchoDistill Train cannot run with these settings: " + "; ".join(problems) + \
@@ -243,7 +243,7 @@ class EchoDistillTrain(io.ComfyNode):
 
     @staticmethod
     def state_choices() -> list[str]:
-        folder = comfy.states_folder()
+        folder = host.states_folder()
         saved = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
         return [NO_STATE] + saved
 
@@ -274,10 +274,10 @@ class EchoDistillTrain(io.ComfyNode):
         lines = summary.splitlines()
         log.info("EchoDistill: nothing that changes the result changed; the finished run's result stands (%s)",
                  lines[-1])
-        comfy.send_to_browser("echodistill.summary", {
+        host.send_to_browser("echodistill.summary", {
             "node": node_id, "lines": lines[:-1], "total": config.steps, "echo_start": _echo_start(config),
             "history": [_curves(entry) for entry in one_step.history]})
-        comfy.send_to_browser("echodistill.finished", {"node": node_id, "result": lines[-1].removeprefix("result: ")})
+        host.send_to_browser("echodistill.finished", {"node": node_id, "result": lines[-1].removeprefix("result: ")})
         return io.NodeOutput(one_step, personal_teacher, plot, summary)
 
     @classmethod
@@ -294,7 +294,7 @@ class EchoDistillTrain(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             # ComfyUI's other models leave the device before the run's own arrive; the student's own text encoder
             # is not used (both models read the teacher's) and stays offloaded.
-            comfy.use([teacher.model, student.model], [teacher.text], training=True)
+            host.use([teacher.model, student.model], [teacher.text], training=True)
             images = [image.clone() for image in concept.images]  # inference tensors from other nodes
             dataset = ConceptDataset(images, config.token, config.class_word,
                                      training_resolution(config, student.model), captions=concept.captions)
@@ -302,20 +302,20 @@ class EchoDistillTrain(io.ComfyNode):
                                          student_text=student.text, discriminator_backbones=networks.discriminators,
                                          feature_network=networks.feature)
             if resume_state != NO_STATE:
-                trainer.load_state(comfy.states_folder() / resume_state)
+                trainer.load_state(host.states_folder() / resume_state)
             summary = trainer.describe()
             log.info("EchoDistill run:\n  %s", "\n  ".join(summary))
-            comfy.send_to_browser("echodistill.summary", {
+            host.send_to_browser("echodistill.summary", {
                 "node": node_id, "lines": summary, "total": config.steps, "echo_start": _echo_start(config),
                 "history": [_curves(entry) for entry in trainer.history]})
             try:
                 cls._run(trainer, node_id, save_every)
             finally:
-                comfy.release_device_memory()
-        result = keep(trainer.personalization.save, comfy.results_folder() / f"{_run_name(trainer)}.safetensors")
+                host.release_device_memory()
+        result = keep(trainer.personalization.save, host.results_folder() / f"{_run_name(trainer)}.safetensors")
         log.info("EchoDistill: the result is saved as %s (Load Personalized lists it)", result)
-        comfy.refresh_model_list(comfy.RESULTS_KIND)
-        comfy.send_to_browser("echodistill.finished", {"node": node_id, "result": str(result)})
+        host.refresh_model_list(host.RESULTS_KIND)
+        host.send_to_browser("echodistill.finished", {"node": node_id, "result": str(result)})
         one_step = Personalized(student, teacher.text, trainer.personalization, "student", trainer.history)
         personal_teacher = Personalized(teacher, teacher.text, trainer.personalization, "teacher", trainer.history)
         plot = loss_plot(trainer.history, config.steps, _echo_start(config))
@@ -333,16 +333,16 @@ class EchoDistillTrain(io.ComfyNode):
 
     @classmethod
     def _run(cls, trainer: EchoDistillTrainer, node_id, save_every: int = 0) -> None:
-        progress = comfy.Progress(trainer.config.steps, node_id)
-        autosave = comfy.states_folder() / f"{_word(trainer)}_seed{trainer.config.seed}_autosave.safetensors"
+        progress = host.Progress(trainer.config.steps, node_id)
+        autosave = host.states_folder() / f"{_word(trainer)}_seed{trainer.config.seed}_autosave.safetensors"
         prompts = trainer.preview_prompts()
 
         def on_step(report):
-            comfy.send_to_browser("echodistill.progress", {
+            host.send_to_browser("echodistill.progress", {
                 "node": node_id, "step": report.step, "total": report.total, "losses": _curves(report.losses),
                 "echo_start": _echo_start(trainer.config)})
             if report.preview is not None:
-                comfy.send_to_browser("echodistill.preview", {
+                host.send_to_browser("echodistill.preview", {
                     "node": node_id, "step": report.step, "total": report.total, "prompts": prompts,
                     "size": list(report.preview.shape[:1]) * 2, "images": preview_images(report.preview, len(prompts))})
             if save_every and report.step % save_every == 0 and report.step < report.total:
@@ -350,8 +350,8 @@ class EchoDistillTrain(io.ComfyNode):
             progress.update(report.step)  # raises if the user pressed Cancel
 
         try:
-            finished = trainer.train(callback=on_step, should_cancel=comfy.processing_interrupted)
-        except comfy.interruption_types():
+            finished = trainer.train(callback=on_step, should_cancel=host.processing_interrupted)
+        except host.interruption_types():
             cls._keep_state(trainer, node_id)
             raise
         except Exception as error:  # a non-finite loss, out of memory, anything: the last good step is kept
@@ -362,17 +362,17 @@ class EchoDistillTrain(io.ComfyNode):
                                f"{path.name} in {path.parent}: choose it as resume_state to continue{advice}") from error
         if not finished:
             cls._keep_state(trainer, node_id)
-            comfy.throw_if_interrupted()
-            raise comfy.Interrupted(f"training stopped at step {trainer.step}")
+            host.throw_if_interrupted()
+            raise host.Interrupted(f"training stopped at step {trainer.step}")
 
     @staticmethod
     def _keep_state(trainer: EchoDistillTrainer, node_id, why: str = "cancelled") -> Path:
         stem = f"{_word(trainer)}_seed{trainer.config.seed}_step{trainer.step}"
-        path = keep(trainer.save_state, comfy.unused_path(comfy.states_folder(), stem))
+        path = keep(trainer.save_state, host.unused_path(host.states_folder(), stem))
         message = (f"EchoDistill: {why} after step {trainer.step}; the state is saved as {path.name} in "
                    f"{path.parent}. Choose it as resume_state to continue.")
         log.warning(message)
-        comfy.send_to_browser("echodistill.cancelled", {"node": node_id, "step": trainer.step, "state": path.name,
+        host.send_to_browser("echodistill.cancelled", {"node": node_id, "step": trainer.step, "state": path.name,
                                                         "why": why})
         return path
 

@@ -14,8 +14,8 @@ import torch
 
 from echodistill_core.config import PRESETS
 from echodistill_core.data import ConceptDataset
-from echodistill_core.judge import load_judge
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.judge import load_judge
+from echodistill_core.lab.tiny import tiny_pair
 
 SIZE = 16
 

@@ -40,8 +40,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from echodistill_core.tiny import TINY_NUM_MERGES
-from echodistill_core.tokenizer import build_clip_tokenizer
+from echodistill_core.lab.tiny import TINY_NUM_MERGES
+from echodistill_core.clip_tokenizer import build_clip_tokenizer
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from echodistill_core.adapters import AdapterSet, target_layers
-from echodistill_core.tiny import tiny_unet
+from echodistill_core.lab.tiny import tiny_unet
 
 
 def run(unet):

@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from echodistill_core import world
-from echodistill_core.demo import bundled_models_present, default_models
-from echodistill_core.judge import attribute_accuracy, comfy_to_world
+from echodistill_core.lab import world
+from echodistill_core.lab.demo import bundled_models_present, default_models
+from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world
 from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.sampling import generate_student, generate_teacher
 

@@ -18,14 +18,14 @@ from diffusers import EulerDiscreteScheduler
 from safetensors import safe_open
 
 from conftest import tiny_config
-from echodistill_core import world
+from echodistill_core.lab import world
 from echodistill_core.data import ConceptDataset
-from echodistill_core.demo import rendered_concept_images
-from echodistill_core.judge import attribute_accuracy, comfy_to_world
+from echodistill_core.lab.demo import rendered_concept_images
+from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world
 from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.models import check_pair
 from echodistill_core.sampling import generate_student, generate_teacher, timesteps_for
-from echodistill_core.tiny import bundled_pair, tiny_discriminators
+from echodistill_core.lab.tiny import bundled_pair, tiny_discriminators
 from echodistill_core.trainer import EchoDistillTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -197,7 +197,7 @@ def test_a_load_reports_each_part_and_stops_when_the_report_raises(tmp_path):
 
 
 def test_a_folder_load_reports_each_part():
-    from echodistill_core.demo import BUNDLED
+    from echodistill_core.lab.demo import BUNDLED
     from echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
 
     reported = []
@@ -224,7 +224,7 @@ def test_a_saved_folder_is_in_the_layout_every_transformers_version_reads(tmp_pa
     from safetensors import safe_open
 
     from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder
-    from echodistill_core.tiny import tiny_model, tiny_scheduler, tiny_text
+    from echodistill_core.lab.tiny import tiny_model, tiny_scheduler, tiny_text
 
     model, text = tiny_model(latent=True), tiny_text()
     save_diffusers_folder(tmp_path / "model", model, text, tiny_scheduler())
@@ -244,7 +244,7 @@ def test_a_folder_written_by_transformers_5_alone_loads_on_every_version():
 
     from safetensors.torch import load_file
 
-    from echodistill_core.demo import BUNDLED
+    from echodistill_core.lab.demo import BUNDLED
     from echodistill_core.loading import load_diffusers_folder
 
     with tempfile.TemporaryDirectory() as copy:
@@ -262,7 +262,7 @@ def test_a_folder_written_by_transformers_5_alone_loads_on_every_version():
 def test_each_part_loads_in_its_own_dtype_when_given_one_per_part(tmp_path):
     """What a host that picks a dtype per part (ComfyUI's unet_dtype, vae_dtype, text_encoder_dtype) hands the
     loaders: a file and a folder alike load each part in its own."""
-    from echodistill_core.demo import BUNDLED
+    from echodistill_core.lab.demo import BUNDLED
     from echodistill_core.loading import load_diffusers_folder
 
     dtypes = {"unet": torch.bfloat16, "vae": torch.float16, "text_encoder": torch.float64}

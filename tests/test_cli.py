@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from echodistill_core import cli
-from echodistill_core.demo import demo_concept_images
+from echodistill_core.lab.demo import demo_concept_images
 from echodistill_core.loading import save_diffusers_folder
 from echodistill_core.serialization import load_tree
-from echodistill_core.tiny import tiny_pair, tiny_scheduler
+from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 

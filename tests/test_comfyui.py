@@ -442,7 +442,7 @@ def sd2_layout_folder(folder: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from echodistill_core.tokenizer import build_clip_tokenizer
+    from echodistill_core.clip_tokenizer import build_clip_tokenizer
 
     def random(module):
         generator = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import SIZE, make_concept, tiny_config
 from echodistill_core import losses as L
 from echodistill_core.schedule import NoiseSchedule
-from echodistill_core.tiny import tiny_pair, tiny_scheduler
+from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler
 from echodistill_core.trainer import EchoDistillTrainer, read_losses
 
 

@@ -4,13 +4,13 @@ rendered concepts standing in for trained ones, and the untouched bundled studen
 import pytest
 import torch
 
-from echodistill_core import world
-from echodistill_core.demo import default_models, rendered_concept_images
-from echodistill_core.evaluation import (
+from echodistill_core.lab import world
+from echodistill_core.lab.demo import default_models, rendered_concept_images
+from echodistill_core.lab.evaluation import (
     CONCEPT_PROMPTS, EvaluationSet, Untouched, concept_score, cross_concept_matrix, evaluate, held_out_images,
     own_score, plain_samples, samplers, silhouette_similarity, untouched_samples,
 )
-from echodistill_core.judge import load_judge, recognise, recognition_rate
+from echodistill_core.lab.judge import load_judge, recognise, recognition_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,7 +125,7 @@ def test_each_concepts_samples_score_closest_to_that_concept(judge, concepts, st
 def test_the_plain_cosine_could_not_tell_concepts_apart(judge, concepts):
     """Why concept_score is relative to the world: the plain cosine gives random world images nearly the
     concept's own score, and the centred score gives them about 0."""
-    from echodistill_core.judge import concept_fidelity
+    from echodistill_core.lab.judge import concept_fidelity
 
     references, samples, _ = concepts
     random_world, _ = world.sample_batch(48, torch.Generator().manual_seed(11), world.ALL_SHAPES)
@@ -158,7 +158,7 @@ def test_silhouettes_tell_shapes_apart_at_any_place_and_size():
 
 
 def test_prompt_files_name_only_what_can_be_measured():
-    from echodistill_core.evaluation import read_prompt_file
+    from echodistill_core.lab.evaluation import read_prompt_file
 
     prompts = read_prompt_file("# my concept\na {} on teal | background=teal\n\na big {} | size=big\na {} at night\n")
     assert prompts == (("a {} on teal", {"background": "teal"}), ("a big {}", {"size": "big"}), ("a {} at night", {}))

@@ -9,7 +9,7 @@ from conftest import SIZE, make_concept, tiny_config
 from echodistill_core.export import kohya_name, low_rank_factors, save_embedding, save_student_lora
 from echodistill_core.personalization import Personalization
 from echodistill_core.sampling import generate_student
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 
 

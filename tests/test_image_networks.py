@@ -19,7 +19,7 @@ from echodistill_core.image_networks import (ARCHITECTURES, ImageNetworkFiles, I
                                              bundled_config,
                                              load_clip_vision, load_dino, load_image_network,
                                              load_ip_adapter_features, load_ip_adapter_projection)
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 from conftest import make_concept, tiny_config
 from test_checkpoints import Evil

@@ -23,8 +23,8 @@ from ldm_layout import (
 from safetensors.torch import load_file
 
 from echodistill_core.families import FAMILIES_FOLDER
-from echodistill_core.tiny import TINY_NUM_MERGES
-from echodistill_core.tokenizer import build_clip_tokenizer
+from echodistill_core.lab.tiny import TINY_NUM_MERGES
+from echodistill_core.clip_tokenizer import build_clip_tokenizer
 
 SCHEDULER = {
     "_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,

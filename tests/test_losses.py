@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from echodistill_core import losses as L
-from echodistill_core.tiny import tiny_model
+from echodistill_core.lab.tiny import tiny_model
 
 
 def test_masked_mse_counts_only_the_valid_region_of_each_sample():

@@ -19,7 +19,7 @@ from echodistill_core.image_networks import (ARCHITECTURES, IPAdapterFeatures, I
                                              bundled_config)
 from echodistill_core.memory import MEMORY_PRESETS, Offload
 from echodistill_core.models import DECODE_TILE_LATENTS
-from echodistill_core.tiny import tiny_model, tiny_pair
+from echodistill_core.lab.tiny import tiny_model, tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from echodistill_core import trainer as trainer_module
 from echodistill_core.backbones import TEACHER_FEATURES, ImageBackbone
 from echodistill_core.config import PRESETS
 from echodistill_core.data import random_choice
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 
 REAL, FAKE = 1, 0

@@ -70,7 +70,7 @@ def pack():
 @pytest.fixture
 def comfy(pack, tmp_path, monkeypatch):
     """The adapter, with ComfyUI's folders (folder_paths) in tmp_path: models/<kind> and output."""
-    adapter = sys.modules["echodistill_pack.nodes.comfy"]
+    adapter = sys.modules["echodistill_pack.nodes.comfyui_host"]
     folder_paths = adapter.folder_paths
     for kind in FOLDER_KINDS:
         extensions = folder_paths.folder_names_and_paths.get(kind, ([], set()))[1]
@@ -413,7 +413,7 @@ def test_train_exposes_lora_rank_and_lists_the_learning_rates_it_uses(pack, trai
     config = one_step.personalization.config
     assert config.lora_rank == 2 and "LoRA rank 2" in summary
     assert config.teacher_lr == 2e-4 and "lr 0.0002" in summary  # 0 on the widget: the tiny preset's, shown
-    assert f"result: {sys.modules['echodistill_pack.nodes.comfy'].results_folder()}" in summary
+    assert f"result: {sys.modules['echodistill_pack.nodes.comfyui_host'].results_folder()}" in summary
     assert plot.shape[2] == 768  # the training view's picture
 
 

@@ -11,17 +11,17 @@ from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfi
                           Dinov2Config, Dinov2Model)
 
 from echodistill_core import text_networks
-from echodistill_core.demo import rendered_concept_images
+from echodistill_core.lab.demo import rendered_concept_images
 from echodistill_core.families import CheckpointError
 from echodistill_core.image_networks import bundled_config
 from echodistill_core.paper_metrics import (DREAMBENCH_LIVE_PROMPTS, DREAMBENCH_PROMPTS, JudgeImageFeatures,
                                             TeacherImageFeatures, dreambench_prompts, evaluate_concept,
                                             image_similarity, load_judges, read_prompts)
-from echodistill_core.judge import load_judge
+from echodistill_core.lab.judge import load_judge
 from echodistill_core.personalization import Personalization
 from echodistill_core.text_networks import load_clip_text
-from echodistill_core.tiny import tiny_pair
-from echodistill_core.tokenizer import build_clip_tokenizer
+from echodistill_core.lab.tiny import tiny_pair
+from echodistill_core.clip_tokenizer import build_clip_tokenizer
 from conftest import SIZE, concept_images, tiny_config
 from test_image_networks import open_clip_layout, randomised
 

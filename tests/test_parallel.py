@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from echodistill_core.parallel import Shard
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 from conftest import SIZE, make_concept, tiny_config
 

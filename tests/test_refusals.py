@@ -16,10 +16,10 @@ from conftest import concept_images, tiny_config
 from echodistill_core import cli, safekeeping
 from echodistill_core import trainer as trainer_module
 from echodistill_core.data import ConceptDataset
-from echodistill_core.demo import demo_concept_images
+from echodistill_core.lab.demo import demo_concept_images
 from echodistill_core.loading import save_diffusers_folder
 from echodistill_core.personalization import Personalization
-from echodistill_core.tiny import tiny_pair, tiny_scheduler, tiny_text
+from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler, tiny_text
 from echodistill_core.trainer import EchoDistillTrainer
 
 

@@ -11,7 +11,7 @@ from echodistill_core import serialization
 from echodistill_core.personalization import Personalization
 from echodistill_core.sampling import generate_student, generate_teacher
 from echodistill_core.serialization import ResultFileError
-from echodistill_core.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 
 PROMPTS, SEEDS = ["a photo of a <sks> dog", "a <sks> dog in the snow"], [0, 1]

@@ -14,7 +14,7 @@ from echodistill_core import cli, safekeeping
 from echodistill_core import trainer as trainer_module
 from echodistill_core.data import ConceptDataset
 from echodistill_core.serialization import ResultFileError, load_tree, save_tree
-from echodistill_core.tiny import tiny_model, tiny_pair
+from echodistill_core.lab.tiny import tiny_model, tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 from test_cli import model_folders  # noqa: F401 (a fixture: tiny diffusers folders and concept images)
 

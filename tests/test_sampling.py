@@ -6,7 +6,7 @@ import torch
 from conftest import SIZE
 from echodistill_core.sampling import generate_student, generate_teacher, timesteps_for
 from echodistill_core.schedule import NoiseSchedule
-from echodistill_core.tiny import tiny_pair, tiny_scheduler
+from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler
 
 
 def test_a_seed_gives_the_same_image_whatever_the_batch(pair):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from echodistill_core.tiny import tiny_text
-from echodistill_core.token import PlaceholderToken
-from echodistill_core.tokenizer import build_clip_tokenizer, check_tokenizer
+from echodistill_core.lab.tiny import tiny_text
+from echodistill_core.placeholder_token import PlaceholderToken
+from echodistill_core.clip_tokenizer import build_clip_tokenizer, check_tokenizer
 
 # Ids from OpenAI CLIP's tokenizer (the tokenizer of SD 1.x and, with "!" padding, SD 2.x).
 CLIP_REFERENCE = {

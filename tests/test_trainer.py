@@ -13,7 +13,7 @@ from echodistill_core.backbones import ImageBackbone
 from echodistill_core.data import TRAINING_TEMPLATES, ConceptDataset
 from echodistill_core.models import IncompatiblePairError
 from echodistill_core.sampling import generate_student
-from echodistill_core.tiny import tiny_model, tiny_pair, tiny_text
+from echodistill_core.lab.tiny import tiny_model, tiny_pair, tiny_text
 from echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
                                       training_resolution)
 

@@ -7,8 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from echodistill_core import world
-from echodistill_core.judge import attribute_accuracy, concept_fidelity, frechet_distance
+from echodistill_core.lab import world
+from echodistill_core.lab.judge import attribute_accuracy, concept_fidelity, frechet_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +28,7 @@ def test_sampling_is_seeded_and_in_range():
 
 
 def test_captions_fit_the_tiny_tokenizer():
-    from echodistill_core.tiny import tiny_text
+    from echodistill_core.lab.tiny import tiny_text
 
     tokenizer = tiny_text().tokenizer
     generator = torch.Generator().manual_seed(0)
@@ -57,7 +57,7 @@ def test_novel_shapes_stay_out_of_the_prompts_but_the_judge_knows_them(judge):
 def test_the_judge_tells_every_shape_apart(judge):
     """Shape accuracy of the judge and of `recognise` (judge and pixel template agreeing) on noisy renders
     of every shape, novel ones included: a heart is no circle."""
-    from echodistill_core.judge import recognise
+    from echodistill_core.lab.judge import recognise
 
     images, attributes = world.sample_batch(280, torch.Generator().manual_seed(21), world.ALL_SHAPES)
     images = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)

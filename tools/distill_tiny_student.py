@@ -62,8 +62,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
-from echodistill_core import world  # noqa: E402
-from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge, measure_attributes  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
+from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, load_judge, measure_attributes  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, guided_x0, initial_noise, teacher_sample  # noqa: E402

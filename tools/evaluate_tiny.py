@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from echodistill_core import world  # noqa: E402
-from echodistill_core.judge import attribute_accuracy, comfy_to_world, frechet_distance, load_judge  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
+from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, frechet_distance, load_judge  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder  # noqa: E402
 from echodistill_core.sampling import generate_student, generate_teacher  # noqa: E402
 

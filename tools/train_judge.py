@@ -1,4 +1,4 @@
-"""Train the bundled judge (`echodistill_core.judge`) on procedural world images only.
+"""Train the bundled judge (`echodistill_core.lab.judge`) on procedural world images only.
 
 Images get mild noise, blur and colour jitter so that the judge also reads generated images, which
 are never quite as clean as rendered ones. Its shape vocabulary is every shape the world can draw,
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from echodistill_core import world  # noqa: E402
-from echodistill_core.judge import Judge, load_judge, save_judge  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
+from echodistill_core.lab.judge import Judge, load_judge, save_judge  # noqa: E402
 
 
 def labels(judge: Judge, attributes: list[dict]) -> dict[str, torch.Tensor]:

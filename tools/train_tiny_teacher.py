@@ -1,7 +1,7 @@
 """Train a bundled tiny teacher from scratch: a pixel-space UNet and a CLIP text encoder, jointly; or,
 with `--vae`, a UNet on that VAE's latents conditioned on an existing teacher's text encoder.
 
-The teacher learns the procedural world of `echodistill_core.world` at 32x32 with v-prediction (or
+The teacher learns the procedural world of `echodistill_core.lab.world` at 32x32 with v-prediction (or
 epsilon) on SD's noise schedule; 10 % of the prompts are replaced by "" so that classifier-free
 guidance works. The weights kept are an exponential moving average. The result is a diffusers folder
 that `echodistill_core.loading.load_diffusers_folder` reads (with `vae/` for a latent teacher).
@@ -41,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 
-from echodistill_core import world  # noqa: E402
-from echodistill_core.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
+from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
 from echodistill_core.models import DiffusionModel, TextConditioner  # noqa: E402
 from echodistill_core.sampling import generate_teacher  # noqa: E402
 from echodistill_core.schedule import NoiseSchedule  # noqa: E402
-from echodistill_core.tiny import TINY_TEXT_WIDTH, tiny_text  # noqa: E402
+from echodistill_core.lab.tiny import TINY_TEXT_WIDTH, tiny_text  # noqa: E402
 
 
 def build_unet(channels: tuple[int, ...], layers_per_block: int, seed: int, in_channels: int = 3,

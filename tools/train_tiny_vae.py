@@ -2,7 +2,7 @@
 
 Three encoder/decoder levels (SD has four: 512 px -> 64 x 64 latents; here 32 px -> 8 x 8), four
 latent channels, the mid-block's self-attention, a diagonal Gaussian posterior with a small KL term.
-It learns the procedural world of `echodistill_core.world`, and, so that it also reconstructs looks the
+It learns the procedural world of `echodistill_core.lab.world`, and, so that it also reconstructs looks the
 diffusion models never saw (a personal concept is by definition one), half of every batch is drawn
 here in other looks: random colours of object and background, two-colour objects, stripes, inner
 dots, the novel shapes. As SD's, `scaling_factor` is 1 / the standard deviation of the latents (the
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 
-from echodistill_core import world  # noqa: E402
+from echodistill_core.lab import world  # noqa: E402
 
 NOVEL_LOOKS = ("random colours", "two colours", "stripes", "inner dots")
 INITIAL_LOG_VARIANCE = -8.0

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import world
 
-JUDGE_FOLDER = Path(__file__).parent / "assets" / "tiny" / "judge"
+JUDGE_FOLDER = world.TINY_ASSETS / "judge"
 
 
 class Judge(nn.Module):

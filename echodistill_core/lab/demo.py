@@ -11,17 +11,16 @@ pair built from configs.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import world
-from .loading import load_diffusers_folder
-from .models import DiffusionModel, TextConditioner
+from ..loading import load_diffusers_folder
+from ..models import DiffusionModel, TextConditioner
 from .tiny import tiny_pair
 
-BUNDLED = Path(__file__).parent / "assets" / "tiny"
+BUNDLED = world.TINY_ASSETS
 DEMO_TOKEN = "<mine>"
 DEMO_CLASS_WORD = "circle"
 DEMO_CONCEPT = dict(shape="circle", color="red", look="halves", color2="blue", background="black")

@@ -12,11 +12,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import world
-from .backbones import TEACHER_FEATURES, VAEEncoderFeatures
-from .loading import load_diffusers_folder
-from .models import DiffusionModel, TextConditioner
-from .schedule import NoiseSchedule
-from .tokenizer import build_clip_tokenizer
+from ..backbones import TEACHER_FEATURES, VAEEncoderFeatures
+from ..loading import load_diffusers_folder
+from ..models import DiffusionModel, TextConditioner
+from ..schedule import NoiseSchedule
+from ..clip_tokenizer import build_clip_tokenizer
 
 TINY_NUM_MERGES = 1000
 TINY_MAX_TOKENS = 16

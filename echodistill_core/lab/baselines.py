@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import losses as L
-from .config import EchoDistillConfig
-from .data import ConceptDataset
-from .models import DiffusionModel, TextConditioner
-from .personalization import Personalization
+from .. import losses as L
+from ..config import EchoDistillConfig
+from ..data import ConceptDataset
+from ..models import DiffusionModel, TextConditioner
+from ..personalization import Personalization
 
 BASELINES = ("textual_inversion", "student_custom_diffusion", "teacher_only")
 

@@ -39,9 +39,9 @@ from PIL import Image
 from . import world
 from .judge import (Judge, attribute_accuracy, comfy_to_world, concept_fidelity, frechet_distance,
                     recognition_rate)
-from .models import DiffusionModel, TextConditioner
-from .personalization import Personalization
-from .sampling import generate_student, generate_teacher
+from ..models import DiffusionModel, TextConditioner
+from ..personalization import Personalization
+from ..sampling import generate_student, generate_teacher
 
 Sampler = Callable[[list[str], list[int]], torch.Tensor]  # prompts, seeds -> ComfyUI images [B, H, W, 3]
 

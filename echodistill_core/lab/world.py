@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-TINY_ASSETS = Path(__file__).parent / "assets" / "tiny"
+TINY_ASSETS = Path(__file__).parents[1] / "assets" / "tiny"  # echodistill_core/assets/tiny
 TEACHER_FOLDER = TINY_ASSETS / "teacher"  # trained by tools/train_tiny_teacher.py
 STUDENT_FOLDER = TINY_ASSETS / "student"  # distilled by tools/distill_tiny_student.py
 LATENT_TEACHER_FOLDER = TINY_ASSETS / "latent-teacher"  # on a tiny VAE's latents: train_tiny_teacher.py --vae

@@ -149,15 +149,6 @@ def load_dino(path: str | Path, *, config: PretrainedConfig | None = None, input
     return _from_file(path, (DINO,), config, input_size, dtype)
 
 
-def load_image_network(path: str | Path, *, dtype: torch.dtype = torch.float32) -> ImageBackbone:
-    """Whichever image network `path` holds, a CLIP vision tower or a DINO/DINOv2 ViT, loaded as
-    `load_clip_vision` or `load_dino` would: one "image network file" choice for both."""
-    path = Path(path)
-    if path.is_dir():
-        return _from_folder(path, tuple(MODELS), None, None, dtype)
-    return _from_file(path, (CLIP_VISION, DINO), None, None, dtype)
-
-
 class IPAdapterProjection(nn.Module):
     """IP-Adapter's image projection: CLIP image embeddings [B, clip_dim] -> image tokens [B, tokens, dim],
     a Linear to tokens * dim split into tokens, each layer-normalised."""

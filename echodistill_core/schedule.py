@@ -78,15 +78,6 @@ class NoiseSchedule:
             return (z_t - (1 - abar).sqrt() * output) / abar.sqrt()
         return abar.sqrt() * z_t - (1 - abar).sqrt() * output
 
-    def to_eps(self, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise implied by a network output at z_t."""
-        if self.prediction_type == "epsilon":
-            return output
-        abar = self.abar(t, z_t)
-        if self.prediction_type == "sample":
-            return (z_t - abar.sqrt() * output) / (1 - abar).sqrt()
-        return (1 - abar).sqrt() * z_t + abar.sqrt() * output
-
     def to_eps_from_x0(self, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise that takes x0 to z_t (DDIM's re-noising direction)."""
         abar = self.abar(t, z_t)

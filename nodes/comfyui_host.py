@@ -2,8 +2,9 @@
 and out), model folders, saving paths and messages to the browser.
 
 Everything else in the pack calls these functions, and declares its nodes with the V3 `io` schema
-re-exported here, so the pack needs ComfyUI's `comfy_api` (ComfyUI 0.3.64 or later). Outside a running
-ComfyUI server each runtime function has a plain fallback.
+re-exported here, so the pack needs ComfyUI (0.3.64 or later): this module is imported only where ComfyUI's
+`comfy_api` is (the pack's `__init__.py`). Named for its host, not `comfy`, so as never to shadow ComfyUI's
+own `comfy` package.
 """
 
 from __future__ import annotations
@@ -15,52 +16,44 @@ from pathlib import Path
 import torch
 from comfy_api.latest import ComfyExtension, io  # the V3 node schema every node of the pack is declared with
 
-try:  # inside ComfyUI
-    import comfy.model_management as model_management
-    import comfy.model_patcher as model_patcher
-    import comfy.utils as comfy_utils
-    import folder_paths
-except ImportError:  # a test or a script: no ComfyUI
-    model_management = model_patcher = comfy_utils = folder_paths = None
+import comfy.lora
+import comfy.model_management as model_management
+import comfy.model_patcher as model_patcher
+import comfy.utils as comfy_utils
+import folder_paths
+
 try:  # a running ComfyUI server, which the browser talks to
     from server import PromptServer
 except ImportError:  # ComfyUI's packages without its server (the nodes' tests)
     PromptServer = None
 
-_FALLBACK_ROOT = Path(os.environ.get("ECHODISTILL_HOME", Path.cwd() / "echodistill_output"))
 
 
 class Interrupted(Exception):
-    """Raised outside ComfyUI where ComfyUI would raise its own interruption."""
+    """A run that stopped before its end without ComfyUI's own interruption being raised."""
 
 
 def interruption_types() -> tuple[type[BaseException], ...]:
-    if model_management is not None:
-        return (model_management.InterruptProcessingException, Interrupted, KeyboardInterrupt)
-    return (Interrupted, KeyboardInterrupt)
+    return (model_management.InterruptProcessingException, Interrupted, KeyboardInterrupt)
 
 
 def processing_interrupted() -> bool:
     """True once the user pressed Cancel in the browser."""
-    return model_management is not None and model_management.processing_interrupted()
+    return model_management.processing_interrupted()
 
 
 def throw_if_interrupted() -> None:
-    if model_management is not None:
-        model_management.throw_exception_if_processing_interrupted()
+    model_management.throw_exception_if_processing_interrupted()
 
 
 def torch_device() -> torch.device:
-    if model_management is not None:
-        return model_management.get_torch_device()
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model_management.get_torch_device()
 
 
 def free_device_memory_for_training() -> None:
     """Unload ComfyUI's own models so training has the device to itself."""
-    if model_management is not None:
-        model_management.unload_all_models()
-        model_management.soft_empty_cache()
+    model_management.unload_all_models()
+    model_management.soft_empty_cache()
 
 
 # The pack's networks under ComfyUI's model management. Each frozen UNet, VAE and text encoder a loader gives
@@ -83,17 +76,11 @@ class EchoDistillNetwork(torch.nn.Module):
         return next(self.module.parameters()).dtype
 
 
-def weight_dtypes(chosen: torch.dtype | None, device: torch.device) -> torch.dtype | dict[str, torch.dtype]:
-    """The frozen weights' dtype: the one chosen, else per part as ComfyUI chooses for its own models on
-    `device` (the UNet by unet_dtype, bf16 before fp16; the VAE by vae_dtype, bf16 or fp32 as for SD's VAE; the
-    text encoder by text_encoder_dtype), fp32 on a CPU. Outside ComfyUI: bf16 on GPUs that have it, fp16 on
-    older ones, fp32 on a CPU."""
-    if chosen is not None:
-        return chosen
-    if device.type == "cpu":
-        return torch.float32
-    if model_management is None:
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+def part_dtypes(device: torch.device) -> dict[str, torch.dtype]:
+    """ComfyUI's own choice of dtype per part for its models on `device` (the UNet by unet_dtype, bf16 before
+    fp16; the VAE by vae_dtype, bf16 or fp32 as for SD's VAE; the text encoder by text_encoder_dtype): what
+    precision "auto" loads on an accelerator. The rule of each precision choice is the run recipe's
+    (echodistill_core.recipe.frozen_dtype)."""
     preference = [torch.bfloat16, torch.float16, torch.float32]
     return {"unet": model_management.unet_dtype(device, supported_dtypes=preference),
             "vae": model_management.vae_dtype(device, allowed_dtypes=[torch.bfloat16]),
@@ -102,18 +89,13 @@ def weight_dtypes(chosen: torch.dtype | None, device: torch.device) -> torch.dty
 
 def offload_device() -> torch.device:
     """Where a loader puts the frozen weights: ComfyUI's offload device (the CPU unless it keeps everything on
-    the GPU); outside ComfyUI the device itself, as nothing moves them later."""
-    if model_management is not None:
-        return model_management.unet_offload_device()
-    return torch_device()
+    the GPU)."""
+    return model_management.unet_offload_device()
 
 
 def manage(role: str, model=None, text=None) -> None:
     """Hand a loaded model's UNet and VAE (a DiffusionModel) and text encoder (a TextConditioner) to ComfyUI's
-    model management, each as a ModelPatcher that loads onto the device and offloads to the CPU. Outside
-    ComfyUI nothing is managed."""
-    if model_management is None:
-        return
+    model management, each as a ModelPatcher that loads onto the device and offloads to the CPU."""
     device = torch_device()
     for owner, parts in ((model, (("unet", model_management.unet_offload_device()),
                                   ("vae", model_management.vae_offload_device()))),
@@ -132,8 +114,6 @@ def use(models=(), texts=(), training: bool = False, personalization=None) -> No
     ComfyUI, which first evicts other models as their room is needed. `training` first unloads every other
     model ComfyUI holds, whether needed or not: a training step needs far more than its weights. A
     `personalization` (an nn.Module of adapters and the token) follows the models onto the device."""
-    if model_management is None:
-        return
     patchers = [patcher for owner in (*models, *texts) for patcher in _PATCHERS.get(id(owner), [])]
     with torch.inference_mode(False):  # weights moved here stay usable for training
         if training:
@@ -149,10 +129,7 @@ def use(models=(), texts=(), training: bool = False, personalization=None) -> No
 def checkpoint_weights(model, clip, vae, dtype: torch.dtype | dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
     """A stock MODEL, CLIP and VAE as the single-file checkpoint ComfyUI's CheckpointSave would write them
     (LoRAs and other patches applied), copied to the CPU in `dtype` as ordinary tensors (not inference
-    tensors, so they can be the frozen weights of a training); ComfyUI's models then leave the GPU.
-    Outside ComfyUI there is no stock model."""
-    if model_management is None:
-        raise RuntimeError("stock MODEL, CLIP and VAE sockets exist only inside ComfyUI")
+    tensors, so they can be the frozen weights of a training); ComfyUI's models then leave the GPU."""
     model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
     weights = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
     copies = {}
@@ -166,7 +143,7 @@ def checkpoint_weights(model, clip, vae, dtype: torch.dtype | dict[str, torch.dt
 
 
 def _part_dtype(dtypes: dict[str, torch.dtype], key: str) -> torch.dtype:
-    """A single-file key's dtype among weight_dtypes' parts: the UNet's, the VAE's, else the text encoder's."""
+    """A single-file key's dtype among part_dtypes' parts: the UNet's, the VAE's, else the text encoder's."""
     if key.startswith("model.diffusion_model."):
         return dtypes["unet"]
     return dtypes["vae"] if key.startswith("first_stage_model.") else dtypes["text_encoder"]
@@ -180,8 +157,6 @@ def model_kind(model) -> str:
 def with_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
     """A clone of the stock MODEL with `lora` (kohya names) as weight patches, as LoraLoader applies it. Every
     key must find its layer: a LoRA that does not fit the model is refused, not half applied."""
-    import comfy.lora
-
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     stems = {key.split(".", 1)[0] for key in lora}
     unknown = sorted(stems - set(key_map))
@@ -199,8 +174,6 @@ def with_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
 def lora_layer_weights(model, lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The stock MODEL's own weights of the layers `lora` (kohya names) patches, by kohya name, as float32 CPU
     copies; layers it does not have are left out."""
-    import comfy.lora
-
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     weights = model.model.state_dict()
     stems = {key.split(".", 1)[0] for key in lora}
@@ -215,10 +188,7 @@ def prediction_type(model) -> str:
 
 
 def release_device_memory() -> None:
-    if model_management is not None:
-        model_management.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    model_management.soft_empty_cache()
 
 
 class Progress:
@@ -226,11 +196,9 @@ class Progress:
 
     def __init__(self, total: int, node_id: str | None = None):
         self.total = total
-        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if comfy_utils is not None else None
+        self.bar = comfy_utils.ProgressBar(total, node_id=node_id)
 
     def update(self, step: int, preview=None) -> None:
-        if self.bar is None:
-            return
         if preview is not None:
             self.bar.update_absolute(step, self.total, ("JPEG", preview, 512))
         else:
@@ -249,8 +217,6 @@ WEIGHTS_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 def model_names(kind: str) -> list[str]:
     """Files (or folders, for "diffusers") in ComfyUI's model folder of `kind`."""
-    if folder_paths is None:
-        return []
     if kind == "diffusers":
         return model_subfolders(kind)
     return list(folder_paths.get_filename_list(kind))
@@ -258,8 +224,6 @@ def model_names(kind: str) -> list[str]:
 
 def model_subfolders(kind: str, holding: str | None = None) -> list[str]:
     """The folders directly inside ComfyUI's model folders of `kind` (only those with a file `holding`)."""
-    if folder_paths is None:
-        return []
     names = []
     for root in folder_paths.get_folder_paths(kind):
         if os.path.isdir(root):
@@ -281,8 +245,6 @@ def weights_and_model_folders(kind: str) -> list[str]:
 
 def model_path(kind: str, name: str) -> Path | None:
     """The file, or folder, `name` in ComfyUI's model folders of `kind`."""
-    if folder_paths is None:
-        return None
     path = folder_paths.get_full_path(kind, name)
     if path:
         return Path(path)
@@ -293,21 +255,17 @@ def model_path(kind: str, name: str) -> Path | None:
 
 
 def output_directory() -> Path:
-    if folder_paths is not None:
-        return Path(folder_paths.get_output_directory())
-    return _FALLBACK_ROOT / "output"
+    return Path(folder_paths.get_output_directory())
 
 
 def model_folder(kind: str) -> Path:
     """Where stock loaders look for `kind` ("loras", "embeddings"): the first configured folder."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_folder_paths(kind)[0])
-    return _FALLBACK_ROOT / "models" / kind
+    return Path(folder_paths.get_folder_paths(kind)[0])
 
 
 def refresh_model_list(kind: str) -> None:
     """Let a dropdown see a file written during this session."""
-    if folder_paths is not None and hasattr(folder_paths, "filename_list_cache"):
+    if hasattr(folder_paths, "filename_list_cache"):
         folder_paths.filename_list_cache.pop(kind, None)
 
 
@@ -337,9 +295,7 @@ RESULTS_KIND = "echodistill"
 
 def results_folder() -> Path:
     """`models/echodistill`: personalization results that Load Personalized lists."""
-    if folder_paths is not None:
-        return Path(folder_paths.get_folder_paths(RESULTS_KIND)[0])
-    return _FALLBACK_ROOT / "models" / RESULTS_KIND
+    return Path(folder_paths.get_folder_paths(RESULTS_KIND)[0])
 
 
 def states_folder() -> Path:
@@ -350,7 +306,7 @@ def states_folder() -> Path:
 IP_ADAPTER_KIND = "ipadapter"  # the folder kind ComfyUI's IP-Adapter packs use; stock ComfyUI has none
 DINO_KIND = "dino"  # DINO and DINOv2 networks: this pack's own folder kind
 
-if folder_paths is not None:  # models/<kind>, unless ComfyUI, its extra_model_paths or another pack has it already
-    for _kind in (RESULTS_KIND, IP_ADAPTER_KIND, DINO_KIND):
-        if _kind not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))
+# models/<kind>, unless ComfyUI, its extra_model_paths or another pack has it already
+for _kind in (RESULTS_KIND, IP_ADAPTER_KIND, DINO_KIND):
+    if _kind not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))

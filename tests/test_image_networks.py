@@ -16,8 +16,7 @@ from echodistill_core import image_networks
 from echodistill_core.backbones import TEACHER_FEATURES, ImageBackbone
 from echodistill_core.families import CheckpointError
 from echodistill_core.image_networks import (ARCHITECTURES, ImageNetworkFiles, IPAdapterFeatures, IPAdapterProjection,
-                                             bundled_config,
-                                             load_clip_vision, load_dino, load_image_network,
+                                             bundled_config, load_clip_vision, load_dino,
                                              load_ip_adapter_features, load_ip_adapter_projection)
 from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
@@ -256,25 +255,6 @@ def test_a_clip_vision_tower_is_not_taken_for_dino(clip_file, clip, tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     with pytest.raises(CheckpointError, match="clip holds a 'clip_vision_model' model, not a DINOv2 or DINO"):
         load_dino(tmp_path / "clip")
-
-
-# One choice for any image network
-
-def test_load_image_network_tells_clip_vision_from_dino(clip, clip_file, tmp_path):
-    dinov2 = tiny_dinov2()
-    published = published_file(dinov2, tmp_path / "dinov2")
-    clip.save_pretrained(tmp_path / "clip")
-    assert torch.equal(load_image_network(tmp_path / "clip").mean, torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
-    assert torch.equal(load_image_network(tmp_path / "dinov2").mean, torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-    with pytest.raises(CheckpointError, match="is a CLIP ViT of width 32"):  # detected, then not a bundled size
-        load_image_network(clip_file)
-    save_file(published, tmp_path / "dinov2.safetensors")
-    with pytest.raises(CheckpointError, match="is a DINOv2 ViT of width 32"):
-        load_image_network(tmp_path / "dinov2.safetensors")
-    save_file({"image_proj.proj.weight": torch.zeros(8, 4)}, tmp_path / "ip.safetensors")
-    with pytest.raises(CheckpointError, match="ip.safetensors is an IP-Adapter .*, not a CLIP vision tower or a "
-                       "DINO or DINOv2 ViT"):
-        load_image_network(tmp_path / "ip.safetensors")
 
 
 def test_normalisation_follows_the_model_type(clip):

@@ -68,7 +68,7 @@ def pack():
 
 
 @pytest.fixture
-def comfy(pack, tmp_path, monkeypatch):
+def host(pack, tmp_path, monkeypatch):
     """The adapter, with ComfyUI's folders (folder_paths) in tmp_path: models/<kind> and output."""
     adapter = sys.modules["echodistill_pack.nodes.comfyui_host"]
     folder_paths = adapter.folder_paths
@@ -159,7 +159,7 @@ def cup(pack):
     return teacher, student, concept
 
 
-def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
+def test_the_whole_graph_runs_inside_inference_mode(pack, host, tmp_path):
     with torch.inference_mode():  # as ComfyUI runs every prompt
         teacher, student = bundled_pair(pack)
         photos = torch.rand(3, 40, 40, 3)  # IMAGE batches: [B, H, W, 3] in 0..1, inference tensors
@@ -206,7 +206,7 @@ def test_the_whole_graph_runs_inside_inference_mode(pack, comfy, tmp_path):
 NO_FILES = dict(clip_vision="none", ip_adapter="none", dino="none", dinov2="none")
 
 
-def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, comfy, monkeypatch):
+def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, host, monkeypatch):
     trainer_module = sys.modules["echodistill_pack.echodistill_core.trainer"]
     original = trainer_module.EchoDistillTrainer.train_step
 
@@ -223,17 +223,17 @@ def test_a_failed_run_keeps_its_last_good_state_and_autosaves_on_the_way(pack, c
                            "cup_seed0_step2.safetensors in .*: choose it as resume_state to continue, with lower "
                            "learning rates"):
             run(pack, "EchoDistillTrain", **settings, save_every=1)
-        states = comfy.states_folder()
+        states = host.states_folder()
         assert sorted(p.name for p in states.iterdir()) == ["cup_seed0_autosave.safetensors", "cup_seed0_step2.safetensors"]
         monkeypatch.setattr(trainer_module.EchoDistillTrainer, "train_step", original)
         one_step, _, _, _ = run(pack, "EchoDistillTrain", **settings, resume_state="cup_seed0_step2.safetensors")
     assert [entry["step"] for entry in one_step.history] == [1, 2, 3, 4]
-    assert (comfy.results_folder() / "cup_seed0_4steps.safetensors").is_file()  # the finished result, saved by Train
+    assert (host.results_folder() / "cup_seed0_4steps.safetensors").is_file()  # the finished result, saved by Train
 
 
-def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, comfy, monkeypatch):
+def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, host, monkeypatch):
     sent = []
-    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
+    monkeypatch.setattr(host, "send_to_browser", lambda event, data: sent.append((event, data)))
     with torch.inference_mode():
         teacher, student, concept = cup(pack)
         settings = dict(teacher=teacher, student=student, concept=concept, steps=1, parameterisation="lora",
@@ -251,7 +251,7 @@ def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, co
     assert "feature x1 on the base teacher's features" in lines[1] and unconnected == summary
     assert "no feature loss" in without_feature.splitlines()[1] and "feature x" not in without_feature
     summaries = [data for event, data in sent if event == "echodistill.summary"]
-    assert lines[-1] == f"result: {comfy.results_folder() / 'cup_seed0_1steps.safetensors'}"
+    assert lines[-1] == f"result: {host.results_folder() / 'cup_seed0_1steps.safetensors'}"
     assert summaries[0]["node"] == "7" and summaries[0]["lines"] == lines[:-1]  # the run's parts, shown as it starts
     assert summaries[0]["total"] == 1 and summaries[0]["echo_start"] is None and summaries[0]["history"] == []
     assert summaries[2]["lines"] == without_feature.splitlines()[:-1]
@@ -294,9 +294,9 @@ def test_image_network_choices_that_need_no_file_pass_and_absent_files_are_named
         .startswith("the paper discriminator set needs the dinov2 and clip_vision files")  # dino linked: known at run
 
 
-def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
+def test_bad_names_and_prompts_get_clear_errors(pack, host):
     with pytest.raises(ValueError, match="plain file name"):
-        comfy.safe_file_name("../../etc/passwd")
+        host.safe_file_name("../../etc/passwd")
     with torch.inference_mode():
         teacher, student, concept = cup(pack)
         one_step, *_ = run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept,
@@ -311,7 +311,7 @@ def test_bad_names_and_prompts_get_clear_errors(pack, comfy):
                                                                 "auto-detect", "auto")
 
 
-def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
+def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, host):
     training = sys.modules["echodistill_pack.nodes.training"]
     with torch.inference_mode():
         teacher, student = bundled_pair(pack)
@@ -321,18 +321,18 @@ def test_cancel_keeps_a_state_that_resumes_to_the_same_weights(pack, comfy):
                         parameterisation="custom_diffusion", memory="12 GB", echo=True, seed=5, preview_every=0)
         straight, *_ = run(pack, "EchoDistillTrain", **settings)
 
-        class CancelAtStepTwo(comfy.Progress):
+        class CancelAtStepTwo(host.Progress):
             def update(self, step, preview=None):
                 if step == 2:
-                    raise comfy.Interrupted("cancelled")
+                    raise host.Interrupted("cancelled")
 
-        original = comfy.Progress
-        comfy.Progress = CancelAtStepTwo
+        original = host.Progress
+        host.Progress = CancelAtStepTwo
         try:
-            with pytest.raises(comfy.Interrupted):
+            with pytest.raises(host.Interrupted):
                 run(pack, "EchoDistillTrain", **settings)
         finally:
-            comfy.Progress = original
+            host.Progress = original
         states = training.EchoDistillTrain.state_choices()
         assert states[1:] == ["cup_seed5_step2.safetensors"]
         resumed, *_ = run(pack, "EchoDistillTrain", **settings, resume_state=states[1])
@@ -352,12 +352,13 @@ def train_widgets(**changes):
             "resume_state": "none (start fresh)", **changes}
 
 
-def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, comfy):
+def test_train_refuses_invalid_widgets_at_queue_time_naming_each_problem(pack, host):
     train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
     assert train.validate_inputs(**train_widgets()) is True
     assert train.validate_inputs(**train_widgets(teacher_lr=1e-4, resolution=64)) is True
-    refused = train.validate_inputs(**train_widgets(steps=0, resolution=100, student_lr=-1.0))
-    assert "steps must be at least 1, not 0" in refused
+    assert train.validate_inputs(**train_widgets(steps=0)) is True  # 0: the preset's
+    refused = train.validate_inputs(**train_widgets(steps=-1, resolution=100, student_lr=-1.0))
+    assert "steps must be at least 1, not -1" in refused
     assert "resolution must be 0 (the student's size) or a multiple of 8 from 8 px, not 100" in refused
     assert "student_lr must be positive, not -1.0" in refused and refused.endswith("queue again.")
     assert "lora_rank must be at least 1" in train.validate_inputs(**train_widgets(lora_rank=0))
@@ -380,7 +381,7 @@ def test_concept_images_refuse_bad_words_and_captions_at_queue_time(pack):
                                                                      initializer_word="<cup>", captions="")
 
 
-def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, comfy, tmp_path):
+def test_loaders_name_the_folder_a_missing_model_belongs_in_at_queue_time(pack, host, tmp_path):
     for node_id, role in (("EchoDistillLoadTeacher", "teacher"), ("EchoDistillLoadStudent", "student")):
         node = pack.NODE_CLASS_MAPPINGS[node_id]
         assert node.validate_inputs(model=node.INPUT_TYPES()["required"]["model"][1]["options"][0]) is True  # the bundled one
@@ -399,7 +400,7 @@ def test_samplers_and_save_refuse_empty_prompts_and_paths_at_queue_time(pack):
 
 
 @pytest.fixture
-def trained_cup(pack, comfy):
+def trained_cup(pack, host):
     with torch.inference_mode():
         teacher, student, concept = cup(pack)
         one_step, teacher_model, plot, summary = run(
@@ -417,7 +418,7 @@ def test_train_exposes_lora_rank_and_lists_the_learning_rates_it_uses(pack, trai
     assert plot.shape[2] == 768  # the training view's picture
 
 
-def test_save_lists_what_it_wrote_and_where_and_replaces_only_when_asked(pack, comfy, trained_cup, tmp_path):
+def test_save_lists_what_it_wrote_and_where_and_replaces_only_when_asked(pack, host, trained_cup, tmp_path):
     one_step = trained_cup[0]
     umask = os.umask(0o022)
     try:
@@ -430,16 +431,16 @@ def test_save_lists_what_it_wrote_and_where_and_replaces_only_when_asked(pack, c
     loras = tmp_path / "models" / "loras"
     assert first == replaced and first[0] == f"LoRA: cup.safetensors in {loras}"
     assert first[1].startswith(f"embedding: cup.safetensors in {tmp_path / 'models' / 'embeddings'}")
-    assert "embedding:cup cup" in first[1] and first[2].startswith(f"result: cup.safetensors in {comfy.results_folder()}")
+    assert "embedding:cup cup" in first[1] and first[2].startswith(f"result: cup.safetensors in {host.results_folder()}")
     assert kept[0] == f"LoRA: cup_00001.safetensors in {loras}"
     for folder in ("loras", "embeddings", "echodistill"):
         for path in (tmp_path / "models" / folder).iterdir():
             assert path.stat().st_mode & 0o777 == 0o644, f"{path} is not readable by others"
 
 
-def test_train_sends_previews_from_step_one_at_their_real_size_with_their_prompts(pack, comfy, monkeypatch):
+def test_train_sends_previews_from_step_one_at_their_real_size_with_their_prompts(pack, host, monkeypatch):
     sent = []
-    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append((event, data)))
+    monkeypatch.setattr(host, "send_to_browser", lambda event, data: sent.append((event, data)))
     with torch.inference_mode():
         teacher, student, concept = cup(pack)
         run(pack, "EchoDistillTrain", teacher=teacher, student=student, concept=concept, steps=5,
@@ -457,16 +458,16 @@ def test_train_sends_previews_from_step_one_at_their_real_size_with_their_prompt
     assert [data["node"] for event, data in sent if event == "echodistill.finished"] == ["4"]
 
 
-def test_samplers_show_progress_stop_on_cancel_and_upscale_for_viewing(pack, comfy, trained_cup, monkeypatch):
+def test_samplers_show_progress_stop_on_cancel_and_upscale_for_viewing(pack, host, trained_cup, monkeypatch):
     one_step, personal_teacher, _, _ = trained_cup
     updates = []
 
-    class Recording(comfy.Progress):
+    class Recording(host.Progress):
         def update(self, step, preview=None):
             updates.append((step, self.total))
             if self.total == 6 and step == 3:
-                raise comfy.Interrupted("cancelled")
-    monkeypatch.setattr(comfy, "Progress", Recording)
+                raise host.Interrupted("cancelled")
+    monkeypatch.setattr(host, "Progress", Recording)
     with torch.inference_mode():
         images, = run(pack, "EchoDistillOneStepSample", model=one_step, prompt="a <cup> cup", seed=0, batch_size=2,
                       steps=1)
@@ -474,7 +475,7 @@ def test_samplers_show_progress_stop_on_cancel_and_upscale_for_viewing(pack, com
                      steps=1, upscale=4)
         teacher_images, = run(pack, "EchoDistillTeacherSample", model=personal_teacher, prompt="a <cup> cup", seed=0,
                               batch_size=1, steps=4, cfg=3.0)
-        with pytest.raises(comfy.Interrupted):
+        with pytest.raises(host.Interrupted):
             run(pack, "EchoDistillTeacherSample", model=personal_teacher, prompt="a <cup> cup", seed=0, batch_size=1,
                 steps=6, cfg=3.0)
     assert updates == [(1, 1), (1, 1), (1, 4), (2, 4), (3, 4), (4, 4), (1, 6), (2, 6), (3, 6)]
@@ -489,9 +490,9 @@ def test_seeds_ask_the_frontend_for_their_control_widget(pack):
         assert seed[0] == "INT" and seed[1]["control_after_generate"] is True  # web/echodistill.js starts it fixed
 
 
-def test_train_trains_again_only_when_what_it_learns_changes(pack, comfy, monkeypatch):
+def test_train_trains_again_only_when_what_it_learns_changes(pack, host, monkeypatch):
     sent = []
-    monkeypatch.setattr(comfy, "send_to_browser", lambda event, data: sent.append(event))
+    monkeypatch.setattr(host, "send_to_browser", lambda event, data: sent.append(event))
     train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
     widgets = dict(steps=2, parameterisation="lora", memory="12 GB", echo=False, seed=0, preview_every=0,
                    resume_state="none (start fresh)")
@@ -519,9 +520,9 @@ def test_train_trains_again_only_when_what_it_learns_changes(pack, comfy, monkey
         assert trainings() == 6  # a concept made again (its photos changed): a new run
 
 
-def test_trains_fingerprint_reads_the_resume_states_file(pack, comfy):
+def test_trains_fingerprint_reads_the_resume_states_file(pack, host):
     train = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"]
-    state = comfy.states_folder() / "cup_seed0_autosave.safetensors"
+    state = host.states_folder() / "cup_seed0_autosave.safetensors"
     state.parent.mkdir(parents=True)
     state.write_bytes(b"a state")
     kept = train.fingerprint_inputs(steps=2, resume_state=state.name)
@@ -529,7 +530,7 @@ def test_trains_fingerprint_reads_the_resume_states_file(pack, comfy):
     assert train.fingerprint_inputs(steps=2, resume_state=state.name) != kept
 
 
-def test_loaders_fingerprint_the_model_file_they_read(pack, comfy, tmp_path):
+def test_loaders_fingerprint_the_model_file_they_read(pack, host, tmp_path):
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillLoadStudent"]
     checkpoint = tmp_path / "models" / "checkpoints" / "student.safetensors"
     checkpoint.parent.mkdir(parents=True)
@@ -569,7 +570,7 @@ def test_personalized_model_refuses_a_stock_model_that_is_not_the_trained_studen
     assert f"{len(own)} of the personalization's {len(own)} layers" in missing and "not a SD-Turbo model" in missing
 
 
-def test_paper_metrics_scores_the_trained_student_beside_the_untouched_one(pack, comfy, trained_cup):
+def test_paper_metrics_scores_the_trained_student_beside_the_untouched_one(pack, host, trained_cup):
     """No CLIP or DINO file chosen: the tiny world's judge stands in, and the table says so."""
     one_step, teacher_model, _, _ = trained_cup
     node = pack.NODE_CLASS_MAPPINGS["EchoDistillPaperMetrics"]
@@ -582,3 +583,41 @@ def test_paper_metrics_scores_the_trained_student_beside_the_untouched_one(pack,
     table, grid = output
     assert "| judge-I |" in table and "not a network of the paper" in table and output.ui["text"][0] == table.splitlines()[0]
     assert grid.shape == (1, 3 * 128, 5 * 128, 3)  # the photos, then per prompt: two seeds, a gap, two seeds
+
+
+SHOWN_ONLY_FIELDS = ("preview_every", "preview_prompt")  # what a run shows on the way: each face its own
+
+
+def test_train_plans_its_run_with_the_recipe_as_the_command_line_does(pack, tmp_path):
+    """The Train node's defaults and the command line's are the run recipe's, and the same models, photos and
+    words give both the same run."""
+    core = "echodistill_pack.echodistill_core"
+    cli = importlib.import_module(f"{core}.cli")
+    recipe = importlib.import_module(f"{core}.recipe")
+    tiny = importlib.import_module(f"{core}.lab.tiny")
+    training = sys.modules["echodistill_pack.nodes.training"]
+    sockets = sys.modules["echodistill_pack.nodes.sockets"]
+    defaults = {item.id: item.default for item in pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"].GET_SCHEMA().inputs
+                if getattr(item, "default", None) is not None}
+    assert (defaults["memory"], defaults["preset"]) == (recipe.DEFAULT_MEMORY, recipe.DEFAULT_PRESET)
+    loader = {item.id: item.default for item in pack.NODE_CLASS_MAPPINGS["EchoDistillLoadStudent"].GET_SCHEMA().inputs
+              if getattr(item, "default", None) is not None}
+    assert loader["precision"] == recipe.DEFAULT_PRECISION
+    widgets = {name: value for name, value in defaults.items()
+               if name not in ("resume_state", "save_every", "preset", "memory")}
+    teacher, student, text = tiny.tiny_pair("v_prediction", "sample", image_size=16)
+    photos = [torch.rand(3, 24, 24) for _ in range(3)]
+    concept = sockets.Concept(photos, "<cup>", "cup")
+    for bundled in (False, True):
+        pair = [sockets.LoadedModel(model, text, name, tiny=bundled) for model, name in ((teacher, "t"), (student, "s"))]
+        node_plan, _ = training.plan(*pair, concept, preset=defaults["preset"], memory=defaults["memory"], **widgets)
+        folders = [recipe.TINY_ASSETS / role if bundled else tmp_path / role for role in ("teacher", "student")]
+        arguments = cli.build_parser().parse_args([
+            "train", "--teacher", str(folders[0]), "--student", str(folders[1]), "--images", str(tmp_path),
+            "--token", "<cup>", "--class-word", "cup", "--out", str(tmp_path / "cup.safetensors")])
+        cli_plan = cli.plan_from_arguments(arguments, photos)
+        learned = [name for name in node_plan.config.to_dict() if name not in SHOWN_ONLY_FIELDS]
+        assert {name: getattr(node_plan.config, name) for name in learned} == \
+            {name: getattr(cli_plan.config, name) for name in learned}
+        assert (node_plan.preset, node_plan.memory.name) == (cli_plan.preset, cli_plan.memory.name) == \
+            (("tiny", "unlimited") if bundled else ("paper", "12 GB"))

@@ -51,7 +51,7 @@ def test_prediction_types_invert_each_other(prediction):
     z_t = schedule.add_noise(x0, eps, t)
     target = schedule.target(x0, eps, t)
     torch.testing.assert_close(schedule.to_x0(target, z_t, t), x0, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(schedule.to_eps(target, z_t, t), eps, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(schedule.to_eps_from_x0(schedule.to_x0(target, z_t, t), z_t, t), eps, atol=1e-3, rtol=1e-3)
 
 
 def test_unknown_prediction_type_is_refused():

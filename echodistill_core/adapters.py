@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PARAMETERISATIONS = ("custom_diffusion", "lora")
+from .config import PARAMETERISATIONS
 
 
 def target_layers(unet: nn.Module, all_attention: bool = False) -> dict[str, nn.Linear]:

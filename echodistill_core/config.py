@@ -6,6 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+PARAMETERISATIONS = ("custom_diffusion", "lora")  # what trains in each UNet: the paper's K/V copies, or LoRA
+PAPER_GUIDANCE = 7.5  # the paper's CFG scale: the teacher's target, and its samples
+TINY_TEACHER_GUIDANCE = 3.0  # the CFG scale the bundled tiny teacher follows prompts best with (tools/evaluate_tiny.py)
+TEACHER_SAMPLE_STEPS = 25  # DDIM steps of a teacher's sample (the paper's evaluation of its teacher)
 VAE_DECODES = ("plain", "checkpointed", "tiled")
 ROLLBACKS = ("device", "host", "off")
 # Settings a saved state may be resumed with changed: the run's length, feedback, and memory (after an
@@ -33,7 +37,7 @@ class EchoDistillConfig:
     seed: int = 42
 
     # What trains in each UNet.
-    parameterisation: str = "custom_diffusion"  # or "lora"
+    parameterisation: str = PARAMETERISATIONS[0]  # one of PARAMETERISATIONS
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_all_attention: bool = False
@@ -52,7 +56,7 @@ class EchoDistillConfig:
     teacher_timesteps: tuple[int, int] = (0, 999)
     renoise_timesteps: tuple[int, int] = (0, 999)
     discriminator_timesteps: tuple[int, int] = (0, 200)
-    guidance_scale: float = 7.5
+    guidance_scale: float = PAPER_GUIDANCE
 
     # The student objective.
     adversarial_weight: float = 1.0
@@ -108,7 +112,7 @@ class EchoDistillConfig:
             ("steps", "at least 1", lambda v: v >= 1),
             ("batch_size", "at least 1", lambda v: v >= 1),
             ("resolution", "0 (the student's size) or a multiple of 8 from 8 px", lambda v: v == 0 or (v >= 8 and v % 8 == 0)),
-            ("parameterisation", "custom_diffusion or lora", lambda v: v in ("custom_diffusion", "lora")),
+            ("parameterisation", " or ".join(PARAMETERISATIONS), lambda v: v in PARAMETERISATIONS),
             ("lora_rank", "at least 1", lambda v: v >= 1),
             ("lora_alpha", "positive", positive),
             ("teacher_lr", "positive", positive),
@@ -167,6 +171,6 @@ PRESETS: dict[str, EchoDistillConfig] = {
     "paper": EchoDistillConfig(),
     "tiny": EchoDistillConfig(
         steps=300, batch_size=4, teacher_lr=2e-4, token_lr=5e-3, student_lr=3e-4, discriminator_lr=1e-3,
-        guidance_scale=3.0, preview_every=25,
+        guidance_scale=TINY_TEACHER_GUIDANCE, preview_every=25,
     ),
 }

@@ -26,6 +26,12 @@ TRAINING_TEMPLATES = (
 )
 SMALL_EDITS = ("far away ", "very small ")
 LARGE_EDITS = ("zoomed in ", "close up ")
+# Custom Diffusion's augmentation (`augment`).
+FLIP_PROBABILITY = 0.5
+PASTE_PROBABILITY = 2 / 3  # else enlarge and crop
+PASTE_SHRINK = 3  # pasted at 1/PASTE_SHRINK .. 1 of the resolution
+SMALL_EDIT_BELOW = 0.6  # a paste smaller than this fraction of the resolution gets one of SMALL_EDITS
+CROP_ENLARGE = (1.2, 1.4)  # enlarged to this range of the resolution, then cropped; prompted with LARGE_EDITS
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: more than any camera photo needs; a larger file is refused unread
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -149,20 +155,20 @@ def random_choice(options, generator: torch.Generator):
 
 def augment(image: torch.Tensor, resolution: int, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The Custom Diffusion recipe: flip p=0.5; with p=2/3 shrink to 1/3..1 of the resolution and paste
-    on a blank canvas (mask = pasted region), else enlarge 1.2-1.4x and crop. Returns the image, its
-    mask [1, R, R] and the prompt edit."""
-    if torch.rand(1, generator=generator) < 0.5:
+    """The Custom Diffusion recipe: flip (FLIP_PROBABILITY); with PASTE_PROBABILITY shrink to
+    1/PASTE_SHRINK..1 of the resolution and paste on a blank canvas (mask = pasted region), else enlarge
+    by CROP_ENLARGE and crop. Returns the image, its mask [1, R, R] and the prompt edit."""
+    if torch.rand(1, generator=generator) < FLIP_PROBABILITY:
         image = image.flip(-1)
-    if torch.rand(1, generator=generator) < 2 / 3:
-        size = _uniform_int(resolution // 3, resolution, generator)
+    if torch.rand(1, generator=generator) < PASTE_PROBABILITY:
+        size = _uniform_int(resolution // PASTE_SHRINK, resolution, generator)
         top, left = _uniform_int(0, resolution - size, generator), _uniform_int(0, resolution - size, generator)
         canvas, mask = torch.zeros(3, resolution, resolution), torch.zeros(1, resolution, resolution)
         canvas[:, top : top + size, left : left + size] = resize(image, size)
         mask[:, top : top + size, left : left + size] = 1
-        edit = random_choice(SMALL_EDITS, generator) if size < 0.6 * resolution else ""
+        edit = random_choice(SMALL_EDITS, generator) if size < SMALL_EDIT_BELOW * resolution else ""
         return canvas, mask, edit
-    size = _uniform_int(round(1.2 * resolution), round(1.4 * resolution), generator)
+    size = _uniform_int(round(CROP_ENLARGE[0] * resolution), round(CROP_ENLARGE[1] * resolution), generator)
     top, left = _uniform_int(0, size - resolution, generator), _uniform_int(0, size - resolution, generator)
     crop = resize(image, size)[:, top : top + resolution, left : left + resolution]
     return crop, torch.ones(1, resolution, resolution), random_choice(LARGE_EDITS, generator)

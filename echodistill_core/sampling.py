@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from .config import PAPER_GUIDANCE, TEACHER_SAMPLE_STEPS
 from .models import DiffusionModel, TextConditioner
 
 Progress = Callable[[int, int], None]  # called after each network evaluation with (steps done, steps); may raise to stop
@@ -74,7 +75,8 @@ def guided_x0(model: DiffusionModel, z_t: torch.Tensor, t: torch.Tensor, cond: t
 
 @torch.no_grad()
 def teacher_sample(teacher: DiffusionModel, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
-                   steps: int = 25, guidance_scale: float = 7.5, callback: Progress | None = None) -> torch.Tensor:
+                   steps: int = TEACHER_SAMPLE_STEPS, guidance_scale: float = PAPER_GUIDANCE,
+                   callback: Progress | None = None) -> torch.Tensor:
     """Clean latents by deterministic DDIM (eta = 0) with classifier-free guidance."""
     timesteps = timesteps_for(teacher, steps)
     z = noise
@@ -108,7 +110,7 @@ def generate_student(student: DiffusionModel, text: TextConditioner, prompts: li
 
 @torch.no_grad()
 def generate_teacher(teacher: DiffusionModel, text: TextConditioner, prompts: list[str], seeds: list[int],
-                     steps: int = 25, guidance_scale: float = 7.5, negative_prompt: str = "",
+                     steps: int = TEACHER_SAMPLE_STEPS, guidance_scale: float = PAPER_GUIDANCE, negative_prompt: str = "",
                      callback: Progress | None = None) -> torch.Tensor:
     """The multi-step teacher, DDIM with CFG: prompts and seeds to images ([B, H, W, 3] in [0, 1])."""
     _check_seeds(prompts, seeds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..echodistill_core.config import PAPER_GUIDANCE, TEACHER_SAMPLE_STEPS
 from ..echodistill_core.sampling import generate_student, generate_teacher
 from . import comfyui_host as host
 from .comfyui_host import io
@@ -103,7 +104,8 @@ class TeacherSample(_Sample):
             "Draw the personalized subject with the multi-step teacher (DDIM with CFG), to compare; a progress bar "
             "counts its steps and Cancel stops it.",
             sampler_inputs(PERSONALIZED_TEACHER, "The teacher output of EchoDistill Train or EchoDistill Load "
-                           "Personalized.", io.Int.Input("steps", default=25, min=1, max=200, tooltip="DDIM steps."),
-                           io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1,
+                           "Personalized.", io.Int.Input("steps", default=TEACHER_SAMPLE_STEPS, min=1, max=200,
+                                                      tooltip="DDIM steps."),
+                           io.Float.Input("cfg", default=PAPER_GUIDANCE, min=1.0, max=30.0, step=0.1,
                                           tooltip="Classifier-free guidance scale.")),
             "The teacher's images (enlarged by upscale).")

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from echodistill_core.config import TEACHER_SAMPLE_STEPS, TINY_TEACHER_GUIDANCE
 from echodistill_core.lab import world
 from echodistill_core.lab.demo import bundled_models_present, default_models
 from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world
@@ -39,7 +40,8 @@ def test_the_bundled_models_ship_small_and_load_offline():
 def test_the_teacher_follows_prompts(judge):
     teacher, text = load_diffusers_folder(world.TEACHER_FOLDER)
     prompts, attributes = world.evaluation_set(48)
-    images = generate_teacher(teacher, text, prompts, list(range(48)), 25, world.TEACHER_GUIDANCE)
+    images = generate_teacher(teacher, text, prompts, list(range(48)), TEACHER_SAMPLE_STEPS,
+                              TINY_TEACHER_GUIDANCE)
     accuracy = attribute_accuracy(comfy_to_world(images), attributes, judge)
     assert min(accuracy.values()) >= TEACHER_TARGET, accuracy
 

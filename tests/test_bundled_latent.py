@@ -18,6 +18,7 @@ from diffusers import EulerDiscreteScheduler
 from safetensors import safe_open
 
 from conftest import tiny_config
+from echodistill_core.config import TEACHER_SAMPLE_STEPS, TINY_TEACHER_GUIDANCE
 from echodistill_core.lab import world
 from echodistill_core.data import ConceptDataset
 from echodistill_core.lab.demo import rendered_concept_images
@@ -94,7 +95,8 @@ def test_the_vae_reconstructs_world_images_and_looks_it_never_saw(latent_pair):
 def test_the_latent_teacher_follows_prompts(latent_pair, judge):
     teacher, _, text = latent_pair
     prompts, attributes = world.evaluation_set(48)
-    images = generate_teacher(teacher, text, prompts, list(range(48)), 25, world.TEACHER_GUIDANCE)
+    images = generate_teacher(teacher, text, prompts, list(range(48)), TEACHER_SAMPLE_STEPS,
+                              TINY_TEACHER_GUIDANCE)
     accuracy = attribute_accuracy(comfy_to_world(images), attributes, judge)
     assert all(accuracy[name] >= floor for name, floor in TEACHER_FLOORS.items()), accuracy
 

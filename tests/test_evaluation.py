@@ -4,6 +4,7 @@ rendered concepts standing in for trained ones, and the untouched bundled studen
 import pytest
 import torch
 
+from echodistill_core.config import TINY_TEACHER_GUIDANCE
 from echodistill_core.lab import world
 from echodistill_core.lab.demo import default_models, rendered_concept_images
 from echodistill_core.lab.evaluation import (
@@ -49,7 +50,7 @@ def setup():
 def student_sampler():
     """The untouched bundled student, one step: what a personalization starts from."""
     teacher, student, text = default_models()
-    return samplers(teacher, student, text, world.TEACHER_GUIDANCE)["student"]
+    return samplers(teacher, student, text, TINY_TEACHER_GUIDANCE)["student"]
 
 
 def test_a_perfect_model_scores_full_marks(setup, student_sampler, tmp_path):

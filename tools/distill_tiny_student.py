@@ -62,6 +62,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
+from echodistill_core.config import TINY_TEACHER_GUIDANCE  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, load_judge, measure_attributes  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--dataset-only", action="store_true", help="make the dataset files, then stop")
     parser.add_argument("--pairs", type=int, default=1200)
     parser.add_argument("--teacher-steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=3.0, help="teacher CFG scale for the targets")
+    parser.add_argument("--guidance", type=float, default=TINY_TEACHER_GUIDANCE, help="teacher CFG scale for the targets")
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--touch-up-batch", type=int, default=0, help="0 turns the touch-up term off")

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from echodistill_core.config import TEACHER_SAMPLE_STEPS, TINY_TEACHER_GUIDANCE  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, frechet_distance, load_judge  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder  # noqa: E402
@@ -41,8 +42,8 @@ def main() -> None:
     parser.add_argument("--teacher", help="a teacher folder instead of the pair's")
     parser.add_argument("--student", help="a student folder instead of the pair's")
     parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--guidance", type=float, nargs="*", default=[world.TEACHER_GUIDANCE])
-    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, nargs="*", default=[TINY_TEACHER_GUIDANCE])
+    parser.add_argument("--teacher-steps", type=int, default=TEACHER_SAMPLE_STEPS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

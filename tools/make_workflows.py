@@ -11,6 +11,7 @@ address) for ComfyUI's missing-model dialog. Run: COMFYUI_DIR=... COMFYUI_PYTHON
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_config():
+    """echodistill_core/config.py alone (plain Python, no torch), for the values the graphs share with the core."""
+    spec = importlib.util.spec_from_file_location("echodistill_config", ROOT / "echodistill_core" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+CONFIG = _read_config()
 
 # Stock ComfyUI nodes used by the workflows: (input sockets, widget names, output sockets).
 STOCK = {
@@ -183,11 +196,17 @@ def models(*names: str) -> list[dict]:
     return [{"name": name, "url": MODELS[name][1], "directory": MODELS[name][0]} for name in names]
 
 
+def preset_rates(preset: str) -> dict:
+    """Train's preset with its learning rates shown (as the browser shows them when the preset is chosen)."""
+    config = CONFIG.PRESETS[preset]
+    return {"preset": preset, "teacher_lr": config.teacher_lr, "student_lr": config.student_lr}
+
+
 def note(node_id: int, text: str, size: list[int]) -> dict:
     return {"id": node_id, "type": "MarkdownNote", "title": "Read me", "size": size, "widgets": {"text": text}}
 
 
-TRAIN_DEFAULTS = {"steps": 300, "parameterisation": "custom_diffusion", "memory": "12 GB", "echo": True, "seed": 42,
+TRAIN_DEFAULTS = {"steps": 300, "parameterisation": CONFIG.PARAMETERISATIONS[0], "memory": "12 GB", "echo": True, "seed": 42,
                   "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
                   "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0, "save_every": 250,
                   "lora_rank": 4, "preview_prompts": ""}
@@ -200,9 +219,10 @@ PAPER_IMAGE_NETWORKS = {  # method.md's discriminators and feature network, from
 
 
 def personalize(teacher: str, student: str, images: dict, token: str, class_word: str, train: dict, prompt: str,
-                save_name: str, readme: str, sample: dict, image_networks: dict | None = None) -> tuple:
+                save_name: str, readme: str, sample: dict, guidance: float, image_networks: dict | None = None) -> tuple:
     """The personalization graph (nodes, groups): inputs on the left, Train in the middle, what to look at
-    and keep on the right; `image_networks` (a Load Image Networks node) feeds Train when given."""
+    and keep on the right (the teacher sampled with `guidance`, its training's); `image_networks` (a Load
+    Image Networks node) feeds Train when given."""
     networks = {"image_networks": (image_networks["id"], 0)} if image_networks else {}
     readme_node = note(13, readme, [420, 400])
     readme_node["pos"] = [40, 40 + TITLE]
@@ -224,14 +244,15 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
         {"id": 6, "type": "EchoDistillOneStepSample", "size": [380, 270],
          "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 1}, "inputs": {"model": (5, 0)}},
         {"id": 8, "type": "EchoDistillTeacherSample", "size": [380, 300],
-         "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": 25, "cfg": 7.5}, "inputs": {"model": (5, 1)}},
+         "widgets": {"prompt": prompt, **SAMPLE, **sample, "steps": CONFIG.TEACHER_SAMPLE_STEPS, "cfg": guidance},
+         "inputs": {"model": (5, 1)}},
         {"id": 11, "type": "EchoDistillSavePersonalized", "size": [380, 240], "widgets": {"name": save_name,
                                                                                         "overwrite": False},
          "inputs": {"model": (5, 0)}},
     ])
     shown = column(1580, 40 + GROUP_TITLE, [
         {"id": 7, "type": "PreviewImage", "title": "Student: one step", "size": [560, 330], "inputs": {"images": (6, 0)}},
-        {"id": 9, "type": "PreviewImage", "title": "Teacher: 25 steps", "size": [560, 330], "inputs": {"images": (8, 0)}},
+        {"id": 9, "type": "PreviewImage", "title": f"Teacher: {CONFIG.TEACHER_SAMPLE_STEPS} steps", "size": [560, 330], "inputs": {"images": (8, 0)}},
         {"id": 10, "type": "PreviewImage", "title": "Training view (loss_plot)", "size": [560, 420],
          "inputs": {"images": (5, 2)}},
     ])
@@ -348,18 +369,17 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
         "1_personalize_tiny_models.json": (*personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
             {"id": 3, "type": "EchoDistillDemoConceptImages", "size": [420, 60], "widgets": {"size": 32}},
-            "<heart>", "toy", {"steps": 300, "memory": "unlimited", "preset": "tiny", "teacher_lr": 2e-4,
-                               "student_lr": 3e-4, "preview_prompts": "a photo of a <heart> toy\n"
-                               "a small <heart> toy on teal\na big <heart> toy on yellow"},
-            "a small <heart> toy on teal", "tiny_heart", TINY_README, {"upscale": 8}), []),
+            "<heart>", "toy", {"steps": 300, "memory": "unlimited", **preset_rates("tiny"), "preview_prompts":
+                               "a photo of a <heart> toy\na small <heart> toy on teal\na big <heart> toy on yellow"},
+            "a small <heart> toy on teal", "tiny_heart", TINY_README, {"upscale": 8},
+            CONFIG.PRESETS["tiny"].guidance_scale), []),
         "2_personalize_sd_turbo_with_sd21_teacher.json": (*personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
             {"id": 3, "type": "LoadImage", "size": [420, 340], "widgets": {"image": "my_dog.png", "upload": "image"}},
-            "<my-dog>", "dog", {"steps": 1000, "preset": "paper", "teacher_lr": 1e-5, "student_lr": 2e-5,
-                                "preview_every": 50, "memory": "24 GB", "preview_prompts":
+            "<my-dog>", "dog", {"steps": 1000, **preset_rates("paper"), "preview_every": 50, "memory": "24 GB", "preview_prompts":
                                 "a photo of a <my-dog> dog\na <my-dog> dog on the beach"},
             "a photo of a <my-dog> dog on the beach", "my_dog", TURBO_README, {"batch_size": 2},
-            PAPER_IMAGE_NETWORKS),
+            CONFIG.PRESETS["paper"].guidance_scale, PAPER_IMAGE_NETWORKS),
             models(*MODELS)),
         "3_use_saved_result_with_stock_nodes.json": stock_graph(),
         "4_stock_checkpoints_in_and_out.json": stock_in_out_graph(),

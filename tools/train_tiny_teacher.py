@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 
+from echodistill_core.config import TINY_TEACHER_GUIDANCE  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.loading import load_diffusers_folder, save_diffusers_folder  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--text", help="a teacher folder whose text encoder and tokenizer to use, frozen")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--save-every", type=int, default=500, help="also save the EMA weights every N steps")
-    parser.add_argument("--eval-guidance", type=float, default=3.0)
+    parser.add_argument("--eval-guidance", type=float, default=TINY_TEACHER_GUIDANCE)
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="of saved weights")
     parser.add_argument("--resume", help="continue from this teacher folder instead of starting afresh")
     parser.add_argument("--seed", type=int, default=0)

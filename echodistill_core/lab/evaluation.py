@@ -39,6 +39,7 @@ from PIL import Image
 from . import world
 from .judge import (Judge, attribute_accuracy, comfy_to_world, concept_fidelity, frechet_distance,
                     recognition_rate)
+from ..config import TEACHER_SAMPLE_STEPS
 from ..models import DiffusionModel, TextConditioner
 from ..personalization import Personalization
 from ..sampling import generate_student, generate_teacher
@@ -343,7 +344,8 @@ def _silhouettes(images: torch.Tensor) -> torch.Tensor:
 
 
 def samplers(teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner, guidance: float,
-             personalization: Personalization | None = None, teacher_steps: int = 25) -> dict[str, Sampler]:
+             personalization: Personalization | None = None,
+             teacher_steps: int = TEACHER_SAMPLE_STEPS) -> dict[str, Sampler]:
     """The one-step student's and the DDIM + CFG teacher's samplers, personalized if one is given."""
     def personalized(role: str, draw: Callable[[list[str], list[int]], torch.Tensor]) -> Sampler:
         def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:

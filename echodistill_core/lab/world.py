@@ -31,7 +31,6 @@ STUDENT_FOLDER = TINY_ASSETS / "student"  # distilled by tools/distill_tiny_stud
 LATENT_TEACHER_FOLDER = TINY_ASSETS / "latent-teacher"  # on a tiny VAE's latents: train_tiny_teacher.py --vae
 LATENT_STUDENT_FOLDER = TINY_ASSETS / "latent-student"  # epsilon, one step from the last timestep, as SD-Turbo
 PAIRS = {"pixel": (TEACHER_FOLDER, STUDENT_FOLDER), "latent": (LATENT_TEACHER_FOLDER, LATENT_STUDENT_FOLDER)}
-TEACHER_GUIDANCE = 3.0  # the CFG scale the bundled teacher follows prompts best with
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # shapes are drawn on a 4x finer grid and averaged: anti-aliased edges

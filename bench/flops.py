@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from echodistill_core import trainer as trainer_module  # noqa: E402
 from echodistill_core.config import PRESETS, VAE_DECODES  # noqa: E402
-from echodistill_core.data import ConceptDataset  # noqa: E402
 from echodistill_core.lab.demo import demo_concept_images  # noqa: E402
+from echodistill_core.recipe import Pair, plan_run  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 aten = torch.ops.aten
@@ -145,12 +145,12 @@ def build_trainer(resolution: int, batch: int, networks_choice: str, vae_decode:
     with torch.device("meta"):
         teacher, student, text = memory_bench.build_models(resolution, torch.float32)
         networks = memory_bench.build_networks(networks_choice, torch.float32, tiny=False)
-    config = PRESETS["paper"].replace(class_word="toy", steps=1000, preview_every=0, batch_size=batch,
-                                      vae_decode=vae_decode, gradient_checkpointing=checkpointing, **changes)
-    concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
+    # The run recipe's paper run, its memory settings the ones counted here (the unlimited preset changes none).
+    plan = plan_run(demo_concept_images(resolution), class_word="toy", preset="paper", memory="unlimited",
+                    networks=networks, steps=1000, preview_every=0, batch_size=batch, vae_decode=vae_decode,
+                    gradient_checkpointing=checkpointing, **changes)
     with HostWaits():  # checks of the models' values meet stand-ins
-        return EchoDistillTrainer(teacher, student, text, concept, config,
-                                  discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+        return plan.trainer(Pair(teacher, student, text))
 
 
 def measure(trainer: EchoDistillTrainer) -> dict:

@@ -189,15 +189,14 @@ def describe_networks(choice: str, networks) -> dict:
 def echo_stage_trainer(teacher, student, text, preset, networks, resolution: int):
     """A paper-preset trainer under `preset`, at the first step of its echo stage with every optimizer's moments
     made: the state whose iteration holds the run's peak."""
-    from echodistill_core.config import PRESETS
-    from echodistill_core.data import ConceptDataset
     from echodistill_core.lab.demo import demo_concept_images
-    from echodistill_core.trainer import EchoDistillTrainer
+    from echodistill_core.recipe import Pair, plan_run
 
-    config = preset.apply(PRESETS["paper"].replace(class_word="toy", steps=10**6, preview_every=0))
-    concept = ConceptDataset(demo_concept_images(resolution), config.token, config.class_word, resolution)
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
-                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+    # The run recipe's paper run under `preset`; image networks beyond the preset's room are measured, not refused.
+    plan = plan_run(demo_concept_images(resolution), class_word="toy", preset="paper", memory=preset.name,
+                    networks=networks, check_room=False, steps=10**6, preview_every=0)
+    config = plan.config
+    trainer = plan.trainer(Pair(teacher, student, text))
     prime_optimizers(trainer)
     trainer.step = config.echo_start_step
     return trainer

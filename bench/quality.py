@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echodistill_core.lab.baselines import BASELINES, personalize_one_model  # noqa: E402
 from echodistill_core.config import PRESETS  # noqa: E402
-from echodistill_core.data import ConceptDataset, center_square, read_images, to_tensor  # noqa: E402
+from echodistill_core.data import center_square, read_images, to_tensor  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.demo import (  # noqa: E402
     DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_TOKEN, default_models, rendered_concept_images,
@@ -61,6 +61,7 @@ from echodistill_core.lab.evaluation import (  # noqa: E402
 )
 from echodistill_core.lab.judge import comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.personalization import Personalization  # noqa: E402
+from echodistill_core.recipe import plan_config, plan_run  # noqa: E402
 from echodistill_core.lab.tiny import bundled_pair, tiny_discriminators  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
@@ -147,8 +148,10 @@ def main() -> None:
     else:
         concepts = {text_: drawn_concept(text_) for text_ in args.concepts or ["/".join(
             DEMO_CONCEPT[key] for key in ("shape", "color", "look", "color2") if key in DEMO_CONCEPT)]}
-    config = PRESETS["tiny"].replace(token=args.token, steps=args.steps)
-    config = config.replace(**dict(config_change(config, item) for item in args.set))
+    # The run recipe's run of the bundled tiny models (the tiny preset), with --set's changes.
+    settings = dict(token=args.token, steps=args.steps)
+    settings.update(config_change(plan_config(tiny=True, **settings)[0], item) for item in args.set)
+    config, _ = plan_config(tiny=True, **settings)
     prompts = read_prompt_file(args.prompts.read_text()) if args.prompts else CONCEPT_PROMPTS
     judged_teachers = () if args.students_only else TEACHER_TRAINED
     judge = load_judge()
@@ -157,9 +160,9 @@ def main() -> None:
     for name, drawn in concepts.items():
         folder = args.out / name.replace("/", "_")
         images = concept_images(args.concept, size, drawn)
-        config = config.replace(class_word=args.class_word or (
-            drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD))
-        concept = ConceptDataset(images, config.token, config.class_word, size)
+        plan = plan_run(images, tiny=True, **dict(settings, class_word=args.class_word or (
+            drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD)))
+        config, concept = plan.config, plan.dataset(student)
         evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts, drawn)
         references = torch.stack(images) * 2 - 1
         # The untouched models: the new token as it starts, nothing trained (the 0 of calibrated fidelity).

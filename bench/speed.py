@@ -42,15 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 
-from echodistill_core.config import PRESETS  # noqa: E402
-from echodistill_core.data import ConceptDataset  # noqa: E402
 from echodistill_core.lab.demo import demo_concept_images  # noqa: E402
+from echodistill_core.recipe import Pair, plan_run  # noqa: E402
 from echodistill_core.families import FAMILIES  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, generate_teacher, initial_noise, timesteps_for  # noqa: E402
 from echodistill_core.schedule import NoiseSchedule  # noqa: E402
 from echodistill_core.lab.tiny import TINY_TEXT_WIDTH, tiny_pair, tiny_text  # noqa: E402
-from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 
 # Timing.
@@ -131,10 +129,10 @@ def sd_proportioned_pair(image_size: int, divisor: int, seed: int = 0):
 
 
 def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, color_space: str = "image") -> dict:
-    config = PRESETS["tiny"].replace(class_word="toy", batch_size=batch, steps=10**6, preview_every=0,
-                                     color_space=color_space)
-    concept = ConceptDataset(demo_concept_images(size), config.token, config.class_word, size)
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    plan = plan_run(demo_concept_images(size), class_word="toy", preset="tiny", memory="unlimited", batch_size=batch,
+                    steps=10**6, preview_every=0, color_space=color_space)  # the run recipe's tiny run
+    trainer = plan.trainer(Pair(teacher, student, text))
+    config, concept = plan.config, trainer.concept
     prompts = [f"a photo of a {concept.subject}"] * batch
     seeds = list(range(batch))
     echo_start = config.echo_start_step

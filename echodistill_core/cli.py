@@ -18,24 +18,25 @@ from tqdm import tqdm
 from .lab import world
 from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
 from .config import PRESETS, EchoDistillConfig
-from .data import ConceptDataset, read_images
+from .data import read_images
 from .lab.demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
                        demo_concept_images)
 from .backbones import TEACHER_FEATURES
 from .lab.evaluation import EvaluationSet, evaluate, samplers, untouched_samples
 from .lab.evaluation import save_grid as save_sample_grid
-from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, choose_networks
+from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, RunNetworks, choose_networks
 from .lab.judge import load_judge
-from .loading import load_model
 from .memory import MEMORY_PRESETS
 from .paper_metrics import PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
 from .parallel import Shard, start_from_environment
 from .personalization import Personalization
 from .sampling import generate_student, generate_teacher
+from .recipe import (DEFAULT_MEMORY, DEFAULT_PRECISION, DEFAULT_PRESET, PRECISION_HELP, PRECISIONS, PRESET_CHOICES,
+                     Pair, RunPlan, check_pair_paths, frozen_dtype, is_bundled_tiny, load_pair, plan_run,
+                     resolve_device)
 from .safekeeping import check_output, is_echodistill_file, keep
 from .lab.tiny import bundled_pair, tiny_discriminators
-from .placeholder_token import check_words
-from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError, training_resolution
+from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
 
 # Config fields the command line sets directly, with their help.
 CONFIG_OPTIONS = {
@@ -53,6 +54,17 @@ CONFIG_OPTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+    except (ValueError, OSError, MemoryError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option; the run's defaults are the recipe's (recipe.py), as the Train node's are."""
     parser = argparse.ArgumentParser(prog="python -m echodistill_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -69,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--devices", nargs="+", metavar="DEVICE",
                        help="spread the queue's concepts over these devices (cuda:0 cuda:1 ...), one process each")
     train.add_argument("--initializer-word", default="", help="word the token starts from (default: the class word)")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="starting settings")
+    train.add_argument("--preset", choices=PRESET_CHOICES, default=DEFAULT_PRESET,
+                       help="starting settings: paper (SD 2.1 + SD-Turbo), tiny (the bundled tiny models); auto "
+                            "(the default) picks tiny for the bundled tiny models and paper for any other")
     presets = "; ".join(f"{preset.name}: {preset.summary}" for preset in MEMORY_PRESETS.values())
-    train.add_argument("--memory", choices=list(MEMORY_PRESETS), default="unlimited",
-                       help=f"fit the GPU's memory (SD 2.1 + SD-Turbo at 512 px). {presets}")
+    train.add_argument("--memory", choices=list(MEMORY_PRESETS), default=DEFAULT_MEMORY,
+                       help=f"fit the GPU's memory (SD 2.1 + SD-Turbo at 512 px; default {DEFAULT_MEMORY}; the "
+                            f"bundled tiny models always run as unlimited). {presets}")
     train.add_argument("--no-echo", action="store_true", help="turn the echo stage off")
     train.add_argument("--discriminators", choices=list(DISCRIMINATOR_SETS), default=TEACHER_FEATURES,
                        help="; ".join(f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()))
@@ -131,13 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="the bundled tiny pair: pixel (32 px images), or latent (a tiny VAE's latents and an "
                            "epsilon one-step student, as SD 2.1 and SD-Turbo)")
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "demo": _demo}[args.command](args)
-    except (ValueError, OSError, MemoryError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _count(text: str) -> int:
@@ -173,23 +182,34 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, type=Path, help="the multi-step teacher: a diffusers folder or a checkpoint file")
     parser.add_argument("--student", required=True, type=Path, help="the one-step student: a diffusers folder or a checkpoint file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION, help=PRECISION_HELP)
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+def _load_pair(args) -> Pair:
+    """The checked pair (recipe.load_pair): a multi-step student or a pair that cannot train together is refused."""
+    return load_pair(args.teacher, args.student, precision=args.precision, device=args.device)
 
 
-def _load_pair(args, dtype: torch.dtype = torch.float32):
-    device = _device(args.device)
-    teacher, text = load_model(args.teacher, role="teacher", dtype=dtype, device=device)
-    student, student_text = load_model(args.student, role="student", dtype=dtype, device=device)
-    return teacher, student, text, student_text
+def plan_from_arguments(args, images) -> RunPlan:
+    """The run `train`'s options ask for (recipe.plan_run), checked before any model loads; `images` None plans
+    a queue's shared settings."""
+    files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
+    networks = choose_networks(args.discriminators, args.feature_network, files,
+                               dtype=frozen_dtype(args.precision, resolve_device(args.device)))
+    settings = {name: getattr(args, name) for name in CONFIG_OPTIONS}
+    tiny = is_bundled_tiny(args.teacher) and is_bundled_tiny(args.student)
+    return plan_run(images, token=args.token, class_word=args.class_word, initializer_word=args.initializer_word,
+                    preset=args.preset, memory=args.memory, tiny=tiny, networks=networks, echo=not args.no_echo,
+                    **settings)
+
+
+def _warn(plan: RunPlan, pair: Pair) -> None:
+    for warning in plan.warnings(pair):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _train(args) -> int:
-    if args.teacher.resolve() == args.student.resolve():
-        raise ValueError(f"{args.teacher} is given as both teacher and student; EchoDistill trains a multi-step "
-                         "teacher (e.g. SD 2.1) with a one-step student (e.g. SD-Turbo)")
+    check_pair_paths(args.teacher, args.student)  # one model as both, a multi-step student folder: before all else
     device = start_from_environment()  # under torchrun: one process per GPU, each batch shared (parallel.py)
     args.device = device or args.device
     concepts = [QueuedConcept(Path(folder), token, word) for folder, token, word in args.concept or []]
@@ -212,14 +232,10 @@ def _train(args) -> int:
     if args.resume and not is_echodistill_file(args.resume):
         raise ValueError(f"{args.resume} is not an EchoDistill training state (or is damaged); give the "
                          "<out>.state.safetensors file an interrupted run wrote")
-    check_words(args.token, args.initializer_word or args.class_word,
-                "initializer word" if args.initializer_word else "class word")
-    images = read_images(args.images)
-    config, dtype, networks = _run_settings(args, args.class_word)
-    teacher, student, text, student_text = _load_pair(args, dtype)
-    concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config, student_text=student_text,
-                                 discriminator_backbones=networks.discriminators, feature_network=networks.feature)
+    plan = plan_from_arguments(args, args.images)
+    pair = _load_pair(args)
+    _warn(plan, pair)
+    trainer = plan.trainer(pair)
     if args.resume:
         trainer.load_state(args.resume)
     if trainer.shard.main:
@@ -230,34 +246,20 @@ def _train(args) -> int:
     return 0 if finished else 130
 
 
-def _run_settings(args, class_word: str):
-    """The run's config (the preset, the memory preset, the options), the frozen weights' dtype and the
-    image networks, read before any model loads."""
-    memory = MEMORY_PRESETS[args.memory]
-    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    config = memory.apply(PRESETS[args.preset].replace(token=args.token, class_word=class_word,
-                                                       initializer_word=args.initializer_word, echo=not args.no_echo))
-    config = config.replace(**overrides)  # an explicit --batch-size wins over the memory preset's cap
-    dtype = memory.weight_dtype(_device(args.device)) or torch.float32
-    files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
-    networks = choose_networks(args.discriminators, args.feature_network, files, dtype=dtype)
-    memory.check_image_networks(networks)
-    return config, dtype, networks
-
-
 def _train_queue(args, concepts: list[QueuedConcept], device: str | None = None) -> int:
     """Train the queue's concepts one after another (on `device`, when the queue is spread over several)."""
     args.device = device or args.device
-    config, dtype, networks = _run_settings(args, args.class_word or "")
-    teacher, student, text, student_text = _load_pair(args, dtype)
+    plan = plan_from_arguments(args, None)  # each concept's photos and words: check_queue, train_queue
+    pair = _load_pair(args)
+    _warn(plan, pair)
     say = print if Shard.current().main else (lambda line: None)
 
     def run(trainer: EchoDistillTrainer, result: Path, state: Path) -> bool:
         say("\n".join(trainer.describe()))
         return run_with_progress(trainer, result, state, args.save_every)
 
-    outcome = train_queue(concepts, args.out, teacher, student, text, config, student_text=student_text,
-                          networks=networks, run=run, describe=say)
+    outcome = train_queue(concepts, args.out, pair.teacher, pair.student, pair.text, plan.config,
+                          student_text=pair.student_text, networks=plan.networks, run=run, describe=say)
     return 130 if INTERRUPTED in outcome.values() else 0
 
 
@@ -309,7 +311,8 @@ def _evaluate(args) -> int:
     prompts = read_prompts(args.prompts.read_text()) if args.prompts else None
     photos = read_images(args.images)
     judges = load_judges(args.clip, args.dino)
-    teacher, student, text, _ = _load_pair(args)
+    pair = _load_pair(args)
+    teacher, student, text = pair.teacher, pair.student, pair.text
     personalization = Personalization.load(args.result, teacher, student, text)
     bar = tqdm(unit="prompt")
 
@@ -336,7 +339,8 @@ def _sample(args) -> int:
         raise ValueError(f"the result {args.result} does not exist; give a file written by train")
     if not is_echodistill_file(args.result):
         raise ValueError(f"{args.result} is not an EchoDistill result (or is damaged); give a file written by train")
-    teacher, student, text, _ = _load_pair(args)
+    pair = _load_pair(args)
+    teacher, student, text = pair.teacher, pair.student, pair.text
     personalization = Personalization.load(args.result, teacher, student, text)
     seeds = [args.seed + index for index in range(len(args.prompt))]
     with personalization.applied(text, teacher, student):
@@ -364,13 +368,13 @@ def save_grid(images: torch.Tensor, path: Path, scale: int = 1) -> Path:
 
 def _demo(args) -> int:
     start = time.time()
-    device = _device(args.device)
+    device = resolve_device(args.device)
     teacher, student, text = default_models(device) if args.pair == "pixel" else bundled_pair(args.pair, device)
-    config = PRESETS["tiny"].replace(token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, steps=args.steps)
     images = demo_concept_images(teacher.image_size())
-    concept = ConceptDataset(images, config.token, config.class_word, training_resolution(config, student))
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
-                                 discriminator_backbones=tiny_discriminators(teacher))
+    plan = plan_run(images, token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, tiny=True, steps=args.steps,
+                    networks=RunNetworks(tiny_discriminators(teacher), TEACHER_FEATURES))
+    trainer = plan.trainer(Pair(teacher, student, text, tiny=True))
+    config, concept = plan.config, trainer.concept
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.stack([image.permute(1, 2, 0) for image in images]), args.out / "concept.png", scale=4)
     evaluation = EvaluationSet(concept.subject, seeds_per_prompt=4, plain_count=32, drawn=DEMO_CONCEPT)

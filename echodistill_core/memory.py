@@ -6,7 +6,8 @@ discriminator heads, is always fp32), gradient checkpointing of both UNets, how 
 gradient, how much room image networks (CLIP, DINO) may take, the largest batch, whether the frozen
 text encoder and VAE wait on the CPU between uses, and where the snapshot that undoes a failed step
 lives. `preset.apply(config)` sets the config's memory fields, which the trainer follows;
-`preset.weight_dtype(device)` is the dtype to load the frozen models in. `bench/memory.py` measures
+`preset.weight_dtype(device)` is the dtype it counts on the frozen models being loaded in (what
+`recipe.frozen_dtype` gives for "auto"). `bench/memory.py` measures
 each preset with SD 2.1 + SD-Turbo at 512 px; README, "Memory".
 
 Sizes to design for (SD 2.1 or SD-Turbo UNet 865 M parameters, OpenCLIP-H text encoder 354 M, VAE
@@ -72,14 +73,15 @@ class MemoryPreset:
                 "cost no extra weights")
 
     def weight_dtype(self, device: torch.device | str) -> torch.dtype | None:
-        """The frozen weights' dtype on `device`: the preset's on a GPU (fp16 where a GPU lacks bf16);
-        None (keep them as loaded) on a CPU, whose bf16 and fp16 kernels are many times slower than fp32."""
+        """The frozen weights' dtype this preset counts on, on `device`: on a GPU what precision "auto" loads
+        (recipe.frozen_dtype: bf16, fp16 where a GPU lacks bf16); None (keep them as loaded) on a CPU, whose
+        bf16 and fp16 kernels are many times slower than fp32, and for a preset that keeps every precision."""
+        from .recipe import frozen_dtype  # the precision rule lives with the run recipe, which imports this module
+
         device = torch.device(device)
         if self.frozen_dtype is None or device.type != "cuda":
             return None
-        if self.frozen_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return self.frozen_dtype
+        return frozen_dtype("auto", device) if self.frozen_dtype == torch.bfloat16 else self.frozen_dtype
 
 
 MEMORY_PRESETS: dict[str, MemoryPreset] = {preset.name: preset for preset in (

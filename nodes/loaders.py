@@ -9,18 +9,17 @@ from ..echodistill_core.checkpoints import LOAD_STEPS, load_single_file
 from ..echodistill_core.lab.demo import bundled_model
 from ..echodistill_core.families import FAMILIES
 from ..echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
+from ..echodistill_core.recipe import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, frozen_dtype
 from . import comfyui_host as host
 from .comfyui_host import io
 from .sockets import CATEGORY, STUDENT, TEACHER, LoadedModel
 
 BUNDLED = {"teacher": "tiny teacher (bundled)", "student": "tiny one-step student (bundled)"}
-PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PRECISION_TOOLTIP = ("Precision of the frozen weights. auto: bf16 on a GPU (fp16 where it lacks bf16), fp32 on a "
-                     "CPU. What trains is always fp32.")
+PRECISION_TOOLTIP = PRECISION_HELP[0].upper() + PRECISION_HELP[1:] + "."  # the run recipe's rule (recipe.frozen_dtype)
 
 
 def precision_input() -> io.Combo.Input:
-    return io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=PRECISION_TOOLTIP)
+    return io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULT_PRECISION, tooltip=PRECISION_TOOLTIP)
 
 
 AUTO_FAMILY = "auto-detect"
@@ -66,15 +65,16 @@ def _load(role: str, choice: str, family: str, precision: str, node_id: str | No
 
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of a `precision` choice for frozen weights on `device`: the one chosen, or for auto ComfyUI's
-    choice for a UNet (bf16 on GPUs that have it, what the memory presets count on; fp32 on a CPU)."""
+    """The dtype of a `precision` choice for frozen weights on `device` (for auto, ComfyUI's choice for a UNet),
+    by the run recipe's rule."""
     dtypes = model_dtypes(precision, device)
     return dtypes if isinstance(dtypes, torch.dtype) else dtypes["unet"]
 
 
 def model_dtypes(precision: str, device: torch.device) -> torch.dtype | dict[str, torch.dtype]:
-    """`weights_dtype` for a diffusion model and its text encoder: for auto, ComfyUI's choice per part."""
-    return host.weight_dtypes(PRECISIONS[precision], device)
+    """`weights_dtype` for a diffusion model and its text encoder: the run recipe's rule (recipe.frozen_dtype),
+    given ComfyUI's own choice per part for auto on an accelerator."""
+    return frozen_dtype(precision, device, host_choice=host.part_dtypes(device))
 
 
 def file_fingerprint(path) -> tuple | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -14,13 +15,13 @@ from PIL import Image
 from ..echodistill_core.config import PRESETS, EchoDistillConfig
 from ..echodistill_core.data import ConceptDataset
 from ..echodistill_core.lab.demo import demo_concept_images
-from ..echodistill_core.image_networks import RunNetworks, choose_networks
-from ..echodistill_core.memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS
+from ..echodistill_core.image_networks import RunNetworks
+from ..echodistill_core.memory import MEMORY_PRESETS
 from ..echodistill_core.plots import LOSSES, loss_plot
+from ..echodistill_core.recipe import DEFAULT_MEMORY, DEFAULT_PRESET, PRESET_CHOICES, Pair, RunPlan, plan_config, plan_run
 from ..echodistill_core.safekeeping import keep
 from ..echodistill_core.placeholder_token import check_words
-from ..echodistill_core.trainer import (EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError,
-                                        training_resolution)
+from ..echodistill_core.trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
 from . import comfyui_host as host
 from .comfyui_host import io
 from .loaders import file_fingerprint
@@ -104,18 +105,25 @@ class ConceptImages(io.ComfyNode):
         return io.NodeOutput(concept)
 
 
-def run_config(tiny: bool, steps=None, parameterisation=None, echo=None, seed=None, preview_every=None, preset="auto",
-               teacher_lr=0.0, student_lr=0.0, resolution=None, lora_rank=None, preview_prompts=None,
-               **concept) -> EchoDistillConfig:
-    """The core config of Train's widgets (`concept`: token, class_word, initializer_word); the config checks
-    every value. A learning rate of 0 is the preset's; auto is the tiny preset for the bundled models."""
-    preset = preset if preset != "auto" else ("tiny" if tiny else "paper")
-    if preset not in PRESETS:
-        raise ValueError(f"preset {preset!r} is not one of auto, {', '.join(PRESETS)}")
-    chosen = dict(steps=steps, parameterisation=parameterisation, echo=echo, seed=seed, preview_every=preview_every,
-                  resolution=resolution, lora_rank=lora_rank, preview_prompt=preview_prompts, **concept,
-                  teacher_lr=teacher_lr or None, student_lr=student_lr or None)
-    return PRESETS[preset].replace(**{name: value for name, value in chosen.items() if value is not None})
+def run_settings(steps=None, parameterisation=None, echo=None, seed=None, preview_every=None, teacher_lr=0.0,
+                 student_lr=0.0, resolution=None, lora_rank=None, preview_prompts=None) -> dict:
+    """Train's widgets as the run recipe's settings (recipe.plan_run): steps or a learning rate of 0 is the
+    preset's (None), and `preview_prompts` is the config's preview_prompt."""
+    return dict(steps=steps or None, parameterisation=parameterisation, echo=echo, seed=seed,
+                preview_every=preview_every, resolution=resolution, lora_rank=lora_rank,
+                preview_prompt=preview_prompts, teacher_lr=teacher_lr or None, student_lr=student_lr or None)
+
+
+def plan(teacher, student, concept: Concept, networks: RunNetworks | None = None, *, preset=DEFAULT_PRESET,
+         memory=DEFAULT_MEMORY, **widgets) -> tuple[RunPlan, Pair]:
+    """The run Train's inputs ask for, planned by the run recipe as the command line plans its own, and the pair
+    it trains (the bundled tiny models run with the tiny preset, unlimited). Every problem is refused before
+    any model moves to the device."""
+    pair = Pair(teacher.model, student.model, teacher.text, student.text, tiny=teacher.tiny)
+    run = plan_run(concept.images, token=concept.token, class_word=concept.class_word,
+                   initializer_word=concept.initializer_word, captions=concept.captions, preset=preset, memory=memory,
+                   tiny=pair.tiny, networks=networks, **run_settings(**widgets))
+    return run, pair
 
 
 def _lr_tooltip(name: str) -> str:
@@ -162,25 +170,27 @@ class EchoDistillTrain(io.ComfyNode):
                 io.Custom(TEACHER).Input("teacher", tooltip="From EchoDistill Load Teacher."),
                 io.Custom(STUDENT).Input("student", tooltip="From EchoDistill Load Student."),
                 io.Custom(CONCEPT).Input("concept", tooltip="From EchoDistill Concept Images."),
-                io.Int.Input("steps", default=300, min=1, max=100000, tooltip="Training steps. The paper uses 1000 "
-                             "for SD; 300 is enough for the bundled tiny models."),
+                io.Int.Input("steps", default=0, min=0, max=100000, tooltip="Training steps; 0: the preset's (paper "
+                             f"{PRESETS['paper'].steps}, the paper's for SD; tiny {PRESETS['tiny'].steps}, enough for "
+                             "the bundled tiny models)."),
                 io.Combo.Input("parameterisation", options=["custom_diffusion", "lora"], default="custom_diffusion",
                                tooltip="custom_diffusion: the paper's (trains cross-attention keys/values). lora: "
                                "less memory (its rank is lora_rank)."),
-                io.Combo.Input("memory", options=list(MEMORY_PRESETS), default=DEFAULT_MEMORY_PRESET, tooltip="Your "
+                io.Combo.Input("memory", options=list(MEMORY_PRESETS), default=DEFAULT_MEMORY, tooltip="Your "
                                "GPU's memory, for SD 2.1 + SD-Turbo at 512 px. 8 GB: batch 1, text encoder and VAE "
                                "parked in CPU memory; 12 GB: the paper's batch of 2 with gradient checkpointing; 24 "
                                "GB: faster, no checkpointing; unlimited: keep everything. Load the models in bf16 "
-                               "(fp16 on older GPUs). The bundled tiny models always run as unlimited."),
+                               "(fp16 on older GPUs; the loaders' precision auto does). The bundled tiny models always "
+                               "run as unlimited."),
                 io.Boolean.Input("echo", default=True, tooltip="In the last quarter, the teacher also learns from the "
                                  "student's best samples (the echo)."),
                 seed_input(42, "The same seed repeats a run."),
                 io.Int.Input("preview_every", default=25, min=0, max=10000, tooltip="Show the student's one-step "
                              "previews at step 1 and then every N steps (0: never). A preview costs one student "
                              "evaluation per preview prompt."),
-                io.Combo.Input("preset", options=["auto", *PRESETS], default="auto", optional=True, tooltip="Learning "
-                               "rates and batch size: paper for SD-size models, tiny for the bundled ones; auto "
-                               "picks by model."),
+                io.Combo.Input("preset", options=list(PRESET_CHOICES), default=DEFAULT_PRESET, optional=True,
+                               tooltip="Steps, learning rates and batch size: paper for SD-size models, tiny for the "
+                               "bundled ones; auto picks by model."),
                 rate_input("teacher_lr"),
                 rate_input("student_lr"),
                 io.Combo.Input("resume_state", options=cls.state_choices(), default=NO_STATE, optional=True,
@@ -224,7 +234,7 @@ class EchoDistillTrain(io.ComfyNode):
                        resolution=resolution, lora_rank=lora_rank)
         problems = []
         try:
-            run_config(False, **{name: value for name, value in widgets.items() if value is not None})
+            plan_config(**run_settings(**{name: value for name, value in widgets.items() if value is not None}))
         except (ValueError, TypeError) as error:
             problems.append(str(error))
         if resume_state not in (None, NO_STATE) and resume_state not in cls.state_choices():
@@ -284,23 +294,19 @@ class EchoDistillTrain(io.ComfyNode):
     def train(cls, node_id, teacher, student, concept, steps, parameterisation, memory, echo, seed, preview_every,
               preset, teacher_lr, student_lr, resume_state, resolution, save_every, image_networks, lora_rank,
               preview_prompts) -> tuple:
-        memory = MEMORY_PRESETS["unlimited" if teacher.tiny else memory]  # tiny models need no saving
-        config = memory.apply(run_config(
-            teacher.tiny, steps, parameterisation, echo, seed, preview_every, preset, teacher_lr, student_lr,
-            resolution, lora_rank, preview_prompts, token=concept.token, class_word=concept.class_word,
-            initializer_word=concept.initializer_word))
-        networks = image_networks or choose_networks()  # unconnected: the teacher's features for both
-        cls._check_memory(memory, teacher, networks)
         with torch.inference_mode(False), torch.enable_grad():
+            images = [image.clone() for image in concept.images]  # inference tensors from other nodes
+            run, pair = plan(teacher, student, replace(concept, images=images), image_networks, preset=preset,
+                             memory=memory, steps=steps, parameterisation=parameterisation, echo=echo, seed=seed,
+                             preview_every=preview_every, teacher_lr=teacher_lr, student_lr=student_lr,
+                             resolution=resolution, lora_rank=lora_rank, preview_prompts=preview_prompts)
+            for warning in run.warnings(pair, host.torch_device()):
+                log.warning("EchoDistill: %s (Load Teacher and Load Student)", warning)
             # ComfyUI's other models leave the device before the run's own arrive; the student's own text encoder
             # is not used (both models read the teacher's) and stays offloaded.
             host.use([teacher.model, student.model], [teacher.text], training=True)
-            images = [image.clone() for image in concept.images]  # inference tensors from other nodes
-            dataset = ConceptDataset(images, config.token, config.class_word,
-                                     training_resolution(config, student.model), captions=concept.captions)
-            trainer = EchoDistillTrainer(teacher.model, student.model, teacher.text, dataset, config,
-                                         student_text=student.text, discriminator_backbones=networks.discriminators,
-                                         feature_network=networks.feature)
+            trainer = run.trainer(pair)
+            config = run.config
             if resume_state != NO_STATE:
                 trainer.load_state(host.states_folder() / resume_state)
             summary = trainer.describe()
@@ -320,16 +326,6 @@ class EchoDistillTrain(io.ComfyNode):
         personal_teacher = Personalized(teacher, teacher.text, trainer.personalization, "teacher", trainer.history)
         plot = loss_plot(trainer.history, config.steps, _echo_start(config))
         return one_step, personal_teacher, plot, "\n".join(summary + [f"result: {result}"])
-
-    @staticmethod
-    def _check_memory(memory, teacher, networks: RunNetworks) -> None:
-        """Before training: image networks too large for the memory preset are refused, weights in another
-        precision than it counts on are warned about."""
-        memory.check_image_networks(networks)
-        wanted = memory.weight_dtype(teacher.model.device)
-        if wanted is not None and teacher.model.dtype == torch.float32:
-            log.warning("EchoDistill: the models are loaded in fp32, but the %s memory preset counts on %s; "
-                        "choose that precision in Load Teacher and Load Student", memory.name, wanted)
 
     @classmethod
     def _run(cls, trainer: EchoDistillTrainer, node_id, save_every: int = 0) -> None:

@@ -197,11 +197,11 @@ def test_a_load_reports_each_part_and_stops_when_the_report_raises(tmp_path):
 
 
 def test_a_folder_load_reports_each_part():
-    from echodistill_core.lab.demo import BUNDLED
+    from echodistill_core.lab.world import TEACHER_FOLDER
     from echodistill_core.loading import FOLDER_LOAD_STEPS, load_diffusers_folder
 
     reported = []
-    load_diffusers_folder(BUNDLED / "teacher", progress=lambda done, total: reported.append((done, total)))
+    load_diffusers_folder(TEACHER_FOLDER, progress=lambda done, total: reported.append((done, total)))
     assert reported == [(step, FOLDER_LOAD_STEPS) for step in range(1, FOLDER_LOAD_STEPS + 1)]
 
 
@@ -244,32 +244,32 @@ def test_a_folder_written_by_transformers_5_alone_loads_on_every_version():
 
     from safetensors.torch import load_file
 
-    from echodistill_core.lab.demo import BUNDLED
+    from echodistill_core.lab.world import TEACHER_FOLDER
     from echodistill_core.loading import load_diffusers_folder
 
     with tempfile.TemporaryDirectory() as copy:
-        folder = Path(shutil.copytree(BUNDLED / "teacher", Path(copy) / "teacher"))
+        folder = Path(shutil.copytree(TEACHER_FOLDER, Path(copy) / "teacher"))
         weights = folder / "text_encoder" / "model.safetensors"
         save_file({key.removeprefix("text_model."): value for key, value in load_file(weights).items()}, weights,
                   metadata={"format": "pt"})
         for name in ("vocab.json", "merges.txt"):
             (folder / "tokenizer" / name).unlink(missing_ok=True)
         _, bare = load_diffusers_folder(folder)
-    _, bundled = load_diffusers_folder(BUNDLED / "teacher")
+    _, bundled = load_diffusers_folder(TEACHER_FOLDER)
     assert same_text(bare, bundled)
 
 
 def test_each_part_loads_in_its_own_dtype_when_given_one_per_part(tmp_path):
     """What a host that picks a dtype per part (ComfyUI's unet_dtype, vae_dtype, text_encoder_dtype) hands the
     loaders: a file and a folder alike load each part in its own."""
-    from echodistill_core.lab.demo import BUNDLED
+    from echodistill_core.lab.world import TEACHER_FOLDER
     from echodistill_core.loading import load_diffusers_folder
 
     dtypes = {"unet": torch.bfloat16, "vae": torch.float16, "text_encoder": torch.float64}
     path, config, _ = layout_file(tmp_path, "sd2")
     model, text, _ = load_single_file(path, role="teacher", config=config, dtype=dtypes)
     assert (model.dtype, model.vae.dtype, text.text_encoder.dtype) == tuple(dtypes.values())
-    folder_model, folder_text = load_diffusers_folder(BUNDLED / "teacher", dtype=dtypes)
+    folder_model, folder_text = load_diffusers_folder(TEACHER_FOLDER, dtype=dtypes)
     assert (folder_model.dtype, folder_text.text_encoder.dtype) == (torch.bfloat16, torch.float64)
 
 

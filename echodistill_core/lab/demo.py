@@ -3,9 +3,7 @@
 The concept is "my circle": a circle, a kind the tiny world's models know, with its own look, a red upper
 and a blue lower half (`world.LOOKS`), which they have never drawn; as SD learns "my dog", a dog of its
 own looks. It is drawn by the world's own renderer at different places and both sizes on black. The
-models are the
-bundled tiny pair when present (`assets/tiny/teacher`, `assets/tiny/student`), else a tiny random
-pair built from configs.
+models are the bundled tiny pixel pair (`assets/tiny/teacher`, `assets/tiny/student`), part of the pack.
 """
 
 from __future__ import annotations
@@ -18,9 +16,8 @@ import torch.nn.functional as F
 from . import world
 from ..loading import load_diffusers_folder
 from ..models import DiffusionModel, TextConditioner
-from .tiny import tiny_pair
+from .tiny import bundled_pair
 
-BUNDLED = world.TINY_ASSETS
 DEMO_TOKEN = "<mine>"
 DEMO_CLASS_WORD = "circle"
 DEMO_CONCEPT = dict(shape="circle", color="red", look="halves", color2="blue", background="black")
@@ -33,19 +30,12 @@ DEMO_PROMPTS = (  # new contexts in the world's own words: other backgrounds, th
 
 
 def bundled_models_present() -> bool:
-    return (BUNDLED / "teacher").is_dir() and (BUNDLED / "student").is_dir()
+    return world.TEACHER_FOLDER.is_dir() and world.STUDENT_FOLDER.is_dir()
 
 
 def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
-    """(teacher, student, shared text encoder): bundled tiny models if shipped, else random tiny ones."""
-    if bundled_models_present():
-        teacher, text = load_diffusers_folder(BUNDLED / "teacher", device=device)
-        student, _ = load_diffusers_folder(BUNDLED / "student", device=device)
-        return teacher, student, text
-    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=32)
-    for module in (teacher.unet, student.unet, text.text_encoder):
-        module.to(device)
-    return teacher, student, text
+    """(teacher, student, shared text encoder): the bundled tiny pixel pair."""
+    return bundled_pair("pixel", device)
 
 
 def demo_concept_images(size: int = world.IMAGE_SIZE, count: int = 5) -> list[torch.Tensor]:
@@ -70,8 +60,6 @@ def rendered_concept_images(concept: dict, size: int = world.IMAGE_SIZE, count: 
 
 
 def bundled_model(role: str, device: str = "cpu") -> tuple[DiffusionModel, TextConditioner]:
-    """The bundled tiny "teacher" or "student" (a random tiny one while none is shipped)."""
-    if (BUNDLED / role).is_dir():
-        return load_diffusers_folder(BUNDLED / role, device=device)
-    teacher, student, text = default_models(device)
-    return (teacher if role == "teacher" else student), text
+    """The bundled tiny "teacher" or "student" of the pixel pair."""
+    folder = world.TEACHER_FOLDER if role == "teacher" else world.STUDENT_FOLDER
+    return load_diffusers_folder(folder, device=device, role=role)

@@ -31,6 +31,7 @@ import torch
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
 from .image_networks import RunNetworks, choose_networks
+from .lab.world import TINY_ASSETS  # the bundled tiny models' folders
 from .loading import check_one_step, load_model
 from .memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS, MemoryPreset
 from .models import DiffusionModel, TextConditioner, check_pair
@@ -47,7 +48,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {AUTO: None, "fp32": torch.float32, 
                                              "bf16": torch.bfloat16}
 PRECISION_HELP = ("precision of the frozen weights. auto: bf16 on a GPU (fp16 where it lacks bf16; in ComfyUI, "
                   "ComfyUI's own choice per part), fp32 on a CPU. What trains is always fp32")
-TINY_ASSETS = Path(__file__).parent / "assets" / "tiny"  # the bundled tiny models' folders
 CONFIG_FIELDS = frozenset(f.name for f in fields(EchoDistillConfig))
 
 

@@ -14,6 +14,7 @@
   trained pairs.
 
 The method itself (the trainer, its losses, the adapters, the samplers) lives one level up and never
-imports from here; the command line, the paper's metrics (the judge stands in for DINO on the tiny
-models), the nodes, the tools, the benchmarks and the tests do.
+imports from here; the command line, the run recipe (which knows the bundled tiny models by their
+folder), the paper's metrics (the judge stands in for DINO on the tiny models), the nodes, the tools, the
+benchmarks and the tests do.
 """

@@ -7,6 +7,7 @@ latent from the re-noised x_s, img(.) decoding to images in [-1, 1].
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -184,15 +185,73 @@ def gaussian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
 def project_patches(images: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """The dot product of each direction [K, C, p, p] with the p x p patch centred on every pixel of
     `images` [B, C, H, W] (reflect padding), as [B, K, H * W]."""
-    return F.conv2d(_pad(images, directions.shape[-1] // 2), directions).flatten(2)
+    padded = _pad(images, directions.shape[-1] // 2)
+    if _on_cpu(padded) and torch.is_grad_enabled() and padded.requires_grad and not directions.requires_grad:
+        return _CpuPatchProjection.apply(padded, directions).flatten(2)
+    return F.conv2d(padded, directions).flatten(2)
 
 
 def sliced_wasserstein(projected_a: torch.Tensor, projected_b: torch.Tensor) -> torch.Tensor:
     """Per-sample sliced 1-Wasserstein distance between two sets of projections [B, K, N]: each
     direction's values sorted, mean absolute difference over directions and values [B]."""
-    sorted_a, _ = projected_a.sort(dim=2)
-    sorted_b, _ = projected_b.sort(dim=2)
-    return (sorted_a - sorted_b).abs().mean(dim=(1, 2))
+    return (sorted_values(projected_a) - sorted_values(projected_b)).abs().mean(dim=(1, 2))
+
+
+def sorted_values(values: torch.Tensor) -> torch.Tensor:
+    """`values` sorted along the last dimension, differentiable: torch.sort's values. On a CPU NumPy sorts
+    (torch's CPU sort is several times slower, and also builds indices that only a gradient needs): values
+    alone where no gradient is wanted (the target's side), the order and a gather where one is."""
+    if not _on_cpu(values) or values.dtype not in (torch.float32, torch.float64):
+        return values.sort(dim=-1).values
+    if torch.is_grad_enabled() and values.requires_grad:
+        return _CpuSort.apply(values)
+    return torch.from_numpy(np.sort(values.detach().numpy(), axis=-1))
+
+
+def _on_cpu(tensor: torch.Tensor) -> bool:
+    """A plain CPU tensor outside torch.compile's tracing: one NumPy can read."""
+    return (tensor.device.type == "cpu" and type(tensor) in (torch.Tensor, torch.nn.Parameter)
+            and not torch.compiler.is_compiling())
+
+
+class _CpuSort(torch.autograd.Function):
+    """Sorted values whose gradient goes back to where each value came from (torch.sort's backward)."""
+
+    @staticmethod
+    def forward(ctx, values):
+        order = torch.from_numpy(np.argsort(values.detach().numpy(), axis=-1))
+        ctx.save_for_backward(order)
+        return values.gather(-1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (order,) = ctx.saved_tensors
+        return torch.zeros_like(grad).scatter_(-1, order, grad)
+
+
+class _CpuPatchProjection(torch.autograd.Function):
+    """conv2d(padded, directions) with a gradient for `padded` only, computed as the adjoint of patch
+    extraction (F.fold of directions^T @ grad): the same gradient as the convolution's, several times faster
+    than the CPU convolution's backward for few input channels and large kernels. Computed a sample and a
+    channel at a time, so that its buffer stays a fraction of the projections' size."""
+
+    @staticmethod
+    def forward(ctx, padded, directions):
+        ctx.save_for_backward(directions)
+        ctx.size = padded.shape[-2:]
+        return F.conv2d(padded, directions)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (directions,) = ctx.saved_tensors
+        count, channels, patch, _ = directions.shape
+        flat = grad.flatten(2)  # [B, K, N]
+        grads = []
+        for sample in flat:
+            per_channel = [F.fold(directions[:, channel].reshape(count, -1).T @ sample, ctx.size, patch)
+                           for channel in range(channels)]
+            grads.append(torch.cat(per_channel))
+        return torch.stack(grads), None
 
 
 def _pad(images: torch.Tensor, width: int) -> torch.Tensor:

@@ -71,6 +71,9 @@ class ConceptBatch:
     images: torch.Tensor  # [B, 3, R, R] in [-1, 1]
     masks: torch.Tensor  # [B, 1, R, R] in {0, 1}
     prompts: list[str]
+    # Per example, (image index, flipped) when it is a concept image as prepared (or its mirror image), which
+    # therefore recurs and whose latents can be kept; None for a new crop or paste.
+    sources: list[tuple[int, bool] | None] | None = None
 
 
 def to_tensor(image, index: int = 0) -> torch.Tensor:
@@ -179,7 +182,7 @@ class ConceptDataset:
 
     def __init__(self, images, token: str, class_word: str, resolution: int, *,
                  templates: tuple[str, ...] = TRAINING_TEMPLATES, captions: list[str] | None = None,
-                 augment: bool = True):
+                 augment: bool | str = True):
         images = list(images)
         if not images:
             raise ConceptImageError("no concept images were given; give 3-20 photos of the subject")
@@ -193,6 +196,9 @@ class ConceptDataset:
             raise ConceptImageError("every prompt template needs a {} where the subject goes")
         self.images = [center_square(to_tensor(image, index), resolution) for index, image in enumerate(images)]
         self.token, self.class_word, self.resolution = token, class_word, resolution
+        if augment not in (True, False, "flip"):
+            raise ValueError(f"augment must be True (the Custom Diffusion recipe), 'flip' (mirror images only) or "
+                             f"False, not {augment!r}")
         self.templates, self.captions, self.augment = tuple(templates), captions, augment
 
     def __len__(self) -> int:
@@ -212,13 +218,22 @@ class ConceptDataset:
         return self.template_prompt(generator, edit)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> ConceptBatch:
-        images, masks, prompts = [], [], []
+        """A batch drawn with the augmentation: the Custom Diffusion recipe (True), mirror images only
+        ("flip", p = FLIP_PROBABILITY) or none (False). Without crops and pastes every example is a concept
+        image or its mirror image, named in `sources`."""
+        images, masks, prompts, sources = [], [], [], []
         for _ in range(batch_size):
             index = _uniform_int(0, len(self.images) - 1, generator)
             image, mask, edit = self.images[index], torch.ones(1, self.resolution, self.resolution), ""
-            if self.augment:
+            source = (index, False)
+            if self.augment == "flip":
+                flipped = bool(torch.rand(1, generator=generator) < FLIP_PROBABILITY)
+                image, source = (image.flip(-1) if flipped else image), (index, flipped)
+            elif self.augment:
                 image, mask, edit = augment(image, self.resolution, generator)
+                source = None
             images.append(image)
             masks.append(mask)
+            sources.append(source)
             prompts.append(self.prompt(index, edit, generator))
-        return ConceptBatch(torch.stack(images), torch.stack(masks), prompts)
+        return ConceptBatch(torch.stack(images), torch.stack(masks), prompts, sources)

@@ -68,6 +68,22 @@ class StepReport:
     preview: torch.Tensor | None  # [H, W * prompts, 3] in [0, 1]: at step 1, every `preview_every` steps, the last
 
 
+@dataclass
+class EchoSamples:
+    """The echo's kept student samples, with what the teacher's loss needs of their prompts, on the device."""
+    latents: torch.Tensor  # [kept, C, h, w]: sg(x_s) of the candidates the discriminators rank most real, most real first
+    embeddings: torch.Tensor  # [candidates, tokens, width]: every candidate's prompt encoded, with the token's gradient
+    chosen: torch.Tensor  # [kept]: the kept candidates' indices, on the device
+    prompts: list[str]  # every candidate's prompt
+
+    def kept_embeddings(self) -> torch.Tensor:
+        return self.embeddings.index_select(0, self.chosen)
+
+    def kept_prompts(self) -> list[str]:
+        """The kept samples' prompts: reads the choice from the device (a wait), so for inspection, not for a step."""
+        return [self.prompts[index] for index in self.chosen.tolist()]
+
+
 class EchoDistillTrainer:
     def __init__(self, teacher: DiffusionModel, student: DiffusionModel, text: TextConditioner,
                  concept: ConceptDataset, config: EchoDistillConfig, *,
@@ -121,6 +137,7 @@ class EchoDistillTrainer:
         self.step = 0
         self.echo_samples = 0
         self._uncond: torch.Tensor | None = None
+        self._kept_latents: dict[tuple[int, bool], torch.Tensor] = {}  # the frozen VAE's latents of recurring images
         if config.color_space not in L.COLOR_SPACES:
             raise ValueError(f"color_space must be one of {L.COLOR_SPACES}, not {config.color_space!r}")
         self._preview_map = None  # the cheaper colour loss's latent-to-colour map, fitted on the concept
@@ -219,6 +236,30 @@ class EchoDistillTrainer:
         whole = torch.randint(bounds[0], bounds[1] + 1, (count * self.shard.world,), generator=self.generator)
         return to_device(self.shard.take(whole), self.teacher.device)
 
+    def _real_latents(self, images: torch.Tensor, sources: list | None) -> torch.Tensor:
+        """The VAE latents of the batch's images. An image that recurs (a concept image as prepared, or its
+        mirror image: `ConceptBatch.sources`) is encoded the first time only: the VAE is frozen, so its
+        latents are the same every time. Crops and pastes are new images, encoded each time."""
+        if self.teacher.in_pixel_space or sources is None:
+            return self.teacher.encode(images)
+        kept = self._kept_latents
+        rows = {}  # each image to encode, once: the first row showing it
+        for row, source in enumerate(sources):
+            if source is None or source not in kept:
+                rows.setdefault(row if source is None else source, row)
+        if len(rows) == len(sources):
+            encoded = self.teacher.encode(images)
+        else:
+            encoded = self.teacher.encode(images[list(rows.values())]) if rows else images[:0]
+        fresh = {}
+        for key, latents in zip(rows, encoded):
+            fresh[key] = latents
+            if not isinstance(key, int):
+                kept[key] = latents.clone()
+        if len(rows) == len(sources):
+            return encoded
+        return torch.stack([fresh[row] if source is None else kept[source] for row, source in enumerate(sources)])
+
     def _uncond_embedding(self) -> torch.Tensor:
         if self._uncond is None:
             with torch.no_grad():
@@ -233,7 +274,7 @@ class EchoDistillTrainer:
         images, prompts = self.shard.take(batch.images).to(teacher.device), self.shard.take(batch.prompts)
         with self.offload.using(self.text.text_encoder, teacher.vae):
             with torch.no_grad(), phase("encode"):
-                z_real = teacher.encode(images)
+                z_real = self._real_latents(images, self.shard.take(batch.sources) if batch.sources else None)
                 uncond = self._uncond_embedding()
             mask = F.interpolate(self.shard.take(batch.masks).to(teacher.device), size=z_real.shape[-2:], mode="area")
             eps = self._noise(z_real)
@@ -267,14 +308,15 @@ class EchoDistillTrainer:
         """L_T on the real latents; in the echo stage + beta * L_T on the echoed student samples."""
         t = self._timesteps(self.config.teacher_timesteps, len(z_real))
         x0, report = z_real, {}
+        c = self.text(prompts)
         if echo is not None:
-            x_echo, echo_prompts = echo
-            x0, prompts = torch.cat([z_real, x_echo]), prompts + echo_prompts
+            x_echo = echo.latents
+            x0, c = torch.cat([z_real, x_echo]), torch.cat([c, echo.kept_embeddings()])
             eps = torch.cat([eps, self._noise(x_echo)])
             t = torch.cat([t, self._timesteps(self.config.teacher_timesteps, len(x_echo))])
             mask = torch.cat([mask, torch.ones_like(x_echo[:, :1])])
             report["echo_kept"] = float(len(x_echo))
-        per_sample = L.teacher_diffusion_loss(self.teacher, x0, self.text(prompts), eps, t, mask)
+        per_sample = L.teacher_diffusion_loss(self.teacher, x0, c, eps, t, mask)
         loss = report["teacher"] = per_sample[: len(z_real)].mean()
         if echo is not None:
             report["echo"] = per_sample[len(z_real):].mean()
@@ -347,10 +389,11 @@ class EchoDistillTrainer:
         self._optimize("discriminators", total)
         return total
 
-    @torch.no_grad()
-    def _echo_samples(self, shape: torch.Size) -> tuple[torch.Tensor, list[str]]:
+    def _echo_samples(self, shape: torch.Size) -> "EchoSamples":
         """Student samples of latent `shape` (the training resolution) for training prompts and new
-        contexts; the `echo_keep` fraction the discriminators find most real is kept."""
+        contexts; the `echo_keep` fraction the discriminators find most real is kept. The choice stays on
+        the device (no wait for it): the candidates' prompts are encoded once, here, differentiably in the
+        token, and the teacher's loss takes the kept rows of that encoding."""
         config, concept = self.config, self.concept
         prompts = []
         for _ in range(shape[0] * self.shard.world):
@@ -359,14 +402,16 @@ class EchoDistillTrainer:
                 prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
             prompts.append(prompt)
         prompts = self.shard.take(prompts)
-        c = self.text(prompts)
-        x_echo = self._student_x0(self._noise(torch.empty(shape, device=self.student.device)), c)
-        images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
-        score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
+        embeddings = self.text(prompts)  # the token as the teacher's step will read it: not updated before then
+        with torch.no_grad():
+            c = embeddings.detach()
+            x_echo = self._student_x0(self._noise(torch.empty(shape, device=self.student.device)), c)
+            images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
+            score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
         keep = max(1, round(config.echo_keep * len(prompts)))
-        chosen = score.topk(keep).indices.tolist()
+        chosen = score.topk(keep).indices  # most real first
         self.echo_samples += keep
-        return x_echo[chosen], [prompts[index] for index in chosen]
+        return EchoSamples(x_echo.index_select(0, chosen), embeddings, chosen, prompts)
 
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
         if self.config.rollback == "off":  # no snapshot to go back to: stop before the loss reaches a weight

@@ -81,6 +81,38 @@ def count_decodes(trainer: EchoDistillTrainer, monkeypatch) -> list[bool]:
     return calls
 
 
+@pytest.mark.parametrize("augment", ["flip", False])
+def test_recurring_images_are_encoded_once_with_the_latents_encoding_gives(monkeypatch, augment):
+    """Without crops and pastes every example is a concept image or its mirror image: each is encoded the first
+    time it is drawn, and its kept latents are those encoding it gives."""
+    teacher, student, text = tiny_pair("v_prediction", "epsilon", image_size=SIZE, latent=True)
+    config = tiny_config(batch_size=4)
+    concept = make_concept(config, augment=augment)
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config)
+    encoded, encode = [], type(teacher).encode
+    monkeypatch.setattr(type(teacher), "encode", lambda model, images: encoded.append(len(images)) or encode(model, images))
+    with trainer.applied():
+        for _ in range(6):
+            trainer.train_step()
+    distinct = len(concept) * (2 if augment else 1)
+    assert 0 < sum(encoded) <= distinct and len(trainer._kept_latents) == sum(encoded)
+    for (index, flipped), latents in trainer._kept_latents.items():
+        image = concept.images[index].flip(-1) if flipped else concept.images[index]
+        with torch.no_grad():
+            torch.testing.assert_close(latents, encode(teacher, image[None])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_crops_and_pastes_are_encoded_every_time(monkeypatch):
+    trainer = latent_trainer()
+    encoded, encode = [], type(trainer.teacher).encode
+    monkeypatch.setattr(type(trainer.teacher), "encode",
+                        lambda model, images: encoded.append(len(images)) or encode(model, images))
+    with trainer.applied():
+        for _ in range(2):
+            trainer.train_step()
+    assert encoded == [2, 2] and not trainer._kept_latents
+
+
 def test_adamw_is_fused_where_the_device_has_it():
     trainer = latent_trainer()
     assert all(optimizer.defaults["fused"] for optimizer in trainer.optimizers.values())

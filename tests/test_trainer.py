@@ -92,7 +92,7 @@ def test_the_echo_feeds_the_teachers_loss_with_ranked_student_samples(pair, monk
     trainer.train()
     assert len(echoed) == 2  # the echo starts at 50 %: steps 3 and 4 of 4
     assert [len(x0) for x0 in fed] == [4, 4, 4 + 2, 4 + 2]  # the top half of a batch of 4 joins the real 4
-    for x_echo, prompts in echoed:
+    for x_echo, prompts in ((echo.latents, echo.kept_prompts()) for echo in echoed):
         assert any(torch.equal(x0[4:], x_echo) for x0 in fed)  # the teacher trained on exactly these samples
         assert len(x_echo) == 2 and len(prompts) == 2
         assert all(p.startswith(tuple(t.split("{}")[0] for t in TRAINING_TEMPLATES)) for p in prompts)
@@ -186,7 +186,7 @@ def test_every_stage_runs_at_the_training_resolution_the_echo_included(resolutio
     shapes = []
     original = trainer._teacher_step
     trainer._teacher_step = lambda z, prompts, eps, mask, echo=None: shapes.append(
-        (z.shape, None if echo is None else echo[0].shape)) or original(z, prompts, eps, mask, echo)
+        (z.shape, None if echo is None else echo.latents.shape)) or original(z, prompts, eps, mask, echo)
     trainer.train()
     latent = (4, resolution // 2, resolution // 2)
     assert shapes == [((4, *latent), None), ((4, *latent), (2, *latent))]

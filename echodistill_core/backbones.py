@@ -13,6 +13,7 @@ All are differentiable with respect to their input and have no trainable paramet
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
@@ -77,9 +78,16 @@ class TeacherUNetFeatures(nn.Module):
         return torch.cat(pooled, dim=1).float()
 
 
+_CHECKPOINTABLE: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
+
+
 @contextmanager
 def _checkpointing_off(module: nn.Module) -> Iterator[None]:
-    checkpointed = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False)]
+    # The blocks that can checkpoint, found once per module: a walk over every module of a UNet at each
+    # call cost more than some of the tiny models' blocks.
+    if module not in _CHECKPOINTABLE:
+        _CHECKPOINTABLE[module] = [m for m in module.modules() if hasattr(m, "gradient_checkpointing")]
+    checkpointed = [m for m in _CHECKPOINTABLE[module] if m.gradient_checkpointing]
     for submodule in checkpointed:
         submodule.gradient_checkpointing = False
     try:

@@ -218,15 +218,6 @@ class IPAdapterFeatures(nn.Module):
         return self.projection(self.clip_vision(images))
 
 
-def load_ip_adapter_features(clip_vision_path: str | Path, ip_adapter_path: str | Path, *,
-                             config: PretrainedConfig | None = None,
-                             dtype: torch.dtype = torch.float32) -> IPAdapterFeatures:
-    """f for L_feature from ComfyUI's files: an IP-Adapter's projection on its CLIP vision tower
-    (`config` as in `load_clip_vision`)."""
-    projection = load_ip_adapter_projection(ip_adapter_path)
-    return IPAdapterFeatures(load_clip_vision(clip_vision_path, config=config, dtype=dtype), projection)
-
-
 def bundled_config(name: str) -> PretrainedConfig:
     """A bundled architecture's transformers config, e.g. "clip-vit-h-14" (see ARCHITECTURES)."""
     return AutoConfig.for_model(**json.loads((NETWORKS_FOLDER / f"{name}.json").read_text()))

@@ -17,7 +17,7 @@ from echodistill_core.backbones import TEACHER_FEATURES, ImageBackbone
 from echodistill_core.families import CheckpointError
 from echodistill_core.image_networks import (ARCHITECTURES, ImageNetworkFiles, IPAdapterFeatures, IPAdapterProjection,
                                              bundled_config, load_clip_vision, load_dino,
-                                             load_ip_adapter_features, load_ip_adapter_projection)
+                                             load_ip_adapter_projection)
 from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
 from conftest import make_concept, tiny_config
@@ -326,7 +326,8 @@ def test_ip_adapter_projection_gives_its_image_tokens(tmp_path, name):
 def test_ip_adapter_features_are_the_tokens_of_the_clip_embeds(clip, clip_file, tmp_path):
     nested = ip_adapter_state()
     save_file(flat(nested), tmp_path / "ip-adapter_sd15.safetensors")
-    f = load_ip_adapter_features(clip_file, tmp_path / "ip-adapter_sd15.safetensors", config=clip.config)
+    f = IPAdapterFeatures(load_clip_vision(clip_file, config=clip.config),
+                          load_ip_adapter_projection(tmp_path / "ip-adapter_sd15.safetensors"))
     x = images()
     wanted = tokens_by_hand(nested["image_proj"], features(clip, x, CLIP_MEAN, CLIP_STD))
     torch.testing.assert_close(f(x), wanted)
@@ -358,7 +359,8 @@ def test_backbones_are_frozen_but_pass_gradients_to_the_images(clip, clip_file, 
     tiny_dinov2().save_pretrained(tmp_path / "dinov2")
     save_file(flat(ip_adapter_state()), tmp_path / "ip.safetensors")
     networks = [load_clip_vision(clip_file, config=clip.config), load_dino(tmp_path / "dinov2"),
-                load_ip_adapter_features(clip_file, tmp_path / "ip.safetensors", config=clip.config)]
+                IPAdapterFeatures(load_clip_vision(clip_file, config=clip.config),
+                                  load_ip_adapter_projection(tmp_path / "ip.safetensors"))]
     for network in networks:
         assert not any(parameter.requires_grad for parameter in network.parameters())
         x = images().requires_grad_()

@@ -5,13 +5,13 @@ Each graph is described once below as nodes and links; widget values follow each
 inputs (the pack's own declarations as ComfyUI reads them, and a table for the stock nodes used), so the
 files stay in step with the nodes. Every graph is laid out in columns without overlaps, its nodes in titled groups, with a
 note that says what it does and what to change, and the models it needs (name, folder, download
-address) for ComfyUI's missing-model dialog. Run: COMFYUI_DIR=... COMFYUI_PYTHON=... python tools/make_workflows.py
+address) for ComfyUI's missing-model dialog. Run, in the pack's environment (the graphs take the demo concept and shared values from the
+core): COMFYUI_DIR=... COMFYUI_PYTHON=... .venv/bin/python tools/make_workflows.py
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,16 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _read_config():
-    """echodistill_core/config.py alone (plain Python, no torch), for the values the graphs share with the core."""
-    spec = importlib.util.spec_from_file_location("echodistill_config", ROOT / "echodistill_core" / "config.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT))
+from echodistill_core import config as CONFIG  # noqa: E402 (the values the graphs share with the core)
+from echodistill_core.lab import demo as DEMO  # noqa: E402 (the demo concept Demo Concept Images draws)
 
-
-CONFIG = _read_config()
+DEMO_SUBJECT = f"{DEMO.DEMO_TOKEN} {DEMO.DEMO_CLASS_WORD}"  # "<mine> circle"
 
 # Stock ComfyUI nodes used by the workflows: (input sockets, widget names, output sockets).
 STOCK = {
@@ -265,8 +260,8 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
 TINY_README = """## Personalize the bundled tiny models
 
 EchoDistill teaches a **one-step** model a new subject from a few photos by training it together with a
-multi-step teacher. This workflow runs on a CPU in a few minutes: the bundled 32 px models learn a pink
-heart (a shape they never saw) as the word `<heart>`.
+multi-step teacher. This workflow runs on a CPU in a few minutes: the bundled 32 px models learn my circle
+(a circle, red above and blue below: a kind they know, with a look they never drew) as `{subject}`.
 
 **Press Run.** The Train node draws the losses as it goes and shows the student's previews from step 1;
 Cancel keeps a state you can resume (`resume_state`). The results land on the right: the student's and
@@ -369,9 +364,11 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
         "1_personalize_tiny_models.json": (*personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
             {"id": 3, "type": "EchoDistillDemoConceptImages", "size": [420, 60], "widgets": {"size": 32}},
-            "<heart>", "toy", {"steps": 300, "memory": "unlimited", **preset_rates("tiny"), "preview_prompts":
-                               "a photo of a <heart> toy\na small <heart> toy on teal\na big <heart> toy on yellow"},
-            "a small <heart> toy on teal", "tiny_heart", TINY_README, {"upscale": 8},
+            DEMO.DEMO_TOKEN, DEMO.DEMO_CLASS_WORD, {"steps": 300, "memory": "unlimited", **preset_rates("tiny"),
+                                                     "preview_prompts": "\n".join(prompt.format(DEMO_SUBJECT)
+                                                                                  for prompt in DEMO.DEMO_PROMPTS[:3])},
+            DEMO.DEMO_PROMPTS[1].format(DEMO_SUBJECT), "tiny_my_circle", TINY_README.format(subject=DEMO_SUBJECT),
+            {"upscale": 8},
             CONFIG.PRESETS["tiny"].guidance_scale), []),
         "2_personalize_sd_turbo_with_sd21_teacher.json": (*personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",

@@ -1,6 +1,6 @@
 """FLOPs of one EchoDistill iteration at the real sizes, counted, not timed: deterministic, seconds.
 
-The trainer's own `train_step` (through `_guarded_step`, as a run calls it) runs on the meta device
+The trainer's own `train_step` (through `guarded_step`, as a run calls it) runs on the meta device
 (shapes without data) with random-weight SD 2.1 (768-v) and SD-Turbo UNets, the SD VAE and the
 OpenCLIP-H text encoder built from the bundled family configs (bench/memory.py's `build_models`; with
 `--networks paper`, DINO ViT-S/16, DINOv2 ViT-L/14, CLIP ViT-H/14 and IP-Adapter's projection too),
@@ -115,7 +115,7 @@ class PhaseFlops:
 
 
 def count_iteration(trainer: EchoDistillTrainer) -> dict:
-    """One `_guarded_step` under the counters: total FLOPs, per phase, per network, and host waits."""
+    """One `guarded_step` under the counters: total FLOPs, per phase, per network, and host waits."""
     counter = FlopCounterMode(display=False)
     phases = PhaseFlops(counter)
     waits = HostWaits()
@@ -123,7 +123,7 @@ def count_iteration(trainer: EchoDistillTrainer) -> dict:
     trainer_module.phase = phases.phase
     try:
         with counter, waits:
-            trainer._guarded_step()
+            trainer.guarded_step()
     finally:
         trainer_module.phase = original
     total = counter.get_total_flops()
@@ -161,7 +161,7 @@ def measure(trainer: EchoDistillTrainer) -> dict:
         for stage, step in (("before_echo", 0), ("echo", trainer.config.echo_start_step)):
             trainer.step = step
             with HostWaits():  # the stand-ins, uncounted
-                trainer._guarded_step()
+                trainer.guarded_step()
             results[stage] = count_iteration(trainer)
     return results
 

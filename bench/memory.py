@@ -219,7 +219,7 @@ class PhaseMeter:
 
     def __init__(self, trainer):
         self.trainer, self.records, self.used = trainer, [], set()
-        for phase, method in zip(PHASES, ("_teacher_step", "_student_step", "_discriminator_step")):
+        for phase, method in zip(PHASES, ("teacher_step", "student_step", "discriminator_step")):
             setattr(trainer, method, self._closing(phase, getattr(trainer, method)))
         using = trainer.offload.using
 
@@ -268,7 +268,7 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, netw
 
     trainer = echo_stage_trainer(teacher, student, text, preset, networks, resolution)
     config = trainer.config
-    snapshot = tree_bytes(trainer._trainable_state()) if config.rollback != "off" else 0
+    snapshot = tree_bytes(trainer.trainable_state()) if config.rollback != "off" else 0
     meter = PhaseMeter(trainer)
 
     seconds = []
@@ -277,7 +277,7 @@ def run_preset(name: str, resolution: int, iterations: int, run_dtype: str, netw
         for _ in range(iterations):
             meter.start()
             began = time.perf_counter()
-            trainer.history.append({"step": trainer.step + 1, **trainer._guarded_step()})
+            trainer.history.append({"step": trainer.step + 1, **trainer.guarded_step()})
             trainer.step += 1
             seconds.append(time.perf_counter() - began)
 
@@ -433,13 +433,13 @@ def estimate_preset(name: str, resolution: int, networks_choice: str, tiny: bool
                 return result
             return measured
 
-        for phase, method in zip(PHASES, ("_teacher_step", "_student_step", "_discriminator_step")):
+        for phase, method in zip(PHASES, ("teacher_step", "student_step", "discriminator_step")):
             setattr(trainer, method, closing(phase, getattr(trainer, method)))
         with trainer.applied(), trainer.offload.parked():
             gc.collect()
             resident = counter.now
             counter.reset_peak()
-            trainer._guarded_step()
+            trainer.guarded_step()
         del phase_started
     phases = {phase: {"peak_gb": records[phase] / GB} for phase in PHASES}
     return {

@@ -8,7 +8,7 @@ Two pairs, each timed in its own interleaved rounds:
   px, so that the UNet, VAE and their ratio keep SD's proportions, as where users run it.
 
 Figures, for each pair:
-- one EchoDistill iteration (`_guarded_step`, as a run calls it) in teacher-only Custom Diffusion steps
+- one EchoDistill iteration (`guarded_step`, as a run calls it) in teacher-only Custom Diffusion steps
   (same models, same batch: drawing and encoding the batch, the teacher's loss, its update), before the
   echo stage and in it. Each round times a teacher step, an iteration before the echo and one in it,
   back to back; a ratio is taken within each round, and the median of the rounds is reported with
@@ -146,12 +146,12 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, co
         with torch.no_grad():
             z = teacher.encode(sample.images.to(teacher.device))
         mask = torch.nn.functional.interpolate(sample.masks, size=z.shape[-2:], mode="area")
-        trainer._teacher_step(z, sample.prompts, torch.randn(z.shape, generator=trainer.generator), mask)
+        trainer.teacher_step(z, sample.prompts, torch.randn(z.shape, generator=trainer.generator), mask)
 
     def iteration(step: int):
         def run():
             trainer.step = step
-            trainer._guarded_step()
+            trainer.guarded_step()
         return run
 
     with trainer.applied():

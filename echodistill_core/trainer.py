@@ -1,24 +1,26 @@
-"""The EchoDistill loop. One iteration is method.md's five steps, in order:
+"""One EchoDistill iteration: method.md's five steps, in order, and the echo's branch where it joins.
 
-    1. teacher step      the teacher (K/V adapters + token row) learns the concept from real images,
-                         and in the echo stage also from the student's most convincing samples
-    2. student sample    x_s = G(eps, sg(c)) in one step
-    3. teacher target    the just-updated teacher refines the re-noised x_s with CFG: x_T, w = abar_t'
-    4. student step      adversarial + w * (latent + feature + colour) alignment to x_T
-    5. discriminators    each head learns real concept images from sg(x_s)
+    encode               the augmented concept photos to latents (recurring ones once)
+    echo samples         in the echo stage: student samples the discriminators rank most real
+    1 teacher step       the teacher (K/V adapters + token row) learns the concept from real images,
+                         and in the echo stage also from the kept echo samples, weighted by beta
+    2 student sample     x_s = G(eps, sg(c)) in one step
+    3 teacher target     the just-updated teacher refines the re-noised x_s with CFG: x_T, w = abar_t'
+    4 student step       adversarial + w * (latent + feature + colour) alignment to x_T
+    5 discriminators     each head learns real concept images from sg(x_s)
 
 All randomness comes from one generator, so a run is reproducible and resumes exactly. The config's
 memory settings (memory.py's presets) decide gradient checkpointing, how the VAE decodes with
 gradient, whether the text encoder and VAE wait on the CPU between uses, and where the snapshot that
-undoes a failed step lives.
+undoes a failed step lives. Around the iteration, each in its module: the run loop and previews
+(run_loop.py), the step that undoes itself on failure (rollback.py), states and their files
+(training_state.py); the trainer's methods of those names delegate to them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,44 +30,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses as L
+from . import rollback, run_loop, training_state
 from .backbones import TEACHER_FEATURES, TeacherUNetFeatures
-from .config import RESUMABLE_CHANGES, EchoDistillConfig
+from .config import EchoDistillConfig
 from .data import LARGE_EDITS, SMALL_EDITS, ConceptDataset, random_choice
 from .discriminators import Discriminator
 from .memory import Offload
 from .models import DiffusionModel, TextConditioner, check_pair
-from .parallel import Shard, average, average_gradients
+from .parallel import Shard, average_gradients
 from .personalization import Personalization
-from .sampling import generate_student
-from .serialization import ResultFileError, load_tree, save_tree
-from .placeholder_token import PlaceholderEmbedding
+# Re-exported: what callers of the trainer catch, read or time.
+from .rollback import NonFiniteLossError, TrainingOutOfMemoryError, read_losses  # noqa: F401
+from .run_loop import StepReport  # noqa: F401
+from .training_state import STATE_FORMAT  # noqa: F401
 
 log = logging.getLogger("echodistill")
-STATE_FORMAT = "echodistill-state/1"
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) runs
 PREVIEWED = " of the latents' colour preview"  # the cheaper colour loss, as describe() names it
 COMPILE_BACKEND = "inductor"  # torch.compile's backend for config.compile_unets
-OUT_OF_MEMORY_ADVICE = (
-    "out of memory during EchoDistill step {step}; try, in this order: the LoRA parameterisation, "
-    "gradient checkpointing, a batch size of 1, a lower resolution, or a smaller memory preset. "
-    "The run is back at the state after step {step_done}"
-)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the trainer keeps the state of the last good step."""
-
-
-class TrainingOutOfMemoryError(MemoryError):
-    """The device ran out of memory; the message says what to lower."""
-
-
-@dataclass
-class StepReport:
-    step: int
-    total: int
-    losses: dict[str, float]
-    preview: torch.Tensor | None  # [H, W * prompts, 3] in [0, 1]: at step 1, every `preview_every` steps, the last
 
 
 @dataclass
@@ -268,8 +250,9 @@ class EchoDistillTrainer:
 
     # One iteration.
     def train_step(self) -> dict[str, float]:
-        """Method.md's five steps, the echo included; returns the losses. Call inside `applied()`."""
-        config, teacher, student = self.config, self.teacher, self.student
+        """Method.md's five steps and the echo, in order; returns the losses (tensors: `guarded_step` reads
+        them at once). Call inside `applied()`."""
+        config, teacher = self.config, self.teacher
         batch = self.concept.sample(config.batch_size, self.generator)  # the whole batch; this process's slice
         images, prompts = self.shard.take(batch.images).to(teacher.device), self.shard.take(batch.prompts)
         with self.offload.using(self.text.text_encoder, teacher.vae):
@@ -279,56 +262,71 @@ class EchoDistillTrainer:
             mask = F.interpolate(self.shard.take(batch.masks).to(teacher.device), size=z_real.shape[-2:], mode="area")
             eps = self._noise(z_real)
             echo = None
-            if self.in_echo_stage:  # the echo: the student's most real-looking samples join the teacher's batch
+            if self.in_echo_stage:  # the echo: the student's samples the discriminators rank most real
                 with phase("echo samples"):
-                    echo = self._echo_samples(z_real.shape)
-            with phase("1 teacher step"):
-                losses = self._teacher_step(z_real, prompts, eps, mask, echo)
+                    echo = self.echo_samples_ranked(z_real.shape)
+            with phase("1 teacher step"):  # ... join the teacher's batch here
+                losses = self.teacher_step(z_real, prompts, eps, mask, echo)
             with torch.no_grad():
                 c = self.text(prompts)  # sg(c), with the token as just updated
 
-        with self.offload.using(student.vae):
+        with self.offload.using(self.student.vae):
             with phase("2 student sample"):
-                x_s = self._student_x0(eps if config.shared_noise else self._noise(z_real), c)
-                images_s = student.decode(x_s, config.vae_decode) if self._reads_images("sample") else None
-
+                x_s, images_s = self.student_sample(eps if config.shared_noise else self._noise(z_real), c)
             with phase("3 teacher target"):
-                t_renoise = self._timesteps(config.renoise_timesteps, len(x_s))
-                eps_renoise = eps if config.shared_noise else self._noise(z_real)
-                x_T, w = L.teacher_target(teacher, x_s, c, uncond, eps_renoise, t_renoise, config.guidance_scale)
-
+                x_T, w = self.teacher_target(x_s, c, uncond, eps if config.shared_noise else None)
             with phase("4 student step"):
-                fake_features = [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
-                losses |= self._student_step(x_s, images_s, x_T, w, c, fake_features)
+                fake_features = self.discriminator_features(x_s, images_s, c)
+                losses |= self.student_step(x_s, images_s, x_T, w, c, fake_features)
         with phase("5 discriminators"):
-            losses["discriminator"] = self._discriminator_step(z_real, images, c, fake_features)
+            losses["discriminator"] = self.discriminator_step(z_real, images, c, fake_features)
         return losses
 
-    def _teacher_step(self, z_real, prompts, eps, mask, echo=None) -> dict[str, float]:
-        """L_T on the real latents; in the echo stage + beta * L_T on the echoed student samples."""
+    def teacher_step(self, z_real, prompts, eps, mask, echo: "EchoSamples | None" = None) -> dict[str, float]:
+        """1. L_T on the real latents (masked); with `echo`, + echo_beta * L_T on the kept echo samples
+        (unmasked, with noise and timesteps of their own), in one batch; one update of the teacher's
+        adapters and the token."""
         t = self._timesteps(self.config.teacher_timesteps, len(z_real))
-        x0, report = z_real, {}
-        c = self.text(prompts)
+        parts, losses = [(z_real, self.text(prompts), eps, t, mask)], {}
         if echo is not None:
             x_echo = echo.latents
-            x0, c = torch.cat([z_real, x_echo]), torch.cat([c, echo.kept_embeddings()])
-            eps = torch.cat([eps, self._noise(x_echo)])
-            t = torch.cat([t, self._timesteps(self.config.teacher_timesteps, len(x_echo))])
-            mask = torch.cat([mask, torch.ones_like(x_echo[:, :1])])
-            report["echo_kept"] = float(len(x_echo))
-        per_sample = L.teacher_diffusion_loss(self.teacher, x0, c, eps, t, mask)
-        loss = report["teacher"] = per_sample[: len(z_real)].mean()
+            parts.append((x_echo, echo.kept_embeddings(), self._noise(x_echo),
+                          self._timesteps(self.config.teacher_timesteps, len(x_echo)), torch.ones_like(x_echo[:, :1])))
+            losses["echo_kept"] = float(len(x_echo))
+        x0, c, noise, timesteps, masks = parts[0] if len(parts) == 1 else (torch.cat(part) for part in zip(*parts))
+        per_sample = L.teacher_diffusion_loss(self.teacher, x0, c, noise, timesteps, masks)
+        loss = losses["teacher"] = per_sample[: len(z_real)].mean()
         if echo is not None:
-            report["echo"] = per_sample[len(z_real):].mean()
-            loss = loss + self.config.echo_beta * report["echo"]
+            losses["echo"] = per_sample[len(z_real):].mean()
+            loss = loss + self.config.echo_beta * losses["echo"]
         self._optimize("teacher", loss)
-        return report
+        return losses
+
+    def student_sample(self, noise: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """2. x_s = G(noise, sg(c)) in one step, and img(x_s) decoded with gradient when a loss reads it."""
+        x_s = self._student_x0(noise, c)
+        images_s = self.student.decode(x_s, self.config.vae_decode) if self._reads_images("sample") else None
+        return x_s, images_s
+
+    def teacher_target(self, x_s, c, uncond, eps=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """3. x_T, the just-updated teacher's guided refinement of sg(x_s) re-noised with `eps` (None: noise
+        of its own), and its weight w = abar_t'."""
+        t_renoise = self._timesteps(self.config.renoise_timesteps, len(x_s))
+        eps = self._noise(x_s) if eps is None else eps
+        return L.teacher_target(self.teacher, x_s, c, uncond, eps, t_renoise, self.config.guidance_scale)
+
+    def discriminator_features(self, x_s, images_s, c) -> list[torch.Tensor]:
+        """Each discriminator's backbone features of the student's sample, differentiable in it: read by
+        the student's adversarial loss (step 4) and, detached, by the discriminators' (step 5)."""
+        return [d.features(x_s, images_s, c, self.generator) for d in self.discriminators]
 
     def _student_x0(self, noise: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         t = torch.full((len(noise),), self.student.schedule.terminal_timestep, device=noise.device)
         return self.student.predict_x0(noise, t, c)
 
-    def _student_step(self, x_s, images_s, x_T, w, c, fake_features) -> dict[str, float]:
+    def student_step(self, x_s, images_s, x_T, w, c, fake_features) -> dict[str, float]:
+        """4. L_G = adversarial + w * (latent + feature + colour) alignment of x_s to x_T; one update of the
+        student's adapters."""
         config = self.config
         images_T = None
         if self._reads_images("target"):
@@ -375,7 +373,8 @@ class EchoDistillTrainer:
         self.generator.set_state(draws)
         return network(sample, c, self.generator), features_T
 
-    def _discriminator_step(self, z_real, images_real, c, fake_features) -> torch.Tensor:
+    def discriminator_step(self, z_real, images_real, c, fake_features) -> torch.Tensor:
+        """5. Each head: real concept images against sg(x_s)'s features; one update of the heads."""
         total = torch.zeros((), device=z_real.device)
         for discriminator, fake in zip(self.discriminators, fake_features):
             with torch.no_grad():
@@ -389,7 +388,7 @@ class EchoDistillTrainer:
         self._optimize("discriminators", total)
         return total
 
-    def _echo_samples(self, shape: torch.Size) -> "EchoSamples":
+    def echo_samples_ranked(self, shape: torch.Size) -> "EchoSamples":
         """Student samples of latent `shape` (the training resolution) for training prompts and new
         contexts; the `echo_keep` fraction the discriminators find most real is kept. The choice stays on
         the device (no wait for it): the candidates' prompts are encoded once, here, differentiably in the
@@ -415,7 +414,7 @@ class EchoDistillTrainer:
 
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
         if self.config.rollback == "off":  # no snapshot to go back to: stop before the loss reaches a weight
-            self._check_finite(read_losses({name: loss}))  # a wait for the device, for each loss
+            rollback.check_finite(read_losses({name: loss}), self.step)  # a wait for the device, for each loss
         # Every backward starts from clean gradients: the student's backward also reaches the
         # discriminator heads (through D_k into img(x_s)), and those gradients are not theirs to step with.
         for optimizer in self.optimizers.values():
@@ -428,152 +427,45 @@ class EchoDistillTrainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # gradients take no memory between steps
 
-    # The run.
+    # Around the iteration: the run loop and previews (run_loop.py), the step that undoes itself on failure
+    # (rollback.py), states and their files (training_state.py).
     def train(self, callback: Callable[[StepReport], None] | None = None,
               should_cancel: Callable[[], bool] | None = None) -> bool:
-        """Run until `config.steps`; True when finished, False when `should_cancel` stopped it.
+        """Run until `config.steps`; True when finished, False when `should_cancel` stopped it. A failed step
+        leaves the state of the last completed one (run_loop.train)."""
+        return run_loop.train(self, callback, should_cancel)
 
-        Any error inside a step (a non-finite loss, out of memory, an interruption) restores the state
-        of the last completed step before it propagates, so `state_dict()` is always resumable (unless
-        the config's rollback is off).
-        """
-        with self.applied(), self.offload.parked():
-            while self.step < self.config.steps:
-                if should_cancel is not None and should_cancel():
-                    return False
-                losses = self._guarded_step()
-                self.step += 1
-                self.history.append({"step": self.step, **losses})
-                if callback is not None:
-                    preview = self.preview() if self._preview_due() else None
-                    callback(StepReport(self.step, self.config.steps, losses, preview))
-        return True
-
-    def _guarded_step(self) -> dict[str, float]:
-        snapshot = None
-        if self.config.rollback != "off":
-            snapshot = _cloned(self._trainable_state(), "cpu" if self.config.rollback == "host" else None)
-        try:
-            losses = read_losses(self.train_step())  # the step's one wait for the device
-            self._check_finite(losses)  # the snapshot undoes whatever a non-finite loss reached
-        except BaseException as error:
-            if snapshot is not None:
-                self._load_trainable_state(snapshot)
-            else:
-                log.warning("rollback is off (memory preset), so the trainable state may hold part of step %d",
-                            self.step + 1)
-            if _is_out_of_memory(error):
-                raise TrainingOutOfMemoryError(
-                    OUT_OF_MEMORY_ADVICE.format(step=self.step + 1, step_done=self.step)) from error
-            raise
-        return losses
-
-    def _check_finite(self, losses: dict[str, float]) -> None:
-        """Refuse the first loss of the step, in the step's order, that is not a finite number; the losses
-        are averaged over the processes (read_losses), so every process stops at once."""
-        for name, value in losses.items():
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"the {name} loss became {value} at step {self.step + 1}; the run is back at the state "
-                    f"after step {self.step}. Lower the learning rates or use fp32 / bf16 instead of fp16")
-
-    def _preview_due(self) -> bool:
-        every = self.config.preview_every  # the first step too: something to see early
-        return every > 0 and (self.step == 1 or self.step % every == 0 or self.step == self.config.steps)
+    def guarded_step(self) -> dict[str, float]:
+        """One iteration whose failure restores the state before it; its losses as floats (rollback.py)."""
+        return rollback.guarded_step(self)
 
     def preview_prompts(self) -> list[str]:
-        """The config's preview prompts, one a line; none given: "a photo of a <token> <class word>"."""
-        lines = [line.strip() for line in self.config.preview_prompt.splitlines() if line.strip()]
-        return lines or [f"a photo of a {self.concept.subject}"]
+        return run_loop.preview_prompts(self)
 
     def preview(self) -> torch.Tensor:
-        """The student's one-step images of the preview prompts with the preview seed, side by side in prompt
-        order: [H, W * prompts, 3] in [0, 1]."""
-        applied = isinstance(self.text.text_encoder.get_input_embeddings(), PlaceholderEmbedding)
-        on_device = self.offload.using(self.text.text_encoder, self.student.vae)
-        prompts = self.preview_prompts()
-        with nullcontext() if applied else self.applied(), on_device:
-            images = generate_student(self.student, self.text, prompts, [self.config.preview_seed] * len(prompts))
-        return torch.cat(list(images), dim=1)
+        """The student's one-step images of the preview prompts, side by side: [H, W * prompts, 3] in [0, 1]."""
+        return run_loop.preview(self)
 
-    # State: everything needed to continue exactly.
-    def _trainable_state(self) -> dict:
-        """What one step changes: the rollback snapshot, and the tensors of a saved state."""
-        return {
-            "step": self.step,
-            "echo_samples": self.echo_samples,
-            "history_length": len(self.history),
-            "generator": self.generator.get_state(),
-            "token": self.token.vector,
-            "teacher_adapters": self.teacher_adapters.state_dict(),
-            "student_adapters": self.student_adapters.state_dict(),
-            "discriminators": [d.head.state_dict() for d in self.discriminators],
-            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
-        }
-
-    def _load_trainable_state(self, state: dict) -> None:
-        """Restore `state`, which must not be shared: optimizers keep its tensors."""
-        self.step, self.echo_samples = int(state["step"]), int(state["echo_samples"])
-        del self.history[int(state["history_length"]):]
-        self.generator.set_state(state["generator"])
-        self.token.vector.data.copy_(state["token"])
-        self.teacher_adapters.load_state_dict(state["teacher_adapters"])
-        self.student_adapters.load_state_dict(state["student_adapters"])
-        for discriminator, head in zip(self.discriminators, state["discriminators"], strict=True):
-            discriminator.head.load_state_dict(head)
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+    def trainable_state(self) -> dict:
+        """What one step changes (shares the tensors): the rollback snapshot, a state's tensors."""
+        return training_state.trainable_state(self)
 
     def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "config": self.config.to_dict(), "trained_on": self.trained_on(),
-                "history": [dict(entry) for entry in self.history], **_cloned(self._trainable_state())}
-
-    def trained_on(self) -> dict:
-        """What a state is only valid with: the concept images (a digest of them as prepared) and each
-        base model (its adapted layers' mean absolute weights, which survive a change of precision)."""
-        images = hashlib.sha256()
-        for image in self.concept.images:
-            images.update(image.float().contiguous().numpy().tobytes())
-        return {"concept_images": images.hexdigest(), "teacher": _weight_signature(self.teacher, self.teacher_adapters),
-                "student": _weight_signature(self.student, self.student_adapters)}
+        return training_state.state_dict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ResultFileError(f"not an EchoDistill training state ({state.get('format')!r})")
-        saved, mine = EchoDistillConfig.from_dict(state["config"]).to_dict(), self.config.to_dict()
-        changed = [key for key in saved if saved[key] != mine[key] and key not in RESUMABLE_CHANGES]
-        if changed:
-            raise ValueError(f"the saved state was trained with other settings ({', '.join(changed)}); "
-                             f"resume with the same settings (only {', '.join(RESUMABLE_CHANGES)} may change)")
-        self._check_trained_on(state.get("trained_on"))
-        self.history[:] = [dict(entry) for entry in state["history"]]
-        self._load_trainable_state(_cloned(state))
+        training_state.load_state_dict(self, state)
 
-    def _check_trained_on(self, saved: dict | None) -> None:
-        if saved is None:
-            log.warning("this state does not record what it was trained on; resuming without checking the images and models")
-            return
-        mine = self.trained_on()
-        if saved["concept_images"] != mine["concept_images"]:
-            raise ValueError("the saved state was trained on other concept images; resume with the same photos "
-                             "(same files, same order, same resolution), or start fresh")
-        for role in ("teacher", "student"):
-            if not torch.allclose(torch.tensor(saved[role]), torch.tensor(mine[role]), rtol=1e-2, atol=1e-6):
-                raise ValueError(f"the saved state was trained with another {role} model; resume with the same "
-                                 f"{role} (any precision), or start fresh")
+    def trained_on(self) -> dict:
+        return training_state.trained_on(self)
 
     def save_state(self, path: str | Path) -> Path:
         """A resumable training state, one safetensors file, written atomically."""
-        return save_tree(path, self.state_dict())
+        return training_state.save_state(self, path)
 
     def load_state(self, path: str | Path) -> None:
         """Continue from a state file; a damaged or malformed one is refused naming the file."""
-        state = load_tree(path)
-        try:
-            self.load_state_dict(state)
-        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
-            raise ResultFileError(f"{path} is an EchoDistill state with malformed contents ({type(error).__name__}: "
-                                  f"{error}); it cannot be resumed: start fresh or use another state") from error
+        training_state.load_state(self, path)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -583,23 +475,6 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def read_losses(losses: dict) -> dict[str, float]:
-    """The losses as Python floats, read from the device at once: one wait for a GPU, not one per loss."""
-    tensors = {name: value.detach().float().reshape(()) for name, value in losses.items() if torch.is_tensor(value)}
-    values = dict(zip(tensors, average(torch.stack(list(tensors.values()))).tolist())) if tensors else {}
-    return {name: values[name] if name in values else float(value) for name, value in losses.items()}
-
-
-def _weight_signature(model: DiffusionModel, adapters) -> list[float]:
-    """The mean absolute frozen weight of each adapted layer: tells models apart, survives bf16 / fp16."""
-    signature = []
-    for path in adapters.paths():
-        layer = model.unet.get_submodule(path)
-        weight = getattr(layer, "base", layer).weight
-        signature.append(float(weight.detach().abs().float().mean()))
-    return signature
 
 
 def _set_checkpointing(unet: nn.Module, on: bool) -> None:
@@ -622,21 +497,3 @@ def _name(network: nn.Module) -> str:
 def phase(name: str):
     """Names a part of the iteration for torch.profiler (bench/speed.py's breakdown); microseconds when not profiling."""
     return torch.profiler.record_function(f"echodistill/{name}")
-
-
-def _cloned(tree, device: str | None = None):
-    """A copy of every tensor in `tree`, on `device` (None: where each one is)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to(device, copy=True)
-    if isinstance(tree, dict):
-        return {key: _cloned(value, device) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_cloned(value, device) for value in tree]
-    return tree
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)

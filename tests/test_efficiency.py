@@ -186,7 +186,7 @@ def test_compiled_unets_train_as_the_plain_ones(monkeypatch, backend):
     for compiled in (False, True):
         trainer = latent_trainer(compile_unets=compiled)
         with trainer.applied():
-            runs.append([trainer._guarded_step() for _ in range(2)])
+            runs.append([trainer.guarded_step() for _ in range(2)])
         torch._dynamo.reset()
     for plain, compiled in zip(*runs):
         assert compiled == pytest.approx(plain, rel=1e-4, abs=1e-6)

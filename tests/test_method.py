@@ -292,7 +292,7 @@ def test_the_echo_keeps_exactly_the_samples_the_discriminators_rank_most_real():
     trainer, ref = build(batch_size=8, echo_keep=0.5, echo_start=0.0), build(batch_size=8, echo_keep=0.5, echo_start=0.0)
     shape = (8, 4, SIZE // 2, SIZE // 2)
     with trainer.applied():
-        echo = trainer._echo_samples(shape)
+        echo = trainer.echo_samples_ranked(shape)
         kept, prompts = echo.latents, echo.kept_prompts()
     with ref.applied():
         wanted, wanted_prompts = reference_echo(ref, shape, ref.generator)
@@ -305,7 +305,7 @@ def test_echo_prompts_are_training_templates_with_the_configured_contexts(probab
     trainer = build(batch_size=16, echo_start=0.0, echo_keep=1.0, echo_context_probability=probability,
                     echo_contexts=("in space",))
     with trainer.applied():
-        prompts = trainer._echo_samples((16, 4, SIZE // 2, SIZE // 2)).kept_prompts()
+        prompts = trainer.echo_samples_ranked((16, 4, SIZE // 2, SIZE // 2)).kept_prompts()
     assert all(prompt.endswith("<sks> dog in space") == (probability == 1.0) for prompt in prompts)
     assert len({prompt.split("<sks>")[0] for prompt in prompts}) > 2  # several templates, not one prompt
 

@@ -48,7 +48,7 @@ def test_teacher_step_changes_only_its_adapters_and_the_token(pair):
     before = learned(trainer)
     z = torch.rand(4, 3, SIZE, SIZE) * 2 - 1
     with trainer.applied():
-        trainer._teacher_step(z, ["a photo of a <sks> dog"] * 4, torch.randn_like(z), torch.ones(4, 1, SIZE, SIZE))
+        trainer.teacher_step(z, ["a photo of a <sks> dog"] * 4, torch.randn_like(z), torch.ones(4, 1, SIZE, SIZE))
     touched = changed(before, learned(trainer))
     assert "token" in touched and any(name.startswith("teacher.") for name in touched)
     assert all(name.startswith("teacher.") or name == "token" for name in touched)
@@ -59,9 +59,9 @@ def test_student_step_changes_neither_the_token_nor_the_teacher(pair):
     before = learned(trainer)
     with trainer.applied():
         c = trainer.text(["a photo of a <sks> dog"] * 2).detach()
-        x_s = trainer._student_x0(torch.randn(2, 3, SIZE, SIZE), c)
+        x_s, _ = trainer.student_sample(torch.randn(2, 3, SIZE, SIZE), c)
         features = [d.features(x_s, x_s, c, trainer.generator) for d in trainer.discriminators]
-        trainer._student_step(x_s, x_s, torch.zeros_like(x_s), torch.ones(2), c, features)
+        trainer.student_step(x_s, x_s, torch.zeros_like(x_s), torch.ones(2), c, features)
     touched = changed(before, learned(trainer))
     assert touched and all(name.startswith("student.") for name in touched)
     assert trainer.token.vector.grad is None
@@ -85,10 +85,10 @@ def test_base_models_are_restored_after_training(pair):
 def test_the_echo_feeds_the_teachers_loss_with_ranked_student_samples(pair, monkeypatch):
     trainer = make_trainer(pair, steps=4, echo_start=0.5, batch_size=4, echo_keep=0.5)
     fed, echoed = [], []
-    original_loss, original_echo = trainer_module.L.teacher_diffusion_loss, trainer._echo_samples
+    original_loss, original_echo = trainer_module.L.teacher_diffusion_loss, trainer.echo_samples_ranked
     monkeypatch.setattr(trainer_module.L, "teacher_diffusion_loss",
                         lambda teacher, x0, *rest: fed.append(x0) or original_loss(teacher, x0, *rest))
-    monkeypatch.setattr(trainer, "_echo_samples", lambda shape: echoed.append(original_echo(shape)) or echoed[-1])
+    monkeypatch.setattr(trainer, "echo_samples_ranked", lambda shape: echoed.append(original_echo(shape)) or echoed[-1])
     trainer.train()
     assert len(echoed) == 2  # the echo starts at 50 %: steps 3 and 4 of 4
     assert [len(x0) for x0 in fed] == [4, 4, 4 + 2, 4 + 2]  # the top half of a batch of 4 joins the real 4
@@ -184,8 +184,8 @@ def test_every_stage_runs_at_the_training_resolution_the_echo_included(resolutio
     concept = ConceptDataset(concept_images(), config.token, config.class_word, resolution)
     trainer = EchoDistillTrainer(teacher, student, text, concept, config)
     shapes = []
-    original = trainer._teacher_step
-    trainer._teacher_step = lambda z, prompts, eps, mask, echo=None: shapes.append(
+    original = trainer.teacher_step
+    trainer.teacher_step = lambda z, prompts, eps, mask, echo=None: shapes.append(
         (z.shape, None if echo is None else echo.latents.shape)) or original(z, prompts, eps, mask, echo)
     trainer.train()
     latent = (4, resolution // 2, resolution // 2)
@@ -234,14 +234,14 @@ def test_an_interruption_mid_step_keeps_the_last_completed_step(pair, monkeypatc
     reference = make_trainer(pair, steps=2)
     reference.train()
     trainer = make_trainer(pair, steps=4)
-    original = trainer._student_step
+    original = trainer.student_step
 
     def interrupted(*args):
         if trainer.step == 2:
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(trainer, "_student_step", interrupted)
+    monkeypatch.setattr(trainer, "student_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert trainer.step == 2 and not changed(learned(reference), learned(trainer))
@@ -249,7 +249,7 @@ def test_an_interruption_mid_step_keeps_the_last_completed_step(pair, monkeypatc
 
 def test_out_of_memory_is_reported_with_advice(pair, monkeypatch):
     trainer = make_trainer(pair, steps=2)
-    monkeypatch.setattr(trainer, "_student_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    monkeypatch.setattr(trainer, "student_step", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
     with pytest.raises(TrainingOutOfMemoryError, match="LoRA.*gradient checkpointing"):
         trainer.train()
     assert trainer.step == 0

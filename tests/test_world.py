@@ -37,6 +37,33 @@ def test_captions_fit_the_tiny_tokenizer():
         assert len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length
 
 
+def test_two_coloured_objects_are_named_in_captions_that_fit_and_drawn_as_named():
+    """A share of two-coloured objects for training a world that knows looks: every one named (second colour and
+    look word) in a caption that fits, drawn so that its look is read back from the pixels."""
+    from echodistill_core.lab.tiny import tiny_text
+
+    tokenizer = tiny_text().tokenizer
+    generator = torch.Generator().manual_seed(4)
+    attributes = [world.sample_attributes(generator, looks=0.5) for _ in range(200)]
+    two_coloured = [item for item in attributes if item.get("look")]
+    assert 70 <= len(two_coloured) <= 130
+    assert {item["look"] for item in two_coloured} == set(world.LOOKS)
+    for item in two_coloured:
+        assert item["color2"] != item["color"]
+        text = world.random_caption(item, tokenizer, generator)
+        assert len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length
+        assert f"{item['color']} {item['shape']} " in text and f" {item['color2']} {world.LOOK_WORDS[item['look']]} " in text
+    drawn = [world.recognise_concept(world.render(item)[None], item)[0] for item in two_coloured[:30]]
+    assert sum(result["look"] for result in drawn) >= 27
+
+
+def test_a_world_without_looks_draws_as_before():
+    """looks=0 consumes no extra randomness: evaluation sets and the bundled models' training data stay the same."""
+    first, second = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert [world.sample_attributes(first) for _ in range(20)] == [world.sample_attributes(second, looks=0.0) for _ in range(20)]
+    assert not any(world.sample_attributes(first).get("look") for _ in range(50))
+
+
 def test_novel_shapes_stay_out_of_the_prompts_but_the_judge_knows_them(judge):
     """The models are never asked for a novel shape; the yardstick names them."""
     assert not set(world.NOVEL_SHAPES) & set(world.SHAPES)

@@ -79,10 +79,11 @@ def student_scheduler(prediction_type: str) -> EulerDiscreteScheduler:
 
 @torch.no_grad()
 def make_dataset(teacher: DiffusionModel, text, count: int, steps: int, guidance: float, seed: int,
-                 batch: int = 50) -> dict:
-    """`count` (noise, prompt, teacher sample) triples; noise from seeds seed, seed + 1, ..."""
+                 batch: int = 50, looks: float = 0.0) -> dict:
+    """`count` (noise, prompt, teacher sample) triples, a share `looks` of two-coloured objects; noise from
+    seeds seed, seed + 1, ..."""
     generator = torch.Generator().manual_seed(seed)
-    attributes = [world.sample_attributes(generator) for _ in range(count)]
+    attributes = [world.sample_attributes(generator, looks=looks) for _ in range(count)]
     prompts = [world.random_caption(item, text.tokenizer, generator) for item in attributes]
     seeds = list(range(seed, seed + count))
     noise = initial_noise(teacher, seeds)
@@ -97,12 +98,14 @@ def make_dataset(teacher: DiffusionModel, text, count: int, steps: int, guidance
 
 
 def load_datasets(files: list[Path], args, teacher: DiffusionModel, text, judge) -> dict:
-    """The pairs of every file (made first where missing), kept only where the judge finds them right."""
+    """The pairs of every file (made first where missing), kept only where the judge finds them right; a
+    two-coloured object's only where its shape and look are read from the pixels (`world.recognise_concept`)."""
     parts = []
     for index, file in enumerate(files):
         if not file.exists():
             seed = args.seed + index * 1_000_000
-            torch.save(make_dataset(teacher, text, args.pairs, args.teacher_steps, args.guidance, seed), file)
+            torch.save(make_dataset(teacher, text, args.pairs, args.teacher_steps, args.guidance, seed,
+                                    looks=args.looks), file)
         parts.append(torch.load(file))
     dataset = dict(noise=torch.cat([part["noise"] for part in parts]),
                    samples=torch.cat([part["samples"] for part in parts]),
@@ -112,6 +115,11 @@ def load_datasets(files: list[Path], args, teacher: DiffusionModel, text, judge)
         images = torch.cat([teacher.decode(part).clamp(-1, 1) for part in dataset["samples"].split(100)])
     measured = measure_attributes(images, judge)
     right = [all(m[name] == a[name] for name in args.keep_attributes) for m, a in zip(measured, dataset["attributes"])]
+    for index, item in enumerate(dataset["attributes"]):
+        if item.get("look"):
+            right[index] = world.recognise_concept(images[index : index + 1], item)[0]["look"]
+    looks = [item.get("look") is not None for item in dataset["attributes"]]
+    print(f"two-coloured: {sum(looks)} pairs, {sum(r for r, look in zip(right, looks) if look)} of them right")
     accuracy = attribute_accuracy(images, dataset["attributes"], judge)
     print(f"{len(right)} pairs, teacher DDIM {parts[0]['steps']} steps, CFG {parts[0]['guidance']}; right for "
           f"their prompt in {', '.join(args.keep_attributes)}: {sum(right)} ({accuracy})")
@@ -164,6 +172,8 @@ def main() -> None:
                         default=list(world.ATTRIBUTES), help="keep the pairs right in these attributes (default: all)")
     parser.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"),
                         help="the student's prediction type (default: the teacher's)")
+    parser.add_argument("--looks", type=float, default=0.0,
+                        help="share of two-coloured objects (world.LOOKS) in a new dataset's prompts")
     parser.add_argument("--seed", type=int, default=100000, help="first noise seed of the dataset")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -52,7 +52,8 @@ BACKGROUNDS = {  # background colours: dark or muted
     "brown": (0.40, 0.22, 0.08),
     "teal": (0.00, 0.40, 0.40),
 }
-LOOKS = ("halves", "dot", "band")  # a concept's own look: where its second colour (`color2`) goes
+LOOKS = ("halves", "dot", "band")  # an object's look: where its second colour (`color2`) goes
+LOOK_WORDS = {"halves": "lower", "dot": "dot", "band": "band"}  # how a caption names a look: "red circle with blue lower"
 SIZES = {"small": 5.0, "big": 10.0}  # half-width of the shape in pixels
 SIZE_THRESHOLD = 15  # measured extent (pixels) between the two sizes
 ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "background": tuple(BACKGROUNDS)}
@@ -63,20 +64,32 @@ TEMPLATES = (  # the first always fits in 16 tokens and is the evaluation templa
     "a photo of a {size} {color} {shape} on {background}",
     "a {size} {color} {shape} on a {background} background",
 )
+LOOK_TEMPLATES = (  # for a two-coloured object; the last always fits in 16 tokens
+    "a {size} {color} {shape} with {color2} {look_word} on {background}",
+    "{size} {color} {shape} with {color2} {look_word} on {background}",
+    "{color} {shape} with {color2} {look_word} on {background}",
+    "{color} {shape} {color2} {look_word} on {background}",
+)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Attributes and captions
 
-def sample_attributes(generator: torch.Generator, shapes: tuple[str, ...] = SHAPES) -> dict:
-    """Random attributes: a shape of `shapes` (the training vocabulary), its colour, size, background and centre."""
+def sample_attributes(generator: torch.Generator, shapes: tuple[str, ...] = SHAPES, looks: float = 0.0) -> dict:
+    """Random attributes: a shape of `shapes` (the training vocabulary), its colour, size, background and centre;
+    with probability `looks`, also a look (`LOOKS`) in a second colour. With `looks` 0 the draws are those of
+    a world without looks, so evaluation sets stay the same."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 
     attributes = {name: pick(shapes if name == "shape" else options) for name, options in ATTRIBUTES.items()}
     margin = SIZES[attributes["size"]] + 1
     x, y = (margin + torch.rand(2, generator=generator) * (IMAGE_SIZE - 2 * margin)).tolist()
-    return dict(attributes, x=x, y=y)
+    attributes.update(x=x, y=y)
+    if looks > 0 and float(torch.rand(1, generator=generator)) < looks:
+        others = tuple(colour for colour in COLORS if colour != attributes["color"])
+        attributes.update(look=pick(LOOKS), color2=pick(others))
+    return attributes
 
 
 def evaluation_set(count: int, seed: int = 1234) -> tuple[list[str], list[dict]]:
@@ -87,12 +100,16 @@ def evaluation_set(count: int, seed: int = 1234) -> tuple[list[str], list[dict]]
 
 
 def caption(attributes: dict, template: int = 0) -> str:
+    """The caption of `attributes` by one of the templates: `LOOK_TEMPLATES` for a two-coloured object."""
+    if attributes.get("look"):
+        return LOOK_TEMPLATES[template].format(look_word=LOOK_WORDS[attributes["look"]], **attributes)
     return TEMPLATES[template].format(**attributes)
 
 
 def random_caption(attributes: dict, tokenizer, generator: torch.Generator) -> str:
     """A caption from a random template among those that fit the tokenizer without truncation."""
-    fitting = [text for text in (caption(attributes, index) for index in range(len(TEMPLATES)))
+    templates = LOOK_TEMPLATES if attributes.get("look") else TEMPLATES
+    fitting = [text for text in (caption(attributes, index) for index in range(len(templates)))
                if len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length]
     return fitting[int(torch.randint(len(fitting), (1,), generator=generator))]
 
@@ -177,10 +194,10 @@ def sample(generator: torch.Generator) -> tuple[torch.Tensor, str, dict]:
     return render(attributes), caption(attributes), attributes
 
 
-def sample_batch(count: int, generator: torch.Generator,
-                 shapes: tuple[str, ...] = SHAPES) -> tuple[torch.Tensor, list[dict]]:
-    """[count, 3, 32, 32] images and their attributes (shapes drawn from `shapes`)."""
-    attributes = [sample_attributes(generator, shapes) for _ in range(count)]
+def sample_batch(count: int, generator: torch.Generator, shapes: tuple[str, ...] = SHAPES,
+                 looks: float = 0.0) -> tuple[torch.Tensor, list[dict]]:
+    """[count, 3, 32, 32] images and their attributes (shapes drawn from `shapes`, a share `looks` two-coloured)."""
+    attributes = [sample_attributes(generator, shapes, looks) for _ in range(count)]
     return torch.stack([render(item) for item in attributes]), attributes
 
 

@@ -12,7 +12,10 @@ measures time).
 
 Unit: one teacher-only Custom Diffusion step with the same models and batch: encoding the batch,
 the teacher's loss forward and backward and its update (the iteration's "encode" and "1 teacher step"
-phases before the echo stage). Reported per phase (the trainer's named phases) and per network.
+phases before the echo stage). Reported per phase (the trainer's named phases) and per network, and
+against the method's floor: with the default networks, each pass the method makes (the student's
+forward and backward, the decoder's three passes, the guided target, the base teacher's features),
+counted alone with the same models and batch, added to the teacher's own step.
 
 Where the host must wait for the device is counted too (on a GPU): a value read by Python (`float()`,
 `bool()`, `.item()`, `.tolist()`) and copies between host and device. On the meta device those reads
@@ -163,7 +166,53 @@ def measure(trainer: EchoDistillTrainer) -> dict:
             with HostWaits():  # the stand-ins, uncounted
                 trainer.guarded_step()
             results[stage] = count_iteration(trainer)
+        results["method_passes"] = method_passes(trainer)
     return results
+
+
+def method_passes(trainer: EchoDistillTrainer) -> dict[str, int] | None:
+    """The network passes an iteration before the echo must make, each counted alone with the same models
+    and batch: the method's floor to hold the iteration against. For the default networks (the base
+    teacher's features for the discriminator and the feature loss) and the colour loss on decoded images;
+    None for others. Call inside `trainer.applied()` (the student's K/V copies then take its gradient)."""
+    from echodistill_core.backbones import TeacherUNetFeatures
+
+    features = trainer.feature_network
+    if (trainer.config.color_space != "image" or not isinstance(features, TeacherUNetFeatures)
+            or len(trainer.discriminators) != 1 or not isinstance(trainer.discriminators[0].backbone, TeacherUNetFeatures)):
+        return None
+    teacher, student, batch = trainer.teacher, trainer.student, trainer.config.batch_size
+    size, device = trainer.concept.resolution, teacher.device
+    images = torch.zeros((batch, 3, size, size), device=device)
+    with torch.no_grad(), HostWaits():
+        latents = teacher.encode(images)
+        c = trainer.text([""] * batch)
+    t = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def counted(function, backward: bool = False, input_gradient: bool = True) -> int:
+        counter = FlopCounterMode(display=False)
+        x = latents.clone().requires_grad_(backward and input_gradient)
+        with counter, HostWaits(), torch.set_grad_enabled(backward):
+            output = function(x)
+            if backward:
+                output.float().sum().backward()
+        for optimizer in trainer.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    generator = torch.Generator().manual_seed(0)
+    feature = counted(lambda x: features(x, c, generator))
+    feature_backward = counted(lambda x: features(x, c, generator), backward=True)
+    return {
+        "student forward, backward to its K/V": counted(lambda x: student.unet(x, t, c).sample, True, False),
+        "decoder forward, backward (the sample)": counted(lambda x: student.decode(x), backward=True),
+        "decoder forward (the target)": counted(lambda x: student.decode(x)),
+        "teacher guided forward (batch x2)": counted(lambda x: teacher.unet(torch.cat([x, x]), torch.cat([t, t]),
+                                                                             torch.cat([c, c])).sample),
+        "teacher features: the discriminator's and the feature loss's on the sample, forward, backward":
+            2 * feature_backward,
+        "teacher features: the feature loss's on the target, the discriminator's on the real images": 2 * feature,
+    }
 
 
 def teacher_step_flops(before_echo: dict) -> int:
@@ -193,6 +242,9 @@ def summarise(results: dict, cheap: dict | None) -> dict:
         "host_waits_per_iteration": before["host_waits"],
         "echo_host_waits_per_iteration": echo["host_waits"],
     }
+    if results.get("method_passes") is not None:  # the floor: the teacher's own step and the passes the method adds
+        figures["method_passes_vs_teacher_step"] = shares(results["method_passes"])
+        figures["method_floor_vs_teacher_step"] = round((unit + sum(results["method_passes"].values())) / unit, 3)
     if cheap is not None:
         figures["cheap_colour_iteration_vs_teacher_step"] = round(cheap["before_echo"]["total"] / unit, 3)
         figures["cheap_colour_echo_iteration_vs_teacher_step"] = round(cheap["echo"]["total"] / unit, 3)
@@ -241,6 +293,12 @@ def main() -> None:
     for phase in figures["echo_phases_vs_teacher_step"]:
         print(f"  {phase:28} {figures['phases_vs_teacher_step'].get(phase, 0):6.2f} "
               f"{figures['echo_phases_vs_teacher_step'][phase]:6.2f}")
+    if "method_floor_vs_teacher_step" in figures:
+        print("the passes the method makes, each counted alone, in teacher steps:")
+        for part, value in figures["method_passes_vs_teacher_step"].items():
+            print(f"  {value:6.2f}  {part}")
+        print(f"  with the teacher's own step (1.00): {figures['method_floor_vs_teacher_step']}, against the "
+              f"iteration's {figures['iteration_vs_teacher_step']} (the rest: text encoder, losses, updates)")
     print("per network, in teacher steps (share of the iteration), before the echo:")
     for network, value in figures["networks_vs_teacher_step"].items():
         print(f"  {network:28} {value:6.2f}  ({figures['network_shares'][network]:.0%})")

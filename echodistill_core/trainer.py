@@ -282,6 +282,30 @@ class EchoDistillTrainer:
             losses["discriminator"] = self.discriminator_step(z_real, images, c, fake_features)
         return losses
 
+    def echo_samples_ranked(self, shape: torch.Size) -> "EchoSamples":
+        """Student samples of latent `shape` (the training resolution) for training prompts and new
+        contexts; the `echo_keep` fraction the discriminators find most real is kept. The choice stays on
+        the device (no wait for it): the candidates' prompts are encoded once, here, differentiably in the
+        token, and the teacher's loss takes the kept rows of that encoding."""
+        config, concept = self.config, self.concept
+        prompts = []
+        for _ in range(shape[0] * self.shard.world):
+            prompt = concept.template_prompt(self.generator)
+            if torch.rand(1, generator=self.generator) < config.echo_context_probability:
+                prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
+            prompts.append(prompt)
+        prompts = self.shard.take(prompts)
+        embeddings = self.text(prompts)  # the token as the teacher's step will read it: not updated before then
+        with torch.no_grad():
+            c = embeddings.detach()
+            x_echo = self._student_x0(self._noise(torch.empty(shape, device=self.student.device)), c)
+            images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
+            score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
+        keep = max(1, round(config.echo_keep * len(prompts)))
+        chosen = score.topk(keep).indices  # most real first
+        self.echo_samples += keep
+        return EchoSamples(x_echo.index_select(0, chosen), embeddings, chosen, prompts)
+
     def teacher_step(self, z_real, prompts, eps, mask, echo: "EchoSamples | None" = None) -> dict[str, float]:
         """1. L_T on the real latents (masked); with `echo`, + echo_beta * L_T on the kept echo samples
         (unmasked, with noise and timesteps of their own), in one batch; one update of the teacher's
@@ -387,30 +411,6 @@ class EchoDistillTrainer:
             total = total + loss
         self._optimize("discriminators", total)
         return total
-
-    def echo_samples_ranked(self, shape: torch.Size) -> "EchoSamples":
-        """Student samples of latent `shape` (the training resolution) for training prompts and new
-        contexts; the `echo_keep` fraction the discriminators find most real is kept. The choice stays on
-        the device (no wait for it): the candidates' prompts are encoded once, here, differentiably in the
-        token, and the teacher's loss takes the kept rows of that encoding."""
-        config, concept = self.config, self.concept
-        prompts = []
-        for _ in range(shape[0] * self.shard.world):
-            prompt = concept.template_prompt(self.generator)
-            if torch.rand(1, generator=self.generator) < config.echo_context_probability:
-                prompt = f"{prompt} {random_choice(config.echo_contexts, self.generator)}"
-            prompts.append(prompt)
-        prompts = self.shard.take(prompts)
-        embeddings = self.text(prompts)  # the token as the teacher's step will read it: not updated before then
-        with torch.no_grad():
-            c = embeddings.detach()
-            x_echo = self._student_x0(self._noise(torch.empty(shape, device=self.student.device)), c)
-            images = self.student.decode(x_echo) if any(d.space == "image" for d in self.discriminators) else None
-            score = sum(L.realness(d(d.features(x_echo, images, c, self.generator))) for d in self.discriminators)
-        keep = max(1, round(config.echo_keep * len(prompts)))
-        chosen = score.topk(keep).indices  # most real first
-        self.echo_samples += keep
-        return EchoSamples(x_echo.index_select(0, chosen), embeddings, chosen, prompts)
 
     def _optimize(self, name: str, loss: torch.Tensor) -> None:
         if self.config.rollback == "off":  # no snapshot to go back to: stop before the loss reaches a weight

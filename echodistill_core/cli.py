@@ -17,10 +17,9 @@ from tqdm import tqdm
 
 from .lab import world
 from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
-from .config import PRESETS, EchoDistillConfig
+from .config import PRESETS, TEACHER_SAMPLE_STEPS, EchoDistillConfig
 from .data import read_images
-from .lab.demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, bundled_models_present, default_models,
-                       demo_concept_images)
+from .lab.demo import DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, default_models, demo_concept_images
 from .backbones import TEACHER_FEATURES
 from .lab.evaluation import EvaluationSet, evaluate, samplers, untouched_samples
 from .lab.evaluation import save_grid as save_sample_grid
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--model", choices=("student", "teacher"), default="student",
                         help="student: one step; teacher: DDIM with CFG")
     sample.add_argument("--sample-steps", type=_sample_steps, default=0,
-                        help="0: 1 for the student, 25 for the teacher; at most 1000")
+                        help=f"0: 1 for the student, {TEACHER_SAMPLE_STEPS} for the teacher; at most 1000")
     sample.add_argument("--out", required=True, type=Path, help="PNG file for the image grid")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing PNG at --out")
 
@@ -135,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: DreamBench's 25, its live subjects' for a dog or a cat)")
     evaluate.add_argument("--seeds", type=_seed, nargs="+", default=list(PAPER_SEEDS), help="seeds of every prompt")
     evaluate.add_argument("--model", choices=("student", "teacher"), default="student",
-                          help="student: one step (the paper's figures); teacher: DDIM 25 steps with CFG")
+                          help=f"student: one step (the paper's figures); teacher: DDIM {TEACHER_SAMPLE_STEPS} steps "
+                          "with CFG")
     evaluate.add_argument("--out", required=True, type=Path, help="a folder for scores.md, scores.json, grid.png")
 
     demo = commands.add_parser("demo", help="personalize the tiny default models to a demo concept")
@@ -167,7 +167,7 @@ def _sample_steps(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value <= 1000:
         raise argparse.ArgumentTypeError(f"{value} is not a number of sampling steps; give 1 to 1000, or 0 for the "
-                                         "model's own (1 for the student, 25 for the teacher)")
+                                         f"model's own (1 for the student, {TEACHER_SAMPLE_STEPS} for the teacher)")
     return value
 
 
@@ -347,7 +347,8 @@ def _sample(args) -> int:
         if args.model == "student":
             images = generate_student(student, text, args.prompt, seeds, steps=args.sample_steps or 1)
         else:
-            images = generate_teacher(teacher, text, args.prompt, seeds, steps=args.sample_steps or 25,
+            images = generate_teacher(teacher, text, args.prompt, seeds,
+                                      steps=args.sample_steps or TEACHER_SAMPLE_STEPS,
                                       guidance_scale=personalization.config.guidance_scale)
     save_grid(images, args.out)
     print(f"images: {args.out}")
@@ -394,7 +395,7 @@ def _demo(args) -> int:
     files = {
         "concept": args.out / "concept.png",
         "student": save_grid(student_images, args.out / "student_1step.png", scale=4),
-        "teacher": save_grid(teacher_images, args.out / "teacher_25steps.png", scale=4),
+        "teacher": save_grid(teacher_images, args.out / f"teacher_{TEACHER_SAMPLE_STEPS}steps.png", scale=4),
         "result": trainer.personalization.save(args.out / "demo.safetensors"),
     }
     references = torch.stack(images) * 2 - 1
@@ -406,7 +407,7 @@ def _demo(args) -> int:
                                                   columns=evaluation.seeds_per_prompt)
     report.update(seconds=round(time.time() - start, 1), training_seconds=round(training_seconds, 1),
                   steps=trainer.step, echo_samples=trainer.echo_samples, prompts=prompts,
-                  models="bundled tiny" if bundled_models_present() else "random tiny (no bundled models yet)",
+                  models=f"bundled tiny, {args.pair} pair",
                   files={key: str(value) for key, value in files.items()})
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     for name, path in files.items():

@@ -29,10 +29,6 @@ DEMO_PROMPTS = (  # new contexts in the world's own words: other backgrounds, th
 )
 
 
-def bundled_models_present() -> bool:
-    return world.TEACHER_FOLDER.is_dir() and world.STUDENT_FOLDER.is_dir()
-
-
 def default_models(device: str = "cpu") -> tuple[DiffusionModel, DiffusionModel, TextConditioner]:
     """(teacher, student, shared text encoder): the bundled tiny pixel pair."""
     return bundled_pair("pixel", device)

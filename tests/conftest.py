@@ -1,6 +1,7 @@
 import os
 import sys
 import types
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # In ComfyUI's environment (tests/test_nodes.py runs there), PyPI's torchvision is a CUDA build that fails to import
@@ -11,11 +12,13 @@ for _name in ("torchvision._meta_registrations", "torchvision._autograd_registra
 
 import pytest
 import torch
+from PIL import Image
 
 from echodistill_core.config import PRESETS
 from echodistill_core.data import ConceptDataset
 from echodistill_core.lab.judge import load_judge
-from echodistill_core.lab.tiny import tiny_pair
+from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler, tiny_text
+from echodistill_core.loading import save_diffusers_folder
 
 SIZE = 16
 
@@ -35,6 +38,23 @@ def concept_images(count: int = 4, colour=(0.9, 0.1, 0.1)) -> list[torch.Tensor]
         image[:, 4:10, 4 + index : 10 + index] *= 0.3
         images.append(image)
     return images
+
+
+def save_png(tensor: torch.Tensor, path: Path) -> None:
+    """A [3, H, W] image in 0..1 as a PNG file."""
+    Image.fromarray((tensor.permute(1, 2, 0) * 255).byte().numpy()).save(path)
+
+
+def save_user_models(folder: Path) -> None:
+    """A user's diffusers folders, good and bad, in `folder`: `teacher` and its one-step `student`; `multi-step`,
+    the student's weights with a multi-step scheduler (a student that is not one, or the student's own weights
+    given as the teacher); `foreign-student`, a one-step student of another text encoder."""
+    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=SIZE)
+    save_diffusers_folder(folder / "teacher", teacher, text, tiny_scheduler("v_prediction"))
+    save_diffusers_folder(folder / "student", student, text, tiny_scheduler("sample", one_step=True))
+    save_diffusers_folder(folder / "multi-step", student, text, tiny_scheduler("sample"))
+    save_diffusers_folder(folder / "foreign-student", student, tiny_text(seed=7),
+                          tiny_scheduler("sample", one_step=True))
 
 
 def tiny_config(**changes):

@@ -2,24 +2,15 @@
 once, a pair that must be a teacher and a one-step student, and a plan that refuses bad input before any model
 loads or any step trains. The Train node's plan is compared with the command line's in tests/test_nodes.py."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from PIL import Image
 
-from conftest import concept_images
+from conftest import concept_images, save_png, save_user_models
 from echodistill_core import cli, recipe
 from echodistill_core.image_networks import RunNetworks
-from echodistill_core.loading import save_diffusers_folder
-from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler, tiny_text
 from echodistill_core.memory import MEMORY_PRESETS
 from echodistill_core.models import IncompatiblePairError
 from echodistill_core.trainer import EchoDistillTrainer
-
-
-def save_png(tensor: torch.Tensor, path: Path) -> None:
-    Image.fromarray((tensor.permute(1, 2, 0) * 255).byte().numpy()).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +18,7 @@ def home(tmp_path_factory):
     """A teacher, a one-step student, a multi-step model offered as a student, a student of another text
     encoder, and photos."""
     home = tmp_path_factory.mktemp("recipe")
-    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=16)
-    save_diffusers_folder(home / "teacher", teacher, text, tiny_scheduler("v_prediction"))
-    save_diffusers_folder(home / "student", student, text, tiny_scheduler("sample", one_step=True))
-    save_diffusers_folder(home / "multi-step", student, text, tiny_scheduler("sample"))
-    save_diffusers_folder(home / "foreign", student, tiny_text(seed=7), tiny_scheduler("sample", one_step=True))
+    save_user_models(home)
     (home / "photos").mkdir()
     for index, image in enumerate(concept_images(3)):
         save_png(image, home / "photos" / f"{index}.png")
@@ -125,7 +112,7 @@ def test_a_pair_that_is_not_there_is_refused_before_any_weight_loads(home, monke
 
 def test_a_student_of_another_text_encoder_is_refused(home):
     with pytest.raises(IncompatiblePairError, match="pair the student with the teacher it was distilled from"):
-        recipe.load_pair(home / "teacher", home / "foreign", device="cpu")
+        recipe.load_pair(home / "teacher", home / "foreign-student", device="cpu")
 
 
 def test_the_command_line_refuses_a_multi_step_student_saying_what_to_do(home, tmp_path, capsys, nothing_trains):

@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import concept_images, tiny_config
+from conftest import concept_images, save_png, save_user_models, tiny_config
 from echodistill_core import cli, safekeeping
 from echodistill_core import trainer as trainer_module
 from echodistill_core.data import ConceptDataset
 from echodistill_core.lab.demo import demo_concept_images
-from echodistill_core.loading import save_diffusers_folder
 from echodistill_core.personalization import Personalization
-from echodistill_core.lab.tiny import tiny_pair, tiny_scheduler, tiny_text
+from echodistill_core.lab.tiny import tiny_pair
 from echodistill_core.trainer import EchoDistillTrainer
-
-
-def save_png(tensor: torch.Tensor, path: Path) -> None:
-    Image.fromarray((tensor.permute(1, 2, 0) * 255).byte().numpy()).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +26,7 @@ def home(tmp_path_factory):
     """A user's folder: a teacher/student pair, one from another family's text encoder, photos, a
     finished result and the state of an interrupted run, and files of their own."""
     home = tmp_path_factory.mktemp("home")
-    teacher, student, text = tiny_pair("v_prediction", "sample", image_size=16)
-    save_diffusers_folder(home / "teacher", teacher, text, tiny_scheduler("v_prediction"))
-    save_diffusers_folder(home / "student", student, text, tiny_scheduler("sample", one_step=True))
-    save_diffusers_folder(home / "student-copy-as-teacher", student, text, tiny_scheduler("sample"))
-    save_diffusers_folder(home / "foreign-student", student, tiny_text(seed=7), tiny_scheduler("sample", one_step=True))
+    save_user_models(home)
     for name, images in (("photos", demo_concept_images(24, count=3)), ("other-photos", concept_images(3))):
         (home / name).mkdir()
         for index, image in enumerate(images):
@@ -87,12 +77,12 @@ CASES = [
     ("teacher missing", lambda h: train(h, teacher="nowhere"), "nowhere does not exist"),
     ("teacher is garbage", lambda h: train(h, teacher="garbage.safetensors"), "garbage.safetensors"),
     ("teacher is a user's text", lambda h: train(h, teacher="notes.safetensors"), "notes.safetensors"),
-    ("student is multi-step", lambda h: train(h, student="teacher", teacher="student-copy-as-teacher"),
+    ("student is multi-step", lambda h: train(h, student="teacher", teacher="multi-step"),
      "teacher is a multi-step model.*choose a one-step model such as SD-Turbo as the student"),
     ("teacher and student swapped", lambda h: train(h, teacher="student", student="teacher"),
      "multi-step model.*use teacher as the teacher"),
     ("one folder as both", lambda h: train(h, teacher="student"), "given as both teacher and student"),
-    ("the same weights as both", lambda h: train(h, teacher="student-copy-as-teacher"),
+    ("the same weights as both", lambda h: train(h, teacher="multi-step"),
      "are the same model .their UNet weights are equal"),
     ("student of another text encoder", lambda h: train(h, student="foreign-student"),
      "student was trained with another text encoder than the teacher's"),

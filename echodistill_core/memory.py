@@ -39,7 +39,7 @@ class MemoryPreset:
     gradient_checkpointing: bool  # both UNets
     vae_decode: str  # decoding with gradient (DiffusionModel.decode): plain, checkpointed or tiled
     image_networks_gb: float | None  # room for image networks' frozen weights (GB in bf16); None: no limit
-    max_batch_size: int | None  # caps the recipe's batch size; None keeps it
+    max_batch_size: int | None  # caps the run's batch size (its config's); None keeps it
     offload: bool  # the frozen text encoder and VAE wait on the CPU between uses
     rollback: str  # the per-step snapshot: on the device, on the host (CPU memory), or off
 

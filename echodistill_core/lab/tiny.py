@@ -1,4 +1,4 @@
-"""Tiny random teacher/student pairs built from configs: for tests, benchmarks and a first demo; and the
+"""Tiny random teacher/student pairs built from configs, for tests and benchmarks; and the
 bundled trained pairs of the tiny world (`bundled_pair`), with the discriminators they train with.
 
 Their shapes follow the full-size models (a CLIP text encoder, a cross-attention UNet, optionally a

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..echodistill_core.config import PRESETS, EchoDistillConfig
+from ..echodistill_core.config import PARAMETERISATIONS, PRESETS, EchoDistillConfig
 from ..echodistill_core.data import ConceptDataset
 from ..echodistill_core.lab.demo import demo_concept_images
 from ..echodistill_core.image_networks import RunNetworks
 from ..echodistill_core.memory import MEMORY_PRESETS
 from ..echodistill_core.plots import LOSSES, loss_plot
-from ..echodistill_core.recipe import DEFAULT_MEMORY, DEFAULT_PRESET, PRESET_CHOICES, Pair, RunPlan, plan_config, plan_run
+from ..echodistill_core.recipe import (AUTO, DEFAULT_MEMORY, DEFAULT_PRESET, PRESET_CHOICES, Pair, RunPlan, plan_config,
+                                       plan_run)
 from ..echodistill_core.safekeeping import keep
 from ..echodistill_core.placeholder_token import check_words
 from ..echodistill_core.trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
@@ -132,12 +133,18 @@ def _lr_tooltip(name: str) -> str:
             "fills in its value, and the Train node lists the rates the run uses when it starts.")
 
 
+def filled_by_preset(widget, name: str):
+    """A widget whose 0 means the preset's (steps, the learning rates): choosing a preset in the browser fills in
+    that preset's own value, and auto puts back 0, since auto's preset depends on the models (web/echodistill.js)."""
+    widget.extra_dict = {"echodistill_presets": {AUTO: 0, **{preset: getattr(config, name)
+                                                             for preset, config in PRESETS.items()}}}
+    return widget
+
+
 def rate_input(name: str) -> io.Float.Input:
-    """A learning rate; the browser fills in a preset's own rate when the preset is chosen (web/echodistill.js)."""
-    rate = io.Float.Input(name, default=0.0, min=0.0, max=1.0, step=1e-6, round=False, optional=True,
-                          tooltip=_lr_tooltip(name))
-    rate.extra_dict = {"echodistill_presets": {preset: getattr(config, name) for preset, config in PRESETS.items()}}
-    return rate
+    """A learning rate; 0 is the preset's."""
+    return filled_by_preset(io.Float.Input(name, default=0.0, min=0.0, max=1.0, step=1e-6, round=False, optional=True,
+                                           tooltip=_lr_tooltip(name)), name)
 
 
 LINKED = ("teacher", "student", "concept", "image_networks")
@@ -170,10 +177,11 @@ class EchoDistillTrain(io.ComfyNode):
                 io.Custom(TEACHER).Input("teacher", tooltip="From EchoDistill Load Teacher."),
                 io.Custom(STUDENT).Input("student", tooltip="From EchoDistill Load Student."),
                 io.Custom(CONCEPT).Input("concept", tooltip="From EchoDistill Concept Images."),
-                io.Int.Input("steps", default=0, min=0, max=100000, tooltip="Training steps; 0: the preset's (paper "
-                             f"{PRESETS['paper'].steps}, the paper's for SD; tiny {PRESETS['tiny'].steps}, enough for "
-                             "the bundled tiny models)."),
-                io.Combo.Input("parameterisation", options=["custom_diffusion", "lora"], default="custom_diffusion",
+                filled_by_preset(io.Int.Input(
+                    "steps", default=0, min=0, max=100000, tooltip="Training steps; 0: the preset's (paper "
+                    f"{PRESETS['paper'].steps}, the paper's for SD; tiny {PRESETS['tiny'].steps}, enough for the "
+                    "bundled tiny models); choosing a preset fills in its value."), "steps"),
+                io.Combo.Input("parameterisation", options=list(PARAMETERISATIONS), default=PARAMETERISATIONS[0],
                                tooltip="custom_diffusion: the paper's (trains cross-attention keys/values). lora: "
                                "less memory (its rank is lora_rank)."),
                 io.Combo.Input("memory", options=list(MEMORY_PRESETS), default=DEFAULT_MEMORY, tooltip="Your "
@@ -190,7 +198,7 @@ class EchoDistillTrain(io.ComfyNode):
                              "evaluation per preview prompt."),
                 io.Combo.Input("preset", options=list(PRESET_CHOICES), default=DEFAULT_PRESET, optional=True,
                                tooltip="Steps, learning rates and batch size: paper for SD-size models, tiny for the "
-                               "bundled ones; auto picks by model."),
+                               "bundled ones; auto picks by model. Choosing one fills in its steps and rates."),
                 rate_input("teacher_lr"),
                 rate_input("student_lr"),
                 io.Combo.Input("resume_state", options=cls.state_choices(), default=NO_STATE, optional=True,

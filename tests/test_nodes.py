@@ -490,6 +490,18 @@ def test_seeds_ask_the_frontend_for_their_control_widget(pack):
         assert seed[0] == "INT" and seed[1]["control_after_generate"] is True  # web/echodistill.js starts it fixed
 
 
+def test_choosing_a_preset_fills_in_its_steps_and_rates_and_auto_puts_back_0(pack):
+    """What web/echodistill.js fills in when a preset is chosen: each widget whose 0 is the preset's lists every
+    preset's value; auto's is 0, since its preset depends on the models."""
+    presets = importlib.import_module("echodistill_pack.echodistill_core.config").PRESETS
+    inputs = pack.NODE_CLASS_MAPPINGS["EchoDistillTrain"].INPUT_TYPES()
+    for name, section in (("steps", "required"), ("teacher_lr", "optional"), ("student_lr", "optional")):
+        kind, options = inputs[section][name]
+        assert options["default"] == 0
+        assert options["echodistill_presets"] == {"auto": 0, **{preset: getattr(config, name)
+                                                                for preset, config in presets.items()}}
+
+
 def test_train_trains_again_only_when_what_it_learns_changes(pack, host, monkeypatch):
     sent = []
     monkeypatch.setattr(host, "send_to_browser", lambda event, data: sent.append(event))

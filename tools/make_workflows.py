@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from echodistill_core import config as CONFIG  # noqa: E402 (the values the graphs share with the core)
 from echodistill_core.lab import demo as DEMO  # noqa: E402 (the demo concept Demo Concept Images draws)
+from echodistill_core import recipe as RECIPE  # noqa: E402 (Train's defaults, the command line's)
 
 DEMO_SUBJECT = f"{DEMO.DEMO_TOKEN} {DEMO.DEMO_CLASS_WORD}"  # "<mine> circle"
 
@@ -191,18 +192,21 @@ def models(*names: str) -> list[dict]:
     return [{"name": name, "url": MODELS[name][1], "directory": MODELS[name][0]} for name in names]
 
 
-def preset_rates(preset: str) -> dict:
-    """Train's preset with its learning rates shown (as the browser shows them when the preset is chosen)."""
+def preset_values(preset: str) -> dict:
+    """Train's preset with its steps and learning rates shown (as the browser shows them when the preset is
+    chosen; 0, the node's default, would mean the same unseen)."""
     config = CONFIG.PRESETS[preset]
-    return {"preset": preset, "teacher_lr": config.teacher_lr, "student_lr": config.student_lr}
+    return {"preset": preset, "steps": config.steps, "teacher_lr": config.teacher_lr, "student_lr": config.student_lr}
 
 
 def note(node_id: int, text: str, size: list[int]) -> dict:
     return {"id": node_id, "type": "MarkdownNote", "title": "Read me", "size": size, "widgets": {"text": text}}
 
 
-TRAIN_DEFAULTS = {"steps": 300, "parameterisation": CONFIG.PARAMETERISATIONS[0], "memory": "12 GB", "echo": True, "seed": 42,
-                  "control_after_generate": "fixed", "preview_every": 25, "preset": "auto", "teacher_lr": 0.0,
+# Train's own defaults (steps and rates 0: the preset's); each graph shows its preset's values (preset_values).
+TRAIN_DEFAULTS = {"steps": 0, "parameterisation": CONFIG.PARAMETERISATIONS[0], "memory": RECIPE.DEFAULT_MEMORY,
+                  "echo": True, "seed": 42, "control_after_generate": "fixed", "preview_every": 25,
+                  "preset": RECIPE.DEFAULT_PRESET, "teacher_lr": 0.0,
                   "student_lr": 0.0, "resume_state": "none (start fresh)", "resolution": 0, "save_every": 250,
                   "lora_rank": 4, "preview_prompts": ""}
 SAMPLE = {"seed": 0, "control_after_generate": "fixed", "batch_size": 4, "upscale": 1}
@@ -335,8 +339,7 @@ def stock_in_out_graph() -> tuple:
     training = column(520, 40 + GROUP_TITLE, [
         {"id": 7, "type": "EchoDistillTrain", "size": [560, 1220], "inputs": {"teacher": (3, 0), "student": (4, 0),
                                                                               "concept": (6, 0)},
-         "widgets": {**TRAIN_DEFAULTS, "steps": 1000, "preset": "paper", "teacher_lr": 1e-5, "student_lr": 2e-5,
-                     "preview_every": 50, "preview_prompts": "a photo of a <my-dog> dog"}}])
+         "widgets": {**TRAIN_DEFAULTS, **preset_values("paper"), "preview_every": 50, "preview_prompts": "a photo of a <my-dog> dog"}}])
     stock = column(1140, 40 + GROUP_TITLE, [
         {"id": 8, "type": "EchoDistillPersonalizedModel", "size": [380, 130],
          "inputs": {"one_step_model": (7, 0), "model": (2, 0)}, "widgets": {"strength": 1.0}},
@@ -364,7 +367,7 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
         "1_personalize_tiny_models.json": (*personalize(
             "tiny teacher (bundled)", "tiny one-step student (bundled)",
             {"id": 3, "type": "EchoDistillDemoConceptImages", "size": [420, 60], "widgets": {"size": 32}},
-            DEMO.DEMO_TOKEN, DEMO.DEMO_CLASS_WORD, {"steps": 300, "memory": "unlimited", **preset_rates("tiny"),
+            DEMO.DEMO_TOKEN, DEMO.DEMO_CLASS_WORD, {"memory": "unlimited", **preset_values("tiny"),
                                                      "preview_prompts": "\n".join(prompt.format(DEMO_SUBJECT)
                                                                                   for prompt in DEMO.DEMO_PROMPTS[:3])},
             DEMO.DEMO_PROMPTS[1].format(DEMO_SUBJECT), "tiny_my_circle", TINY_README.format(subject=DEMO_SUBJECT),
@@ -373,7 +376,7 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
         "2_personalize_sd_turbo_with_sd21_teacher.json": (*personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
             {"id": 3, "type": "LoadImage", "size": [420, 340], "widgets": {"image": "my_dog.png", "upload": "image"}},
-            "<my-dog>", "dog", {"steps": 1000, **preset_rates("paper"), "preview_every": 50, "memory": "24 GB", "preview_prompts":
+            "<my-dog>", "dog", {**preset_values("paper"), "preview_every": 50, "memory": "24 GB", "preview_prompts":
                                 "a photo of a <my-dog> dog\na <my-dog> dog on the beach"},
             "a photo of a <my-dog> dog on the beach", "my_dog", TURBO_README, {"batch_size": 2},
             CONFIG.PRESETS["paper"].guidance_scale, PAPER_IMAGE_NETWORKS),

@@ -9,7 +9,7 @@
 // loss_plot output (echodistill_core/plots.py): smoothingWindow, smooth, niceTicks and axisEnd below
 // are its smoothing_window, smooth, nice_ticks and axis_end. Below the curves: the latest previews at a
 // readable size, labelled with their real size and prompts, then what the run computes.
-// Choosing a preset fills the learning-rate widgets with that preset's rates.
+// Choosing a preset fills the steps and learning-rate widgets with that preset's values (auto: 0).
 // EchoDistill Save Personalized: the files it wrote and their folders, in the node.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -251,16 +251,18 @@ function setUpTrain(node, nodeData) {
   new ResizeObserver(() => node.echodistill.redraw()).observe(canvas);
   node.echodistill.redraw();
 
-  // Choosing a preset shows its learning rates in the two widgets (0 would mean the same, unseen).
-  const optional = nodeData.input?.optional ?? {};
+  // Choosing a preset shows its own steps and learning rates in their widgets, where 0 would mean the same,
+  // unseen; choosing auto puts back 0, as auto's preset depends on the models. Each such widget's input lists
+  // the values (its echodistill_presets, from nodes/training.py).
+  const inputs = { ...(nodeData.input?.required ?? {}), ...(nodeData.input?.optional ?? {}) };
   const preset = node.widgets?.find((w) => w.name === "preset");
   if (preset) {
     const chosen = preset.callback;
     preset.callback = function (value) {
-      for (const name of ["teacher_lr", "student_lr"]) {
-        const rate = optional[name]?.[1]?.echodistill_presets?.[value];
+      for (const [name, input] of Object.entries(inputs)) {
+        const filled = input?.[1]?.echodistill_presets?.[value];
         const widget = node.widgets.find((w) => w.name === name);
-        if (rate !== undefined && widget) widget.value = rate;
+        if (filled !== undefined && widget) widget.value = filled;
       }
       return chosen?.apply(this, arguments);
     };

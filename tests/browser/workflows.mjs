@@ -498,7 +498,10 @@ async function runFromUi(page, file, workflow) {
   }, trainId));
   if (check(saveId !== null, `${file}: no Save Personalized node`)) {
     run.saved = await page.evaluate((id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === "saved")?.element?.textContent ?? null, saveId);
-    check(/^LoRA: \S+\.safetensors in \/.*loras/m.test(run.saved ?? "") && /embedding:\S+ toy/.test(run.saved ?? ""),
+    const classWord = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "EchoDistillConceptImages")
+      ?.widgets.find((w) => w.name === "class_word")?.value);  // the embedding is used before the concept's class word
+    check(/^LoRA: \S+\.safetensors in \/.*loras/m.test(run.saved ?? "")
+          && new RegExp(`embedding:\\S+ ${classWord}$`, "m").test(run.saved ?? ""),
           `${file}: Save Personalized does not list what it wrote and where: ${JSON.stringify(run.saved)}`);
     await showNode(page, saveId);
     await screenshot(page, "1_save_node_after_run.png", await nodeClip(page, saveId));
@@ -613,28 +616,34 @@ async function newNodesSeedsFixed(page) {
   return seeds;
 }
 
-// A new Train node shows 0 (the preset's) rates; choosing a preset shows that preset's own.
+// A new Train node shows 0 (the preset's) steps and rates; choosing a preset shows that preset's own, and
+// choosing auto again puts back 0 (auto's preset depends on the models).
 async function presetFillsRates(page, objectInfo) {
-  const shown = await page.evaluate(() => {
+  const FILLED = ["steps", "teacher_lr", "student_lr"];
+  const shown = await page.evaluate((FILLED) => {
     const node = LiteGraph.createNode("EchoDistillTrain");
     window.app.graph.add(node);
     const widget = (name) => node.widgets.find((w) => w.name === name);
-    const rates = () => [widget("teacher_lr").value, widget("student_lr").value];
-    const fresh = rates();
+    const values = () => FILLED.map((name) => widget(name).value);
+    const fresh = values();
     const chosen = {};
-    for (const preset of ["paper", "tiny"]) {
+    for (const preset of ["paper", "tiny", "auto"]) {
       widget("preset").value = preset;
       widget("preset").callback(preset);
-      chosen[preset] = rates();
+      chosen[preset] = values();
     }
     window.app.graph.remove(node);
     return { fresh, chosen };
-  });
-  const presets = objectInfo.EchoDistillTrain.input.optional.teacher_lr[1].echodistill_presets;
-  const students = objectInfo.EchoDistillTrain.input.optional.student_lr[1].echodistill_presets;
-  for (const preset of ["paper", "tiny"])
-    check(JSON.stringify(shown.chosen[preset]) === JSON.stringify([presets[preset], students[preset]]),
-          `choosing the ${preset} preset shows the rates ${shown.chosen[preset]}, not ${[presets[preset], students[preset]]}`);
+  }, FILLED);
+  const inputs = { ...objectInfo.EchoDistillTrain.input.required, ...objectInfo.EchoDistillTrain.input.optional };
+  check(JSON.stringify(shown.fresh) === JSON.stringify([0, 0, 0]), `a new Train node shows ${shown.fresh}, not 0, 0, 0`);
+  for (const preset of ["paper", "tiny", "auto"]) {
+    const expected = FILLED.map((name) => inputs[name][1].echodistill_presets[preset]);
+    check(JSON.stringify(shown.chosen[preset]) === JSON.stringify(expected),
+          `choosing the ${preset} preset shows steps and rates ${shown.chosen[preset]}, not ${expected}`);
+  }
+  check(JSON.stringify(shown.chosen.auto) === JSON.stringify([0, 0, 0]),
+        `choosing auto shows ${shown.chosen.auto}, not 0 (the preset's)`);
   return shown;
 }
 

@@ -120,7 +120,7 @@ def train_queue(concepts: list[QueuedConcept], out: str | Path, teacher: Diffusi
             continue
         settings = config.replace(token=concept.token, class_word=concept.class_word, initializer_word="")
         dataset = ConceptDataset(read_images(concept.images), settings.token, settings.class_word,
-                                 training_resolution(settings, student))
+                                 training_resolution(settings, student), augment=settings.augmentation)
         trainer = EchoDistillTrainer(teacher, student, text, dataset, settings, student_text=student_text,
                                      **(dict(discriminator_backbones=networks.discriminators,
                                              feature_network=networks.feature) if networks else {}))

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .config import AUGMENTATIONS
+
 TRAINING_TEMPLATES = (
     "a photo of a {}",
     "a rendering of a {}",
@@ -26,7 +28,9 @@ TRAINING_TEMPLATES = (
 )
 SMALL_EDITS = ("far away ", "very small ")
 LARGE_EDITS = ("zoomed in ", "close up ")
-# Custom Diffusion's augmentation (`augment`).
+# The config's `augmentation` names as `ConceptDataset`'s augment values.
+AUGMENT = dict(zip(AUGMENTATIONS, (True, "flip", False)))
+# Custom Diffusion's augmentation.
 FLIP_PROBABILITY = 0.5
 PASTE_PROBABILITY = 2 / 3  # else enlarge and crop
 PASTE_SHRINK = 3  # pasted at 1/PASTE_SHRINK .. 1 of the resolution
@@ -196,9 +200,10 @@ class ConceptDataset:
             raise ConceptImageError("every prompt template needs a {} where the subject goes")
         self.images = [center_square(to_tensor(image, index), resolution) for index, image in enumerate(images)]
         self.token, self.class_word, self.resolution = token, class_word, resolution
+        augment = AUGMENT.get(augment, augment) if isinstance(augment, str) else augment
         if augment not in (True, False, "flip"):
-            raise ValueError(f"augment must be True (the Custom Diffusion recipe), 'flip' (mirror images only) or "
-                             f"False, not {augment!r}")
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)} (or True, the Custom Diffusion "
+                             f"recipe, or False), not {augment!r}")
         self.templates, self.captions, self.augment = tuple(templates), captions, augment
 
     def __len__(self) -> int:

@@ -208,7 +208,8 @@ class RunPlan:
         if self.images is None:
             raise ValueError("this plan holds no concept (a queue's settings); plan each concept with its photos")
         return ConceptDataset(self.images, self.config.token, self.config.class_word,
-                              training_resolution(self.config, student), captions=self.captions)
+                              training_resolution(self.config, student), captions=self.captions,
+                              augment=self.config.augmentation)
 
     def trainer(self, pair: Pair) -> EchoDistillTrainer:
         """The trainer of this run on `pair` (which it checks again, as the trainer does for any caller)."""

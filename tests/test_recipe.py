@@ -187,6 +187,21 @@ def test_a_plan_builds_the_trainer_of_its_run(home):
     assert (trainer.config.batch_size, trainer.config.vae_decode) == (1, "tiled")
 
 
+def test_the_photos_are_augmented_as_the_config_says(home):
+    """The paper's recipe for SD-size runs; the tiny preset only mirrors, since at 32 px a shrunken paste
+    loses a look's detail: every tiny example is a photo or its mirror image, named in `sources`."""
+    generator = torch.Generator().manual_seed(0)
+    paper = recipe.plan_run(home / "photos", token="<toy>", class_word="toy", preset="paper", resolution=16).dataset(None)
+    assert paper.augment is True and paper.sample(8, generator).sources == [None] * 8
+    tiny = recipe.plan_run(home / "photos", token="<toy>", class_word="toy", preset="tiny", resolution=16).dataset(None)
+    batch = tiny.sample(8, generator)
+    assert tiny.augment == "flip" and {flipped for _, flipped in batch.sources} == {True, False}
+    for image, (index, flipped) in zip(batch.images, batch.sources):
+        assert torch.equal(image, tiny.images[index].flip(-1) if flipped else tiny.images[index])
+    with pytest.raises(ValueError, match="augmentation must be custom_diffusion or flip or none"):
+        recipe.plan_run(home / "photos", token="<toy>", class_word="toy", augmentation="crop")
+
+
 def test_a_queue_plans_its_shared_settings_without_photos():
     plan = recipe.plan_run(None, class_word=None, preset="tiny")
     assert plan.images is None and plan.config.steps == 300

@@ -13,7 +13,7 @@ prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 st
     python bench/quality.py                       # the bundled tiny models and the demo concept, "my circle"
     python bench/quality.py --concept photos/ --class-word toy --prompts prompts.txt --steps 300
     python bench/quality.py --seeds 0 1 2          # each figure the mean of three training seeds
-    python bench/quality.py --concepts circle/red/halves/blue square/yellow/dot/white --methods echodistill
+    python bench/quality.py --concepts circle/red/band/blue square/yellow/dot/white --methods echodistill
                                                    # world-drawn concepts, and the cross-concept matrix
     python bench/quality.py --students-only        # judge the 1-step students alone (much faster)
     python bench/quality.py --pair latent         # the latent pair: a tiny VAE, an epsilon one-step student
@@ -21,6 +21,7 @@ prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 st
 A world-drawn concept is SHAPE/COLOUR (a shape, heart and star included, in one colour) or
 SHAPE/COLOUR/LOOK/COLOUR2: a shape the models know with its own look (`world.LOOKS`: "halves", a lower half
 in COLOUR2; "dot", a dot in the middle; "band", a band across it), trained with the shape as class word.
+Drawn concepts are captioned in the world's words, as the demo's: "a <mine> circle on black".
 
 The prompt file holds lines such as "a {} on teal | background=teal" ({} is the subject). Sample grids
 (PNG, one row per concept prompt, one column per seed) are written to --out next to `results.json`:
@@ -53,7 +54,7 @@ from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import center_square, read_images, to_tensor  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.demo import (  # noqa: E402
-    DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_TOKEN, default_models, rendered_concept_images,
+    DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_TOKEN, default_models, rendered_concept_captions, rendered_concept_images,
 )
 from echodistill_core.lab.evaluation import (  # noqa: E402
     CONCEPT_PROMPTS, EvaluationSet, calibrate, concept_score, evaluate, matrix_table, own_score, read_prompt_file,
@@ -160,8 +161,9 @@ def main() -> None:
     for name, drawn in concepts.items():
         folder = args.out / name.replace("/", "_")
         images = concept_images(args.concept, size, drawn)
-        plan = plan_run(images, tiny=True, **dict(settings, class_word=args.class_word or (
-            drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD)))
+        class_word = args.class_word or (drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD)
+        captions = rendered_concept_captions(drawn, f"{args.token} {class_word}", len(images)) if drawn else None
+        plan = plan_run(images, tiny=True, captions=captions, **dict(settings, class_word=class_word))
         config, concept = plan.config, plan.dataset(student)
         evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts, drawn)
         references = torch.stack(images) * 2 - 1

@@ -19,7 +19,8 @@ from .lab import world
 from .concept_queue import INTERRUPTED, QueuedConcept, check_queue, read_queue, spread_over_devices, train_queue
 from .config import PRESETS, TEACHER_SAMPLE_STEPS, EchoDistillConfig
 from .data import read_images
-from .lab.demo import DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, default_models, demo_concept_images
+from .lab.demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, default_models, demo_captions,
+                       demo_concept_images)
 from .backbones import TEACHER_FEATURES
 from .lab.evaluation import EvaluationSet, evaluate, samplers, untouched_samples
 from .lab.evaluation import save_grid as save_sample_grid
@@ -372,7 +373,8 @@ def _demo(args) -> int:
     device = resolve_device(args.device)
     teacher, student, text = default_models(device) if args.pair == "pixel" else bundled_pair(args.pair, device)
     images = demo_concept_images(teacher.image_size())
-    plan = plan_run(images, token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, tiny=True, steps=args.steps,
+    plan = plan_run(images, token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, captions=demo_captions(len(images)),
+                    tiny=True, steps=args.steps,
                     networks=RunNetworks(tiny_discriminators(teacher), TEACHER_FEATURES))
     trainer = plan.trainer(Pair(teacher, student, text, tiny=True))
     config, concept = plan.config, trainer.concept

@@ -43,7 +43,8 @@ class DemoConceptImages(io.ComfyNode):
             inputs=[io.Int.Input("size", default=32, min=16, max=1024, step=8,
                                  tooltip="Image size in px (the bundled tiny models use 32).")],
             outputs=[io.Image.Output("images", display_name="images", tooltip="Five drawings of the demo concept (a "
-                                     "circle, red above and blue below), for trying the pack without photos.")])
+                                     "red circle with a blue band across it) on black, for trying the pack without "
+                                     "photos. Caption them as the demo does: a <mine> circle on black.")])
 
     @classmethod
     def execute(cls, size):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from echodistill_core.lab import world
+from echodistill_core.lab.demo import DEMO_CONCEPT
 from echodistill_core.lab.judge import attribute_accuracy, concept_fidelity, frechet_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,16 +138,20 @@ def test_fidelity_and_frechet_distance_on_known_inputs(rendered, judge):
     assert frechet_distance(judge, images, other) < frechet_distance(judge, images, noise)
 
 
-# Concepts of a known kind with their own look: "my circle" has a red upper and a blue lower half.
-MY_CIRCLE = dict(shape="circle", color="red", color2="blue", look="halves", background="black")
+# Concepts of a known kind with their own look: "my circle", the demo's, is red with a blue band across it.
+MY_CIRCLE = dict(shape="circle", color="red", color2="blue", look="band", background="black")
 OTHER_CIRCLES = {  # the same kind, other looks: none of them is my circle
     "plain red": dict(shape="circle", color="red", background="black"),
     "plain blue": dict(shape="circle", color="blue", background="black"),
-    "halves the other way up": dict(MY_CIRCLE, color="blue", color2="red"),
+    "the colours the other way round": dict(MY_CIRCLE, color="blue", color2="red"),
     "red with a blue dot": dict(MY_CIRCLE, look="dot"),
-    "red with a blue band": dict(MY_CIRCLE, look="band"),
-    "a square with my circle's halves": dict(MY_CIRCLE, shape="square"),
+    "red with a blue lower half": dict(MY_CIRCLE, look="halves"),
+    "a square with my circle's band": dict(MY_CIRCLE, shape="square"),
 }
+
+
+def test_my_circle_is_the_demos_concept():
+    assert MY_CIRCLE == DEMO_CONCEPT
 
 
 def views(concept: dict, seed: int, count: int = 24) -> torch.Tensor:
@@ -159,7 +164,7 @@ def views(concept: dict, seed: int, count: int = 24) -> torch.Tensor:
 
 def test_a_look_puts_the_second_colour_where_it_says():
     red, blue, white = (torch.tensor(world.COLORS[name]) * 2 - 1 for name in ("red", "blue", "white"))
-    halves = world.render(dict(MY_CIRCLE, size="big"))
+    halves = world.render(dict(MY_CIRCLE, look="halves", size="big"))
     assert torch.allclose(halves[:, 10, 16], red) and torch.allclose(halves[:, 22, 16], blue)
     dot = world.render(dict(MY_CIRCLE, look="dot", color2="white", size="big"))
     assert torch.allclose(dot[:, 16, 16], white) and torch.allclose(dot[:, 16, 9], red)

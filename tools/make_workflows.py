@@ -218,10 +218,11 @@ PAPER_IMAGE_NETWORKS = {  # method.md's discriminators and feature network, from
 
 
 def personalize(teacher: str, student: str, images: dict, token: str, class_word: str, train: dict, prompt: str,
-                save_name: str, readme: str, sample: dict, guidance: float, image_networks: dict | None = None) -> tuple:
+                save_name: str, readme: str, sample: dict, guidance: float, image_networks: dict | None = None,
+                captions: str = "") -> tuple:
     """The personalization graph (nodes, groups): inputs on the left, Train in the middle, what to look at
     and keep on the right (the teacher sampled with `guidance`, its training's); `image_networks` (a Load
-    Image Networks node) feeds Train when given."""
+    Image Networks node) feeds Train when given; `captions` (one a line) caption the photos."""
     networks = {"image_networks": (image_networks["id"], 0)} if image_networks else {}
     readme_node = note(13, readme, [420, 400])
     readme_node["pos"] = [40, 40 + TITLE]
@@ -233,7 +234,7 @@ def personalize(teacher: str, student: str, images: dict, token: str, class_word
         *([image_networks] if image_networks else []),
         images,
         {"id": 4, "type": "EchoDistillConceptImages", "size": [420, 240],
-         "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": ""},
+         "widgets": {"token": token, "class_word": class_word, "initializer_word": "", "captions": captions},
          "inputs": {"images": (3, 0)}},
     ])
     training = column(520, 40 + GROUP_TITLE, [
@@ -265,14 +266,16 @@ TINY_README = """## Personalize the bundled tiny models
 
 EchoDistill teaches a **one-step** model a new subject from a few photos by training it together with a
 multi-step teacher. This workflow runs on a CPU in a few minutes: the bundled 32 px models learn my circle
-(a circle, red above and blue below: a kind they know, with a look they never drew) as `{subject}`.
+(a red circle with a blue band across it: a kind they know, with a look of its own) as `{subject}`,
+from five drawings captioned in the world's own words.
 
 **Press Run.** The Train node draws the losses as it goes and shows the student's previews from step 1;
 Cancel keeps a state you can resume (`resume_state`). The results land on the right: the student's and
 the teacher's images, the training view, and Save Personalized lists the files it wrote.
 
 **To change:**
-- your own photos: replace *Demo Concept Images* with Load Image → *Concept Images*;
+- your own photos: replace *Demo Concept Images* with Load Image → *Concept Images*, and clear or
+  rewrite its captions (one a line, each with the token);
 - `token` and `class_word` in Concept Images, and the prompts (they must contain the token);
 - `steps`, `preview_prompts` (one a line) and the learning rates on Train;
 - `upscale` on the samplers enlarges the 32 px images for viewing."""
@@ -372,7 +375,7 @@ def main(folder: Path = ROOT / "example_workflows") -> None:
                                                                                   for prompt in DEMO.DEMO_PROMPTS[:3])},
             DEMO.DEMO_PROMPTS[1].format(DEMO_SUBJECT), "tiny_my_circle", TINY_README.format(subject=DEMO_SUBJECT),
             {"upscale": 8},
-            CONFIG.PRESETS["tiny"].guidance_scale), []),
+            CONFIG.PRESETS["tiny"].guidance_scale, captions="\n".join(DEMO.demo_captions())), []),
         "2_personalize_sd_turbo_with_sd21_teacher.json": (*personalize(
             "checkpoints/v2-1_768-ema-pruned.safetensors", "checkpoints/sd_turbo.safetensors",
             {"id": 3, "type": "LoadImage", "size": [420, 340], "widgets": {"image": "my_dog.png", "upload": "image"}},

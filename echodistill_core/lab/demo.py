@@ -1,9 +1,10 @@
 """The demo concept and the default models: what runs on a fresh machine with nothing downloaded.
 
-The concept is "my circle": a circle, a kind the tiny world's models know, with its own look, a red upper
-and a blue lower half (`world.LOOKS`), which they have never drawn; as SD learns "my dog", a dog of its
-own looks. It is drawn by the world's own renderer at different places and both sizes on black. The
-models are the bundled tiny pixel pair (`assets/tiny/teacher`, `assets/tiny/student`), part of the pack.
+The concept is "my circle": a circle, a kind the tiny world's models know, with its own look, red with a
+blue band across its middle (`world.LOOKS`); as SD learns "my dog", a dog of its own coat among the coats
+it knows. It is drawn by the world's own renderer at different places and both sizes on black, and
+captioned in the world's own words ("a <mine> circle on black"), as an artist captions photos. The models
+are the bundled tiny pixel pair (`assets/tiny/teacher`, `assets/tiny/student`), part of the pack.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .tiny import bundled_pair
 
 DEMO_TOKEN = "<mine>"
 DEMO_CLASS_WORD = "circle"
-DEMO_CONCEPT = dict(shape="circle", color="red", look="halves", color2="blue", background="black")
+DEMO_CONCEPT = dict(shape="circle", color="red", look="band", color2="blue", background="black")
 DEMO_PROMPTS = (  # new contexts in the world's own words: other backgrounds, the other size
     "a {} on teal",
     "a small {} on gray",
@@ -53,6 +54,17 @@ def rendered_concept_images(concept: dict, size: int = world.IMAGE_SIZE, count: 
             image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True)[0].clamp(0, 1)
         images.append(image)
     return images
+
+
+def demo_captions(count: int = 5) -> list[str]:
+    """The captions of `demo_concept_images(count=count)`, one per view."""
+    return rendered_concept_captions(DEMO_CONCEPT, f"{DEMO_TOKEN} {DEMO_CLASS_WORD}", count)
+
+
+def rendered_concept_captions(concept: dict, subject: str, count: int = 5) -> list[str]:
+    """A caption for each of `rendered_concept_images`'s views, in the world's own words: the subject ("<mine>
+    circle") and the background every view shows, "a <mine> circle on black"."""
+    return [f"a {subject} on {concept['background']}"] * count
 
 
 def bundled_model(role: str, device: str = "cpu") -> tuple[DiffusionModel, TextConditioner]:

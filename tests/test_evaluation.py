@@ -6,7 +6,7 @@ import torch
 
 from echodistill_core.config import TINY_TEACHER_GUIDANCE
 from echodistill_core.lab import world
-from echodistill_core.lab.demo import default_models, rendered_concept_images
+from echodistill_core.lab.demo import DEMO_CONCEPT, default_models, rendered_concept_images
 from echodistill_core.lab.evaluation import (
     CONCEPT_PROMPTS, EvaluationSet, Untouched, concept_score, cross_concept_matrix, evaluate, held_out_images,
     own_score, plain_samples, samplers, silhouette_similarity, untouched_samples,
@@ -171,6 +171,7 @@ def test_prompt_files_name_only_what_can_be_measured():
 
 # Concepts of a known kind with their own look (world.LOOKS), next to plain ones of the same kinds and colours.
 LOOK_CONCEPTS = {
+    "my circle, red/blue band": DEMO_CONCEPT,
     "circle red/blue halves": dict(shape="circle", color="red", color2="blue", look="halves", background="black"),
     "red circle": dict(shape="circle", color="red", background="black"),
     "blue circle": dict(shape="circle", color="blue", background="black"),

@@ -103,6 +103,8 @@ def config_change(config, item: str) -> tuple[str, object]:
     current = getattr(config, key)
     if isinstance(current, bool):
         return key, value.lower() in ("1", "true", "yes", "on")
+    if isinstance(current, tuple):  # renoise_timesteps=400,999
+        return key, tuple(type(current[0])(part) for part in value.strip("()").split(","))
     return key, type(current)(value)
 
 

@@ -46,6 +46,8 @@ CONFIG_OPTIONS = {
     "seed": "random seed; the same seed repeats a run exactly",
     "parameterisation": "custom_diffusion (the paper's K/V copies) or lora (less memory)",
     "lora_rank": "LoRA rank",
+    "augmentation": "what each photo becomes: custom_diffusion (the paper's flips, pastes and crops), flip (mirror "
+                    "images only: small images, the tiny preset's) or none",
     "teacher_lr": "teacher learning rate", "student_lr": "student learning rate",
     "token_lr": "token learning rate (0: the teacher's)", "discriminator_lr": "discriminator-head learning rate",
     "guidance_scale": "CFG scale of the teacher's target", "echo_start": "when the echo starts, fraction of steps",

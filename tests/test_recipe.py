@@ -200,6 +200,9 @@ def test_the_photos_are_augmented_as_the_config_says(home):
         assert torch.equal(image, tiny.images[index].flip(-1) if flipped else tiny.images[index])
     with pytest.raises(ValueError, match="augmentation must be custom_diffusion or flip or none"):
         recipe.plan_run(home / "photos", token="<toy>", class_word="toy", augmentation="crop")
+    args = cli.build_parser().parse_args(["train", "--teacher", "t", "--student", "s", "--class-word", "toy",
+                                          "--augmentation", "none", "--out", "x.safetensors"])
+    assert cli.plan_from_arguments(args, images=None).config.augmentation == "none"
 
 
 def test_a_queue_plans_its_shared_settings_without_photos():

@@ -191,9 +191,13 @@ def test_the_photos_are_augmented_as_the_config_says(home):
     """The paper's recipe for SD-size runs; the tiny preset only mirrors, since at 32 px a shrunken paste
     loses a look's detail: every tiny example is a photo or its mirror image, named in `sources`."""
     generator = torch.Generator().manual_seed(0)
-    paper = recipe.plan_run(home / "photos", token="<toy>", class_word="toy", preset="paper", resolution=16).dataset(None)
+    def concept(preset):
+        plan = recipe.plan_run(home / "photos", token="<toy>", class_word="toy", preset=preset, resolution=16)
+        return plan.dataset(None)
+
+    paper = concept("paper")
     assert paper.augment is True and paper.sample(8, generator).sources == [None] * 8
-    tiny = recipe.plan_run(home / "photos", token="<toy>", class_word="toy", preset="tiny", resolution=16).dataset(None)
+    tiny = concept("tiny")
     batch = tiny.sample(8, generator)
     assert tiny.augment == "flip" and {flipped for _, flipped in batch.sources} == {True, False}
     for image, (index, flipped) in zip(batch.images, batch.sources):

@@ -133,8 +133,10 @@ def sd_proportioned_pair(image_size: int, divisor: int, seed: int = 0):
 
 
 def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, color_space: str = "image") -> dict:
+    # The run recipe's tiny run, with the paper's augmentation as an SD-size run has it: every photo new, so
+    # every step encodes (the tiny preset's mirror images only would be encoded once and kept).
     plan = plan_run(demo_concept_images(size), class_word="toy", preset="tiny", memory="unlimited", batch_size=batch,
-                    steps=10**6, preview_every=0, color_space=color_space)  # the run recipe's tiny run
+                    steps=10**6, preview_every=0, color_space=color_space, augmentation="custom_diffusion")
     trainer = plan.trainer(Pair(teacher, student, text))
     config, concept = plan.config, trainer.concept
     prompts = [f"a photo of a {concept.subject}"] * batch

@@ -2,10 +2,10 @@
 
 A tiny VAE (SD's AutoencoderKL at 32 px, 4 x 8 x 8 latents), a teacher on its latents (25 DDIM steps
 with classifier-free guidance) and an epsilon-prediction student that draws in one step from the last
-timestep, sharing the pixel teacher's text encoder. They load through the loader real folders go
-through, follow the world's prompts above floors measured on the shipped files with these samples, and
-a co-training run on them encodes with the VAE and decodes with gradient for the colour loss and the
-image-space discriminator.
+timestep, sharing a text encoder of the world's words (the pixel teacher's, before it learned looks).
+They load through the loader real folders go through, follow the world's prompts above floors measured
+on the shipped files with these samples, and a co-training run on them encodes with the VAE and decodes
+with gradient for the colour loss and the image-space discriminator.
 """
 
 import os
@@ -55,10 +55,14 @@ def test_the_latent_pair_loads_through_the_standard_loader_with_its_vae(latent_p
     assert teacher.vae.config.scaling_factor == own_student.vae.config.scaling_factor != 1.0
     for name, weight in teacher.vae.state_dict().items():  # the student's folder holds the same VAE
         assert torch.equal(weight, own_student.vae.state_dict()[name]), name
-    _, pixel_text = load_diffusers_folder(world.TEACHER_FOLDER)  # the world's words, from the pixel teacher
-    for name, weight in pixel_text.text_encoder.state_dict().items():
-        assert torch.equal(weight, text.text_encoder.state_dict()[name]), name
+    for name, weight in text.text_encoder.state_dict().items():  # one text encoder, frozen, in both folders
         assert torch.equal(weight, student_text.text_encoder.state_dict()[name]), name
+    # The world's words: the pixel pair's tokenizer. (Its text encoder is the pixel teacher's from before that
+    # teacher learned looks: the latent teacher was trained on it, frozen.)
+    _, pixel_text = load_diffusers_folder(world.TEACHER_FOLDER)
+    assert pixel_text.tokenizer.get_vocab() == text.tokenizer.get_vocab()
+    shape = {name: weight.shape for name, weight in pixel_text.text_encoder.state_dict().items()}
+    assert shape == {name: weight.shape for name, weight in text.text_encoder.state_dict().items()}
 
 
 def test_the_bundled_weights_are_float16():

@@ -41,8 +41,8 @@ With the Custom Diffusion recipe's pastes and crops and its template prompts, no
 are drawn, but either may be the band.
 
 The bundled latent teacher (a 2.47 M-parameter UNet on the 4 x 8 x 8 latents of the tiny VAE,
-`tools/train_tiny_vae.py`; the pixel teacher's text encoder, frozen; 4.9 MB in float16) was made in
-32 min on one shared CPU core:
+`tools/train_tiny_vae.py`; the pixel teacher's text encoder from before it learned looks, frozen; 4.9 MB
+in float16) was made in 32 min on one shared CPU core:
 
     python tools/train_tiny_teacher.py --vae /tmp/tiny-vae --text echodistill_core/assets/tiny/teacher \
         --out echodistill_core/assets/tiny/latent-teacher --channels 64 96 --batch 16 --steps 1400 \

@@ -157,3 +157,26 @@ def test_the_quality_benchmark_merges_runs_made_apart(tmp_path):
     assert len(figures["grids"]["circle/red/halves/blue"]) == 2
     assert "| echodistill student, 1 step | 0.300 ± 0.100 |" in printed
     assert json.loads((tmp_path / "merged" / "results.json").read_text()) == figures
+
+
+def test_the_student_signal_benchmark_reads_the_targets_by_noise_level(tmp_path):
+    """On a result of the demo's concept (here untrained): the student step's weight is abar_t', and the
+    teacher's refinement moves further from the student's sample the more it was re-noised."""
+    from echodistill_core.config import PRESETS
+    from echodistill_core.lab.demo import DEMO_CLASS_WORD, DEMO_TOKEN, default_models
+    from echodistill_core.personalization import Personalization
+
+    teacher, student, text = default_models()
+    config = PRESETS["tiny"].replace(token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD)
+    Personalization.create(config, teacher, student, text).save(tmp_path / "result.safetensors")
+    figures, printed = run_bench("student_signal.py", "--result", str(tmp_path / "result.safetensors"),
+                                 "--levels", "50", "900", "--count", "2", "--pairs", "16", "--steps", "2",
+                                 "--batch", "2", "--out", str(tmp_path / "grid.png"))
+    abar = teacher.schedule.alphas_cumprod
+    low, high = figures["targets"]["50"], figures["targets"]["900"]
+    assert (low["weight"], high["weight"]) == (round(abar[50].item(), 3), round(abar[900].item(), 3))
+    assert low["distance"] < high["distance"]
+    for share in (low["recognised"], high["recognised"], figures["teacher_samples"]["recognised"],
+                  figures["regressed_student"]["recognised"]):
+        assert 0 <= share <= 1
+    assert (tmp_path / "grid.png").is_file() and "t'   50: weight" in printed

@@ -5,7 +5,7 @@ generated image can be checked against its prompt without any pretrained network
 teacher, student and judge are trained on this world only. The shapes of `NOVEL_SHAPES` are never
 in the models' training. The judge, the yardstick, knows them (`ALL_SHAPES`), so that a concept's samples
 can be recognised. A concept may also be a shape the models know with its own look (`LOOKS`): part of it
-in a second colour, as "my circle" has a red upper and a blue lower half; `recognise_concept` reads both
+in a second colour, as "my circle" is red with a blue band across it; `recognise_concept` reads both
 from the pixels.
 
 Every attribute is measured from pixels (`measure`): background, colour and size directly, shape by

@@ -73,7 +73,8 @@ def targets_by_noise_level(result: Personalization, teacher, student, text, leve
 
 def regressed_student(result: Personalization, teacher, student, text, pairs: int, steps: int, lr: float,
                       batch: int, guidance: float):
-    """Fresh student K/V copies regressed in one step onto the result's teacher's 25-step samples."""
+    """Fresh student K/V copies regressed in one step onto the result's teacher's 25-step samples: those
+    samples, the regressed student's on held-out seeds, and the share of those recognised and of circles."""
     fresh = Personalization.create(result.config, teacher, student, text)
     fresh.teacher_adapters.load_state_dict(result.teacher_adapters.state_dict())
     fresh.token.vector.data.copy_(result.token.vector.data)
@@ -97,8 +98,10 @@ def regressed_student(result: Personalization, teacher, student, text, pairs: in
             optimizer.step()
         with torch.no_grad():  # held-out seeds
             drawn = student_sample(student, text(prompts(24)), initial_noise(student, list(range(24))), 1)
-    shapes = [item["shape"] for item in world.recognise_concept(drawn.clamp(-1, 1), DEMO_CONCEPT)]
-    return samples, drawn, shapes.count(DEMO_CONCEPT["shape"]) / len(shapes)
+    readings = world.recognise_concept(drawn.clamp(-1, 1), DEMO_CONCEPT)
+    share = sum(item["look"] for item in readings) / len(readings)
+    circles = sum(item["shape"] == DEMO_CONCEPT["shape"] for item in readings) / len(readings)
+    return samples, drawn, share, circles
 
 
 def main() -> None:
@@ -129,18 +132,19 @@ def main() -> None:
     for level, figures in targets.items():
         print(f"t' {level:>4}: weight {figures['weight']:.3f}, targets recognised {figures['recognised']:.0%}, "
               f"mean squared distance to the student's sample {figures['distance']:.4f}")
-    samples, drawn, circles = regressed_student(result, teacher, student, text, args.pairs, args.steps, args.lr,
+    samples, drawn, regressed_share, circles = regressed_student(result, teacher, student, text, args.pairs, args.steps, args.lr,
                                                 args.batch, guidance)
-    print(f"the teacher's 25-step samples: {recognised(samples):.0%} of {args.pairs} recognised")
-    print(f"a student regressed onto them ({args.steps} steps): {recognised(drawn):.0%} of {len(drawn)} held-out "
+    teacher_share = recognised(samples)
+    print(f"the teacher's 25-step samples: {teacher_share:.0%} of {args.pairs} recognised")
+    print(f"a student regressed onto them ({args.steps} steps): {regressed_share:.0%} of {len(drawn)} held-out "
           f"samples recognised, circles {circles:.0%}")
     save_grid(torch.cat([target_rows, samples[:args.count], drawn[:args.count]]).clamp(-1, 1), args.out,
               columns=args.count)
     print(f"grid: {args.out} (rows: the student's samples, their targets by t', the teacher's samples, the "
           f"regressed student's) in {time.time() - start:.0f} s")
     print(json.dumps({"targets": {str(level): figures for level, figures in targets.items()},
-                      "student": {"recognised": own}, "teacher_samples": {"recognised": recognised(samples)},
-                      "regressed_student": {"recognised": recognised(drawn), "circles": circles},
+                      "student": {"recognised": own}, "teacher_samples": {"recognised": teacher_share},
+                      "regressed_student": {"recognised": regressed_share, "circles": circles},
                       "grid": str(args.out)}))
 
 

@@ -132,8 +132,8 @@ def main() -> None:
     for level, figures in targets.items():
         print(f"t' {level:>4}: weight {figures['weight']:.3f}, targets recognised {figures['recognised']:.0%}, "
               f"mean squared distance to the student's sample {figures['distance']:.4f}")
-    samples, drawn, regressed_share, circles = regressed_student(result, teacher, student, text, args.pairs, args.steps, args.lr,
-                                                args.batch, guidance)
+    samples, drawn, regressed_share, circles = regressed_student(result, teacher, student, text, args.pairs,
+                                                                 args.steps, args.lr, args.batch, guidance)
     teacher_share = recognised(samples)
     print(f"the teacher's 25-step samples: {teacher_share:.0%} of {args.pairs} recognised")
     print(f"a student regressed onto them ({args.steps} steps): {regressed_share:.0%} of {len(drawn)} held-out "

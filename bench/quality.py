@@ -63,7 +63,7 @@ from echodistill_core.lab.evaluation import (  # noqa: E402
 from echodistill_core.lab.judge import comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.personalization import Personalization  # noqa: E402
 from echodistill_core.recipe import plan_config, plan_run  # noqa: E402
-from echodistill_core.lab.tiny import bundled_pair, tiny_discriminators  # noqa: E402
+from echodistill_core.lab.tiny import bundled_pair, tiny_networks  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
@@ -295,8 +295,10 @@ def personalize_and_evaluate(method, teacher, student, text, concept, config, re
     if method in BASELINES:
         personalization = personalize_one_model(method, teacher, student, text, concept, config)
     else:
+        networks = tiny_networks()
         trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"),
-                                     discriminator_backbones=tiny_discriminators(teacher))
+                                     discriminator_backbones=networks.discriminators,
+                                     feature_network=networks.feature)
         trainer.train()
         personalization = trainer.personalization
     seconds = time.time() - start

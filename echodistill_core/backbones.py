@@ -5,9 +5,6 @@
   distillation. Its adapters are disabled while it runs.
 - `ImageBackbone`: any image network the user has locally (a transformers CLIP vision or DINO model,
   read from ComfyUI's files by `image_networks.py`), seen through its preprocessing, taking images in [-1, 1].
-- `VAEEncoderFeatures`: a VAE's own encoder as a small image network, for models that bring no other (the
-  bundled tiny latent pair); never the evaluation's judge, so that a discriminator cannot train the
-  student towards the yardstick.
 All are differentiable with respect to their input and have no trainable parameters.
 """
 
@@ -155,33 +152,3 @@ def _pooled(output) -> torch.Tensor:
         if value is not None:
             return value
     return output.last_hidden_state[:, 0]
-
-
-class VAEEncoderFeatures(nn.Module):
-    """A frozen VAE encoder as an image network: images [B, 3, H, W] in [-1, 1] -> [B, feature_dim], the
-    mean and standard deviation over positions of each encoder level's output and of its mid block's.
-
-    The encoder is held by reference (a VAE the models share), not as a submodule: its weights are not the
-    discriminator's to save or move."""
-
-    space = "image"
-    name = "the VAE encoder's features"
-
-    def __init__(self, vae):
-        super().__init__()
-        self._vae = [vae]
-        encoder = vae.encoder
-        widths = [block.resnets[-1].out_channels for block in encoder.down_blocks]
-        self.feature_dim = 2 * (sum(widths) + encoder.mid_block.resnets[-1].out_channels)
-
-    def forward(self, images: torch.Tensor, c: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        encoder = self._vae[0].encoder
-        hidden = encoder.conv_in(images.to(encoder.conv_in.weight.dtype))
-        levels = []
-        for block in encoder.down_blocks:
-            hidden = block(hidden)
-            levels.append(hidden)
-        levels.append(encoder.mid_block(hidden))
-        return torch.cat([torch.cat([level.mean(dim=(2, 3)), level.std(dim=(2, 3))], dim=1)
-                          for level in levels], dim=1).float()

@@ -24,7 +24,7 @@ from .lab.demo import (DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_PROMPTS, DEMO_TOKEN, 
 from .backbones import TEACHER_FEATURES
 from .lab.evaluation import EvaluationSet, evaluate, samplers, untouched_samples
 from .lab.evaluation import save_grid as save_sample_grid
-from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, RunNetworks, choose_networks
+from .image_networks import DISCRIMINATOR_SETS, FEATURE_NETWORKS, ImageNetworkFiles, choose_networks
 from .lab.judge import load_judge
 from .memory import MEMORY_PRESETS
 from .paper_metrics import PAPER_SEEDS, evaluate_concept, load_judges, read_prompts
@@ -35,7 +35,7 @@ from .recipe import (DEFAULT_MEMORY, DEFAULT_PRECISION, DEFAULT_PRESET, PRECISIO
                      Pair, RunPlan, check_pair_paths, frozen_dtype, is_bundled_tiny, load_pair, plan_run,
                      resolve_device)
 from .safekeeping import check_output, is_echodistill_file, keep
-from .lab.tiny import bundled_pair, tiny_discriminators
+from .lab.tiny import bundled_pair, tiny_networks
 from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
 
 # Config fields the command line sets directly, with their help.
@@ -377,7 +377,7 @@ def _demo(args) -> int:
     images = demo_concept_images(teacher.image_size())
     plan = plan_run(images, token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, captions=demo_captions(len(images)),
                     tiny=True, steps=args.steps,
-                    networks=RunNetworks(tiny_discriminators(teacher), TEACHER_FEATURES))
+                    networks=tiny_networks())
     trainer = plan.trainer(Pair(teacher, student, text, tiny=True))
     config, concept = plan.config, trainer.concept
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,16 @@ import torch
 
 from echodistill_core.config import TEACHER_SAMPLE_STEPS, TINY_TEACHER_GUIDANCE
 from echodistill_core.lab import world
-from echodistill_core.lab.demo import default_models
+from echodistill_core.lab.demo import DEMO_CONCEPT, default_models
 from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world
+from echodistill_core.lab.tiny import tiny_image_network
 from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.sampling import generate_student, generate_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEACHER_TARGET, STUDENT_TARGET = 0.90, 0.80
-SHIPPED_MB = 30  # both bundled pairs (pixel, and latent with its VAE) and the judge
+SHIPPED_MB = 30  # both bundled pairs (pixel, and latent with its VAE), the image network and the judge
 
 
 def test_the_bundled_models_ship_small_and_load_offline():
@@ -53,3 +54,32 @@ def test_the_student_follows_prompts_in_one_step(judge):
     images = generate_student(student, text, prompts, list(range(200)), steps=1)
     accuracy = attribute_accuracy(comfy_to_world(images), attributes, judge)
     assert min(accuracy.values()) >= STUDENT_TARGET, accuracy
+
+
+def test_the_image_network_loads_as_dino_and_tells_looks_apart():
+    """The pairs' stand-in for DINO reads its folder through the loader real DINO folders go through, and
+    its features tell my circle from the circles nearest it (another look, the colours swapped, no look):
+    each noisy render at another place and size is nearest its own concept's mean feature."""
+    network = tiny_image_network()
+    assert network.space == "image" and network.input_size == world.IMAGE_SIZE and "DINO" in network.name
+    assert all(not p.requires_grad for p in network.parameters())
+    nearest = [dict(DEMO_CONCEPT), dict(DEMO_CONCEPT, look="dot"), dict(DEMO_CONCEPT, look="halves"),
+               dict(DEMO_CONCEPT, color="blue", color2="red"), {k: v for k, v in DEMO_CONCEPT.items() if "2" not in k
+                                                               and k != "look"}]
+    generator = torch.Generator().manual_seed(0)
+    renders = []
+    for concept in nearest:
+        views = []
+        for _ in range(12):
+            size = "big" if float(torch.rand(1, generator=generator)) < 0.5 else "small"
+            margin = world.SIZES[size] + 1
+            x, y = (margin + torch.rand(2, generator=generator) * (world.IMAGE_SIZE - 2 * margin)).tolist()
+            views.append(world.render(dict(concept, size=size, x=x, y=y)))
+        renders.append(torch.stack(views))
+    noisy = [(views + 0.05 * torch.randn(views.shape, generator=generator)).clamp(-1, 1) for views in renders]
+    with torch.no_grad():
+        means = torch.stack([network(views).mean(0) for views in renders])
+        features = [network(views) for views in noisy]
+    for index, own in enumerate(features):
+        named = torch.cdist(own, means).argmin(dim=1)
+        assert (named == index).float().mean() >= 0.9, (nearest[index], named.tolist())

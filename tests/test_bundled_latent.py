@@ -26,7 +26,7 @@ from echodistill_core.lab.judge import attribute_accuracy, comfy_to_world
 from echodistill_core.loading import load_diffusers_folder
 from echodistill_core.models import check_pair
 from echodistill_core.sampling import generate_student, generate_teacher, timesteps_for
-from echodistill_core.lab.tiny import bundled_pair, tiny_discriminators
+from echodistill_core.lab.tiny import bundled_pair, tiny_networks
 from echodistill_core.trainer import EchoDistillTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,8 +143,9 @@ def test_co_training_on_the_latent_pair_runs_the_vae_and_the_decoded_losses(late
     config = tiny_config(steps=2, batch_size=2, echo=False)
     images = rendered_concept_images(dict(shape="heart", color="pink", background="black"), count=3)
     concept = ConceptDataset(images, config.token, config.class_word, world.IMAGE_SIZE)
-    trainer = EchoDistillTrainer(teacher, student, text, concept, config,
-                                 discriminator_backbones=tiny_discriminators(teacher))
+    networks = tiny_networks()
+    trainer = EchoDistillTrainer(teacher, student, text, concept, config, discriminator_backbones=networks.discriminators,
+                                 feature_network=networks.feature)
     assert [d.space for d in trainer.discriminators] == ["latent", "image"]
     token = trainer.token.vector.detach().clone()
     vae.encode, vae.decode = counted_encode, counted_decode

@@ -12,7 +12,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import world
-from ..backbones import TEACHER_FEATURES, VAEEncoderFeatures
+from ..backbones import TEACHER_FEATURES, ImageBackbone
+from ..image_networks import RunNetworks, load_dino
 from ..loading import load_diffusers_folder
 from ..models import DiffusionModel, TextConditioner
 from ..schedule import NoiseSchedule
@@ -101,10 +102,18 @@ def bundled_pair(pair: str = "pixel", device: str = "cpu") -> tuple[DiffusionMod
     return teacher, student, text
 
 
-def tiny_discriminators(teacher: DiffusionModel) -> list:
-    """The discriminator backbones a tiny pair trains with: the base teacher's features, and for a latent
-    pair also one in image space, on the decoded samples through the VAE's encoder (a small image network
-    that is not the evaluation's judge), as DINO or CLIP stand for real pairs."""
-    if teacher.vae is None:
-        return [TEACHER_FEATURES]
-    return [TEACHER_FEATURES, VAEEncoderFeatures(teacher.vae)]
+def tiny_image_network() -> ImageBackbone:
+    """The tiny world's image network (`world.IMAGE_NETWORK_FOLDER`, trained by
+    `tools/train_tiny_image_network.py`): a small ViT that tells the world's shapes, colours and looks apart,
+    read as any DINO folder is. It stands where DINO and CLIP stand for real pairs, and it is not the
+    evaluation's judge."""
+    return load_dino(world.IMAGE_NETWORK_FOLDER)
+
+
+def tiny_networks() -> RunNetworks:
+    """The image networks the bundled pairs train with, as the paper's runs have DINO and CLIP: two
+    discriminators, on the base teacher's features and on the tiny image network, and that network as the
+    feature network f. On the pixel pair the image discriminator drew my circle's band in one step, where
+    the teacher's features alone drew a blue centre (README, "The tiny world")."""
+    network = tiny_image_network()
+    return RunNetworks([TEACHER_FEATURES, network], network)

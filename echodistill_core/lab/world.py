@@ -30,6 +30,7 @@ TEACHER_FOLDER = TINY_ASSETS / "teacher"  # trained by tools/train_tiny_teacher.
 STUDENT_FOLDER = TINY_ASSETS / "student"  # distilled by tools/distill_tiny_student.py
 LATENT_TEACHER_FOLDER = TINY_ASSETS / "latent-teacher"  # on a tiny VAE's latents: train_tiny_teacher.py --vae
 LATENT_STUDENT_FOLDER = TINY_ASSETS / "latent-student"  # epsilon, one step from the last timestep, as SD-Turbo
+IMAGE_NETWORK_FOLDER = TINY_ASSETS / "image-network"  # the pairs' DINO: tools/train_tiny_image_network.py
 PAIRS = {"pixel": (TEACHER_FOLDER, STUDENT_FOLDER), "latent": (LATENT_TEACHER_FOLDER, LATENT_STUDENT_FOLDER)}
 
 IMAGE_SIZE = 32

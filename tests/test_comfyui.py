@@ -151,22 +151,24 @@ class Server:
     def cpu_seconds(self) -> float | None:
         return cpu_seconds([self.process.pid])
 
+    def finished(self, prompt_id: str) -> dict | None:
+        """The prompt's /history entry once it has succeeded or failed, else None."""
+        try:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+        except (TimeoutError, urllib.error.URLError):  # a busy CPU-only server answers late
+            return None
+        if entry and entry["status"].get("status_str") in ("success", "error"):
+            return entry
+        return None
+
     def wait(self, prompt_id: str, cpu_budget: float = 1200) -> dict:
         """The prompt's finished /history entry, waiting while the server works on it: at most `cpu_budget` CPU
         seconds of its work (two cores give about twice the wall seconds of an unshared machine)."""
-        def finished():
-            try:
-                entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            except (TimeoutError, urllib.error.URLError):  # a busy CPU-only server answers late
-                return None
-            if entry and entry["status"].get("status_str") in ("success", "error"):
-                return entry
-            return None
-
         def alive():
             assert self.process.poll() is None, self.log.read_text()[-3000:]
 
-        return work_until(finished, cpu_budget, [self.process.pid], f"prompt {prompt_id}", check=alive)
+        return work_until(lambda: self.finished(prompt_id), cpu_budget, [self.process.pid], f"prompt {prompt_id}",
+                          check=alive)
 
     def stop(self):
         self.process.terminate()
@@ -418,12 +420,13 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(server):
     prompt_id = server.queue(interrupted)
     if straight_work is None:  # no /proc: wall seconds
         time.sleep(8)
-    else:  # about half way through the run, however slow the machine: by the server's own work
-        work_until(lambda: server.cpu_seconds() - start > straight_work / 2, straight_work, [server.process.pid],
-                   "half the run")
+    else:  # about half way through the run, however slow the machine: by the server's own work (a run that
+        # ends sooner must end the wait too: an idle server's CPU ticks would keep it from ever stalling)
+        work_until(lambda: server.cpu_seconds() - start > straight_work / 2 or server.finished(prompt_id),
+                   straight_work, [server.process.pid], "half the run")
     server.post("/interrupt", {})
     entry = server.wait(prompt_id)
-    assert entry["status"]["status_str"] == "error"
+    assert entry["status"]["status_str"] == "error", "the run ended before Cancel reached it; nothing was cancelled"
     saved = sorted(set(states.glob("*.safetensors")) - earlier)
     assert len(saved) == 1, f"cancel must keep exactly one resumable state, not {[path.name for path in saved]}"
     interrupted["5"]["inputs"]["resume_state"] = saved[0].name

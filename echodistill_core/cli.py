@@ -35,7 +35,7 @@ from .recipe import (DEFAULT_MEMORY, DEFAULT_PRECISION, DEFAULT_PRESET, PRECISIO
                      Pair, RunPlan, check_pair_paths, frozen_dtype, is_bundled_tiny, load_pair, plan_run,
                      resolve_device)
 from .safekeeping import check_output, is_echodistill_file, keep
-from .lab.tiny import bundled_pair, tiny_networks
+from .lab.tiny import bundled_pair
 from .trainer import EchoDistillTrainer, NonFiniteLossError, TrainingOutOfMemoryError
 
 # Config fields the command line sets directly, with their help.
@@ -91,10 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"fit the GPU's memory (SD 2.1 + SD-Turbo at 512 px; default {DEFAULT_MEMORY}; the "
                             f"bundled tiny models always run as unlimited). {presets}")
     train.add_argument("--no-echo", action="store_true", help="turn the echo stage off")
-    train.add_argument("--discriminators", choices=list(DISCRIMINATOR_SETS), default=TEACHER_FEATURES,
-                       help="; ".join(f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()))
-    train.add_argument("--feature-network", choices=list(FEATURE_NETWORKS), default=TEACHER_FEATURES,
-                       help="f of the feature loss. " + "; ".join(f"{n}: {w}" for n, w in FEATURE_NETWORKS.items()))
+    unchosen = (f"neither chosen: {TEACHER_FEATURES} for both, and for the bundled tiny models also their own "
+                "image network")
+    train.add_argument("--discriminators", choices=list(DISCRIMINATOR_SETS),
+                       help="; ".join(f"{name}: {what}" for name, what in DISCRIMINATOR_SETS.items()) + f"; {unchosen}")
+    train.add_argument("--feature-network", choices=list(FEATURE_NETWORKS),
+                       help="f of the feature loss. " + "; ".join(f"{n}: {w}" for n, w in FEATURE_NETWORKS.items())
+                            + f"; {unchosen}")
     for name, what in (("clip-vision", "a CLIP vision file (ComfyUI's models/clip_vision)"),
                        ("ip-adapter", "an IP-Adapter file (models/ipadapter), e.g. ip-adapter_sd15.safetensors"),
                        ("dino", "DINO ViT-S/16: a transformers folder or weights file"),
@@ -197,8 +200,10 @@ def plan_from_arguments(args, images) -> RunPlan:
     """The run `train`'s options ask for (recipe.plan_run), checked before any model loads; `images` None plans
     a queue's shared settings."""
     files = ImageNetworkFiles(args.clip_vision, args.ip_adapter, args.dino, args.dinov2)
-    networks = choose_networks(args.discriminators, args.feature_network, files,
-                               dtype=frozen_dtype(args.precision, resolve_device(args.device)))
+    networks = None  # neither chosen: the recipe's default for the models (recipe.plan_run)
+    if args.discriminators or args.feature_network:
+        networks = choose_networks(args.discriminators or TEACHER_FEATURES, args.feature_network or TEACHER_FEATURES,
+                                   files, dtype=frozen_dtype(args.precision, resolve_device(args.device)))
     settings = {name: getattr(args, name) for name in CONFIG_OPTIONS}
     tiny = is_bundled_tiny(args.teacher) and is_bundled_tiny(args.student)
     return plan_run(images, token=args.token, class_word=args.class_word, initializer_word=args.initializer_word,
@@ -376,8 +381,7 @@ def _demo(args) -> int:
     teacher, student, text = default_models(device) if args.pair == "pixel" else bundled_pair(args.pair, device)
     images = demo_concept_images(teacher.image_size())
     plan = plan_run(images, token=DEMO_TOKEN, class_word=DEMO_CLASS_WORD, captions=demo_captions(len(images)),
-                    tiny=True, steps=args.steps,
-                    networks=tiny_networks())
+                    tiny=True, steps=args.steps)
     trainer = plan.trainer(Pair(teacher, student, text, tiny=True))
     config, concept = plan.config, trainer.concept
     args.out.mkdir(parents=True, exist_ok=True)

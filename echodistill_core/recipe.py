@@ -31,6 +31,7 @@ import torch
 from .config import PRESETS, EchoDistillConfig
 from .data import ConceptDataset, read_images
 from .image_networks import RunNetworks, choose_networks
+from .lab.tiny import tiny_networks
 from .lab.world import TINY_ASSETS  # the bundled tiny models' folders
 from .loading import check_one_step, load_model
 from .memory import DEFAULT_MEMORY_PRESET, MEMORY_PRESETS, MemoryPreset
@@ -233,7 +234,8 @@ def plan_run(images: str | Path | Sequence | None = None, *, token: str = "<sks>
     0..1); None plans a queue's shared settings (each concept then checked by `concept_queue.check_queue`).
     `settings` are config fields (None: the preset's). `networks` are the image networks, already chosen
     (`choose_networks`); None uses the base teacher's features for the discriminators and the feature
-    loss. `tiny` marks the bundled tiny models (the tiny preset for "auto", no memory saving).
+    loss, and for the bundled tiny models also their own image network (`lab.tiny.tiny_networks`), as
+    the paper's runs have DINO and CLIP. `tiny` marks the bundled tiny models (the tiny preset for "auto", no memory saving).
     `check_room=False` skips refusing image networks larger than the memory preset's room (for
     benchmarks that measure them).
 
@@ -253,7 +255,8 @@ def plan_run(images: str | Path | Sequence | None = None, *, token: str = "<sks>
         photos = read_images(Path(images)) if isinstance(images, (str, Path)) else list(images)
         captions = list(captions) if captions else None
         ConceptDataset(photos, config.token, config.class_word, 16, captions=captions)  # count, sizes, captions
-    networks = networks if networks is not None else choose_networks()  # the base teacher's features for both
+    if networks is None:
+        networks = tiny_networks() if tiny else choose_networks()  # the base teacher's features for both
     if check_room:
         memory_preset.check_image_networks(networks)
     return RunPlan(config, memory_preset, choose_preset(preset, tiny), photos, captions if photos is not None else None,

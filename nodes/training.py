@@ -212,7 +212,9 @@ class EchoDistillTrain(io.ComfyNode):
                              "most N steps; 0: never. The finished result is always saved to models/echodistill."),
                 io.Custom(IMAGE_NETWORKS).Input("image_networks", optional=True, tooltip="From EchoDistill Load Image "
                                                 "Networks: the discriminators' backbones and the feature network. "
-                                                "Unconnected: the frozen teacher's features for both (no download)."),
+                                                "Unconnected: the frozen teacher's features for both (no download), "
+                                                "and for the bundled tiny models also their own small image "
+                                                "network, as make demo trains."),
                 io.Int.Input("lora_rank", default=PRESETS["paper"].lora_rank, min=1, max=256, optional=True,
                              tooltip="The rank of the LoRA factors when parameterisation is lora: higher learns more "
                              "detail and takes more memory. Unused by custom_diffusion."),

@@ -248,7 +248,10 @@ def test_train_runs_with_the_chosen_networks_and_reports_what_is_active(pack, ho
     assert len(one_step.history) == 1
     lines = summary.splitlines()
     assert "discriminators: the base teacher's features" in lines
-    assert "feature x1 on the base teacher's features" in lines[1] and unconnected == summary
+    assert "feature x1 on the base teacher's features" in lines[1]
+    # Unconnected, the bundled tiny models also train with their own image network, as make demo does.
+    assert "feature x1 on DINO ViT" in unconnected.splitlines()[1] and "(image-network)" in unconnected
+    assert "discriminators: the base teacher's features, DINO ViT" in unconnected
     assert "no feature loss" in without_feature.splitlines()[1] and "feature x" not in without_feature
     summaries = [data for event, data in sent if event == "echodistill.summary"]
     assert lines[-1] == f"result: {host.results_folder() / 'cup_seed0_1steps.safetensors'}"
@@ -633,3 +636,8 @@ def test_train_plans_its_run_with_the_recipe_as_the_command_line_does(pack, tmp_
             {name: getattr(cli_plan.config, name) for name in learned}
         assert (node_plan.preset, node_plan.memory.name) == (cli_plan.preset, cli_plan.memory.name) == \
             (("tiny", "unlimited") if bundled else ("paper", "12 GB"))
+        networks = [[type(network).__name__ if isinstance(network, torch.nn.Module) else network
+                     for network in (*plan.networks.discriminators, plan.networks.feature)]
+                    for plan in (node_plan, cli_plan)]
+        assert networks[0] == networks[1] == (["teacher", "ImageBackbone", "ImageBackbone"] if bundled
+                                              else ["teacher", "teacher"])  # the tiny pair's own image network

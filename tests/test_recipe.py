@@ -7,7 +7,8 @@ import torch
 
 from conftest import concept_images, save_png, save_user_models
 from echodistill_core import cli, recipe
-from echodistill_core.image_networks import RunNetworks
+from echodistill_core.image_networks import RunNetworks, load_dino
+from echodistill_core.lab import world
 from echodistill_core.memory import MEMORY_PRESETS
 from echodistill_core.models import IncompatiblePairError
 from echodistill_core.trainer import EchoDistillTrainer
@@ -55,6 +56,16 @@ def test_the_command_line_starts_from_the_recipes_defaults(tmp_path):
                                                           recipe.DEFAULT_PRECISION)
     plan = cli.plan_from_arguments(args, images=None)
     assert plan.config == recipe.plan_run(token="<sks>", class_word="dog").config
+
+
+def test_the_bundled_tiny_models_train_with_their_own_image_network():
+    """Unchosen, the image networks are the base teacher's features, and for the bundled tiny models also
+    their image network (as SD's runs have DINO), as `make demo` trains: every face gets the same run."""
+    assert recipe.plan_run(token="<sks>", class_word="dog").networks == RunNetworks(["teacher"], "teacher")
+    tiny = recipe.plan_run(token="<sks>", class_word="dog", tiny=True).networks
+    assert tiny.discriminators[0] == "teacher" and tiny.discriminators[1] is tiny.feature
+    bundled = load_dino(world.IMAGE_NETWORK_FOLDER).state_dict()
+    assert all(torch.equal(value, bundled[key]) for key, value in tiny.feature.state_dict().items())
 
 
 def test_an_explicit_batch_size_wins_over_the_memory_presets_cap():

@@ -224,8 +224,9 @@ def main() -> None:
 
 def merge(folders: list[Path], out: Path, steps: int) -> None:
     """One table and JSON line from several runs' results.json (or the runs a stopped one printed): each
-    concept's runs of every method gathered, means and spreads taken again (the cross-concept matrix needs
-    one run)."""
+    concept's runs of every method gathered, means and spreads taken again; and each method's cross-concept
+    matrix averaged cell by cell over the runs that have it (runs of other seeds, or of some of the concepts:
+    a cell is the mean of the runs that hold it, "runs" says how many)."""
     outputs = [json.loads((folder / "results.json").read_text()) if folder.is_dir() else finished_runs(folder, steps)
                for folder in folders]
     runs: dict[str, dict[str, list]] = {}
@@ -252,9 +253,38 @@ def merge(folders: list[Path], out: Path, steps: int) -> None:
     output = {"steps": steps[0] if len(steps) == 1 else steps, "seeds": seeds,
               "changes": outputs[0]["changes"], "merged": [str(folder) for folder in folders],
               **next(iter(figures.values())), "grids": grids, "concepts": figures}
+    matrices = merged_matrices([output["cross_concept"] for output in outputs if "cross_concept" in output])
+    if matrices:
+        output["cross_concept"] = matrices
+        for method, merged in matrices.items():
+            print(f"\n{method}, students' samples (rows) against each concept's images (columns), calibrated per "
+                  f"column, each cell the mean of the runs that hold it (up to "
+                  f"{max(n for row in merged['runs'].values() for n in row.values())}):")
+            print(matrix_table(merged["calibrated"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(output, indent=2) + "\n")
     print(json.dumps(output))
+
+
+def merged_matrices(runs: list[dict]) -> dict[str, dict]:
+    """Each method's cross-concept matrices ("score", "calibrated") from several runs, averaged cell by cell
+    over the runs that hold the cell, with "runs": how many did."""
+    merged: dict[str, dict] = {}
+    for run in runs:
+        for method, matrices in run.items():
+            cells = merged.setdefault(method, {})
+            for kind in ("score", "calibrated"):
+                for row, columns in matrices[kind].items():
+                    for column, value in columns.items():
+                        cells.setdefault((row, column), {}).setdefault(kind, []).append(value)
+    result = {}
+    for method, cells in merged.items():
+        result[method] = {kind: {} for kind in ("score", "calibrated", "runs")}
+        for (row, column), values in cells.items():
+            for kind in ("score", "calibrated"):
+                result[method][kind].setdefault(row, {})[column] = sum(values[kind]) / len(values[kind])
+            result[method]["runs"].setdefault(row, {})[column] = len(values["score"])
+    return result
 
 
 def finished_runs(log: Path, steps: int) -> dict:

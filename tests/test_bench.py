@@ -141,12 +141,17 @@ def test_the_quality_benchmark_merges_runs_made_apart(tmp_path):
     def run(fidelity):
         return {"seconds": 2.0, "student": {"calibrated_fidelity": fidelity, "recognition": fidelity / 2}}
 
-    for seed, fidelity in ((0, 0.2), (1, 0.4)):
+    def matrix(diagonal, concepts):  # a run's cross-concept matrix: rows sampled, columns scored against
+        cells = {row: {column: diagonal if row == column else -diagonal for column in concepts} for row in concepts}
+        return {"echodistill": {"score": cells, "calibrated": cells}}
+
+    for seed, fidelity, concepts in ((0, 0.2, ("circle", "square", "ring")), (1, 0.4, ("circle", "square"))):
         folder = tmp_path / f"seed{seed}"
         folder.mkdir()
         (folder / "results.json").write_text(json.dumps({
             "steps": 60, "seeds": [seed], "changes": [], "per_seed": {"echodistill": [run(fidelity)]},
-            "grids": {"circle/red/halves/blue": {f"echodistill_seed{seed} student": "grid.png"}}}))
+            "grids": {"circle/red/halves/blue": {f"echodistill_seed{seed} student": "grid.png"}},
+            "cross_concept": matrix(fidelity, concepts)}))
     figures, printed = run_bench("quality.py", "--merge", str(tmp_path / "seed0"), str(tmp_path / "seed1"),
                                  "--out", str(tmp_path / "merged"))
     assert figures["seeds"] == [0, 1] and figures["steps"] == 60
@@ -156,6 +161,12 @@ def test_the_quality_benchmark_merges_runs_made_apart(tmp_path):
     assert merged["recognition"] == pytest.approx(0.15)
     assert len(figures["grids"]["circle/red/halves/blue"]) == 2
     assert "| echodistill student, 1 step | 0.300 ± 0.100 |" in printed
+    # The cross-concept matrices, cell by cell over the runs that hold each cell.
+    merged = figures["cross_concept"]["echodistill"]
+    assert merged["calibrated"]["circle"] == pytest.approx({"circle": 0.3, "square": -0.3, "ring": -0.2})
+    assert merged["calibrated"]["ring"] == pytest.approx({"circle": -0.2, "square": -0.2, "ring": 0.2})
+    assert merged["runs"]["circle"] == {"circle": 2, "square": 2, "ring": 1} and merged["score"] == merged["calibrated"]
+    assert "| circle | **0.300** | -0.300 | -0.200 |" in printed
     assert json.loads((tmp_path / "merged" / "results.json").read_text()) == figures
 
 

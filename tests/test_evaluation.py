@@ -9,7 +9,7 @@ from echodistill_core.lab import world
 from echodistill_core.lab.demo import DEMO_CONCEPT, default_models, rendered_concept_images
 from echodistill_core.lab.evaluation import (
     CONCEPT_PROMPTS, EvaluationSet, Untouched, concept_score, cross_concept_matrix, evaluate, held_out_images,
-    own_score, plain_samples, samplers, silhouette_similarity, untouched_samples,
+    matrix_table, own_score, plain_samples, samplers, silhouette_similarity, untouched_samples,
 )
 from echodistill_core.lab.judge import load_judge, recognise, recognition_rate
 
@@ -198,3 +198,15 @@ def test_the_yardstick_tells_looks_of_one_kind_apart(judge):
         for other, other_samples in samples.items():
             if other != name and drawn.get("look"):
                 assert recognition_rate(other_samples, judge, drawn) <= 0.05, (name, other)
+
+
+def test_the_matrix_table_marks_each_rows_best_and_the_cells_a_row_lacks():
+    """Merged runs of different concepts: a row lacks the columns its run did not train."""
+    table = matrix_table({"circle": {"circle": 0.4, "square": -0.3},
+                          "ring": {"square": -0.1, "ring": 0.5}})
+    assert table.splitlines() == [
+        "| samples of \\ scored against | circle | square | ring |",
+        "| --- | --- | --- | --- |",
+        "| circle | **0.400** | -0.300 | - |",
+        "| ring | - | -0.100 | **0.500** |",
+    ]

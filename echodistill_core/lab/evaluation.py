@@ -298,13 +298,15 @@ def cross_concept_matrix(judge: Judge, samples: dict[str, torch.Tensor], referen
 
 
 def matrix_table(matrix: dict[str, dict[str, float]]) -> str:
-    """Markdown: one row per sampled concept, one column per reference concept, the row's best in bold."""
-    columns = list(next(iter(matrix.values())))
+    """Markdown: one row per sampled concept, one column per reference concept, the row's best in bold, and
+    "-" where a row lacks a column (merged runs of different concepts)."""
+    columns = list(dict.fromkeys(column for scores in matrix.values() for column in scores))
     lines = ["| samples of \\ scored against | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for row, scores in matrix.items():
         best = max(scores.values())
-        lines.append(f"| {row} | " + " | ".join(f"**{value:.3f}**" if value == best else f"{value:.3f}"
-                                                for value in scores.values()) + " |")
+        cells = [("-" if column not in scores else f"**{scores[column]:.3f}**" if scores[column] == best
+                  else f"{scores[column]:.3f}") for column in columns]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

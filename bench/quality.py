@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from echodistill_core.lab.baselines import BASELINES, personalize_one_model  # noqa: E402
 from echodistill_core.config import PRESETS  # noqa: E402
 from echodistill_core.data import center_square, read_images, to_tensor  # noqa: E402
+from echodistill_core.image_networks import RunNetworks  # noqa: E402
 from echodistill_core.lab import world  # noqa: E402
 from echodistill_core.lab.demo import (  # noqa: E402
     DEMO_CLASS_WORD, DEMO_CONCEPT, DEMO_TOKEN, default_models, rendered_concept_captions, rendered_concept_images,
@@ -63,7 +64,7 @@ from echodistill_core.lab.evaluation import (  # noqa: E402
 from echodistill_core.lab.judge import comfy_to_world, load_judge  # noqa: E402
 from echodistill_core.personalization import Personalization  # noqa: E402
 from echodistill_core.recipe import plan_config, plan_run  # noqa: E402
-from echodistill_core.lab.tiny import bundled_pair, tiny_networks  # noqa: E402
+from echodistill_core.lab.tiny import bundled_pair  # noqa: E402
 from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
@@ -187,7 +188,7 @@ def main() -> None:
             for method in args.methods:
                 run, student_samples = personalize_and_evaluate(
                     method, teacher, student, text, concept, config.replace(seed=seed), references, evaluation,
-                    judge, untouched, folder / f"{method}_seed{seed}", judged_teachers)
+                    judge, untouched, folder / f"{method}_seed{seed}", judged_teachers, plan.networks)
                 runs[method].append(run)
                 grids[name].update(run.pop("grids"))
                 samples[name].setdefault(method, []).append(student_samples)
@@ -318,14 +319,15 @@ def cross_concept(judge, samples: dict[str, torch.Tensor], setups: dict) -> dict
 
 
 def personalize_and_evaluate(method, teacher, student, text, concept, config, references, evaluation, judge,
-                             untouched, grid_stem: Path, judged_teachers=TEACHER_TRAINED) -> tuple[dict, torch.Tensor]:
+                             untouched, grid_stem: Path, judged_teachers, networks: RunNetworks
+                             ) -> tuple[dict, torch.Tensor]:
     """One method's run: its 1-step student's metrics and training seconds (and the 25-step teacher's if it
-    trained one), the grids written, and the student's concept-prompt samples."""
+    trained one), the grids written, and the student's concept-prompt samples. EchoDistill trains with
+    `networks`, the plan's image networks (`recipe.plan_run`: the bundled pairs' own)."""
     start = time.time()
     if method in BASELINES:
         personalization = personalize_one_model(method, teacher, student, text, concept, config)
     else:
-        networks = tiny_networks()
         trainer = EchoDistillTrainer(teacher, student, text, concept, config.replace(echo=method == "echodistill"),
                                      discriminator_backbones=networks.discriminators,
                                      feature_network=networks.feature)

@@ -178,11 +178,12 @@ class EchoDistillConfig:
 # below) in 7 of 16 samples at 300 steps: 0 with the recipe and templates, 1 with the recipe and those
 # captions, 1 with mirror images and templates.
 # Its adversarial terms weigh 0.1, not the paper's 1: the tiny heads (at their rate of 1e-3) tell the
-# student's samples from the photos at once, and at weight 1 the students' adversarial loss (5 to 18 for
-# each head) outweighs the alignment to the teacher's target many times. On the latent pair, whose image
-# discriminator pulls through the decoder, that pull broke the one-step student into blots (my circle,
-# seed 0: calibrated fidelity 0.07; at 0.1, 0.32 over three seeds, flat from 0.03 to 0.3, 0.13 with
-# none); on the pixel pair 0.1 lifts recognition from 0.22 to 0.35 over three seeds (bench/quality.py).
+# student's samples from the photos at once, and at weight 1 the student's adversarial loss (5 to 18 for
+# each head) outweighs its alignment to the teacher's target many times. bench/quality.py, my circle: on
+# the pixel pair 0.1 lifts the one-step student (three seeds: calibrated fidelity 0.39 against 0.28,
+# recognition 0.35 against 0.22); on the latent pair, whose image discriminator pulls through the
+# decoder, weight 1 broke the student into blots on one seed of six (the demo's: 0.07 against 0.43) and
+# the two weights are alike on the other five.
 PRESETS: dict[str, EchoDistillConfig] = {
     "paper": EchoDistillConfig(),
     "tiny": EchoDistillConfig(

@@ -97,8 +97,8 @@ def fit_latent_preview(latents: torch.Tensor, images: torch.Tensor) -> torch.Ten
     latent_preview(x_T), colour images at the latents' resolution, and so decodes nothing: the colour
     loss then costs no decoder pass. It is an approximation of the paper's loss (which reads the decoded
     images), fitted on the concept's own images, and an option, not the default: on the bundled latent
-    pair it damages the one-step student less than the decoded loss, but neither teaches that student a
-    concept, so whether it learns one as well is not yet measured."""
+    pair it teaches the one-step student my circle a little less than the decoded loss (calibrated
+    fidelity 0.26 against 0.33 over three seeds, README "The latent pair")."""
     small = F.interpolate(images.float(), size=latents.shape[-2:], mode="area")
     inputs = torch.cat([latents.float(), torch.ones_like(latents[:, :1], dtype=torch.float32)], dim=1)
     inputs = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])

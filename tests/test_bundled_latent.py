@@ -4,8 +4,9 @@ A tiny VAE (SD's AutoencoderKL at 32 px, 4 x 8 x 8 latents), a teacher on its la
 with classifier-free guidance) and an epsilon-prediction student that draws in one step from the last
 timestep, sharing the pixel pair's text encoder (frozen while the latent teacher learned).
 They load through the loader real folders go through, follow the world's prompts above floors measured
-on the shipped files with these samples, and a co-training run on them encodes with the VAE and decodes
-with gradient for the colour loss and the image-space discriminator.
+on the shipped files with these samples, a co-training run on them encodes with the VAE and decodes
+with gradient for the colour loss and the image-space discriminator, and the latent demo teaches the
+one-step student my circle.
 """
 
 import json

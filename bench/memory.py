@@ -179,11 +179,7 @@ def build_networks(choice: str, dtype, tiny: bool):
 
 
 def describe_networks(choice: str, networks) -> dict:
-    def name(network) -> str:
-        return getattr(network, "name", network)
-
-    return {"choice": choice, "discriminators": [name(network) for network in networks.discriminators],
-            "feature": name(networks.feature)}
+    return {"choice": choice, **networks.describe()}
 
 
 def echo_stage_trainer(teacher, student, text, preset, networks, resolution: int):

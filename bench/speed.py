@@ -1,7 +1,10 @@
 """Speed of EchoDistill, as ratios measured within one run, so that they carry over between machines.
 
 Two pairs, each timed in its own interleaved rounds:
-- pixel: the bundled tiny pair's architecture (random, pixel space: no VAE ever runs), `--size` px;
+- pixel: the bundled tiny pair's architecture (random, pixel space: no VAE ever runs), `--size` px, with
+  the base teacher's features as discriminator and feature network (`--pixel-networks teacher`, what a run
+  chooses when given no image network) or with the bundled pair's own networks, as the demo trains
+  (`bundled`: a second discriminator and the feature network on the tiny image network);
 - latent: an SD-proportioned small pair: SD 2.1's and SD-Turbo's UNet layout (4 levels, 2 layers a
   level, cross-attention in the first 3, the same heads) and the SD VAE's layout (4 levels, 2 layers),
   every width divided by `--width-divisor` (4: UNet 80-320 channels, VAE 32-128), at `--latent-size`
@@ -23,7 +26,7 @@ Spreads are half the interquartile range of the rounds' ratios (half the range b
 One thread by default (`--threads`): a small shared machine gives steadier ratios on one.
 
 Usage: python bench/speed.py [--size 32] [--batch 4] [--repeats 7] [--latent-size 128] [--pairs pixel latent]
-                             [--color-space image|latent_preview]
+                             [--color-space image|latent_preview] [--pixel-networks teacher|bundled]
 The last line of output is one JSON object with the figures (pixel ones unprefixed, latent ones `latent_`).
 """
 
@@ -48,7 +51,7 @@ from echodistill_core.families import FAMILIES  # noqa: E402
 from echodistill_core.models import DiffusionModel  # noqa: E402
 from echodistill_core.sampling import generate_student, generate_teacher, initial_noise, timesteps_for  # noqa: E402
 from echodistill_core.schedule import NoiseSchedule  # noqa: E402
-from echodistill_core.lab.tiny import TINY_TEXT_WIDTH, tiny_pair, tiny_text  # noqa: E402
+from echodistill_core.lab.tiny import TINY_TEXT_WIDTH, tiny_networks, tiny_pair, tiny_text  # noqa: E402
 
 
 # Timing.
@@ -132,11 +135,14 @@ def sd_proportioned_pair(image_size: int, divisor: int, seed: int = 0):
     return models[0], models[1], tiny_text(seed)
 
 
-def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, color_space: str = "image") -> dict:
+def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, color_space: str = "image",
+                 networks=None) -> dict:
     # The run recipe's tiny run, with the paper's augmentation as an SD-size run has it: every photo new, so
-    # every step encodes (the tiny preset's mirror images only would be encoded once and kept).
+    # every step encodes (the tiny preset's mirror images only would be encoded once and kept). `networks`:
+    # the image networks (None: the base teacher's features for the discriminator and the feature loss).
     plan = plan_run(demo_concept_images(size), class_word="toy", preset="tiny", memory="unlimited", batch_size=batch,
-                    steps=10**6, preview_every=0, color_space=color_space, augmentation="custom_diffusion")
+                    steps=10**6, preview_every=0, color_space=color_space, augmentation="custom_diffusion",
+                    networks=networks)
     trainer = plan.trainer(Pair(teacher, student, text))
     config, concept = plan.config, trainer.concept
     prompts = [f"a photo of a {concept.subject}"] * batch
@@ -218,7 +224,7 @@ def measure_pair(teacher, student, text, size: int, batch: int, repeats: int, co
         "echo_phases_vs_teacher_step": {name: round(share * echo, 3) for name, share in echo_phases.items()},
         "seconds": {name: statistics.median(values) for name, values in (times | one_step_times | sampling).items()},
         "setup": {"size": size, "batch": batch, "rounds": repeats, "in_pixel_space": teacher.in_pixel_space,
-                  "color_space": color_space,
+                  "color_space": color_space, "networks": plan.networks.describe(),
                   "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters()),
                   "vae_parameters": sum(p.numel() for p in teacher.vae.parameters()) if teacher.vae else 0},
     }
@@ -259,13 +265,18 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=["pixel", "latent"], choices=("pixel", "latent"))
     parser.add_argument("--color-space", default="image", choices=("image", "latent_preview"),
                         help="the colour loss's input: the decoded images (the paper's) or the latents' colour preview")
+    parser.add_argument("--pixel-networks", default="teacher", choices=("teacher", "bundled"),
+                        help="the pixel pair's discriminators and feature network: the base teacher's features, or "
+                             "the bundled pair's own (the teacher's features and the tiny image network)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
     if "pixel" in args.pairs:
         torch.manual_seed(0)
         teacher, student, text = tiny_pair("v_prediction", "sample", image_size=args.size)
-        results["pixel"] = measure_pair(teacher, student, text, args.size, args.batch, args.repeats, args.color_space)
+        networks = tiny_networks() if args.pixel_networks == "bundled" else None
+        results["pixel"] = measure_pair(teacher, student, text, args.size, args.batch, args.repeats, args.color_space,
+                                        networks)
         report("pixel", results["pixel"])
     if "latent" in args.pairs:
         teacher, student, text = sd_proportioned_pair(args.latent_size, args.width_divisor)

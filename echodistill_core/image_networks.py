@@ -442,6 +442,13 @@ class RunNetworks:
         modules = [m for m in [*self.discriminators, self.feature] if isinstance(m, nn.Module)]
         return list({id(m): m for m in modules}.values())
 
+    def describe(self) -> dict:
+        """The networks by name: {"discriminators": [...], "feature": ...} (a choice's name where none is loaded)."""
+        def name(network) -> str:
+            return getattr(network, "name", network)
+
+        return {"discriminators": [name(network) for network in self.discriminators], "feature": name(self.feature)}
+
     def weight_bytes(self, bytes_per_weight: int) -> int:
         """The frozen image networks' weights at `bytes_per_weight`, each tensor counted once."""
         tensors = {id(p): p for m in self.image_networks() for p in m.parameters()}

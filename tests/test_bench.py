@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from echodistill_core.backbones import TEACHER_FEATURES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,15 @@ def test_the_speed_benchmark_says_where_an_iteration_goes_in_pixel_and_latent_sp
     assert figures["latent_setup"]["vae_parameters"] > 0 and not figures["setup"]["vae_parameters"]
     assert figures["latent_phases_vs_teacher_step"]["encode"] > 0.01 > figures["phases_vs_teacher_step"]["encode"]
     assert figures["threads"] == 1 and "where an iteration goes" in printed and "[latent]" in printed
+    assert figures["setup"]["networks"] == {"discriminators": [TEACHER_FEATURES], "feature": TEACHER_FEATURES}
+
+
+def test_the_speed_benchmark_times_the_pixel_pair_with_the_networks_the_bundled_pair_trains_with():
+    figures, _ = run_bench("speed.py", "--repeats", "1", "--pairs", "pixel", "--pixel-networks", "bundled")
+    networks = figures["setup"]["networks"]
+    assert networks["discriminators"][0] == TEACHER_FEATURES and "DINO" in networks["discriminators"][1]
+    assert "DINO" in networks["feature"] and not any(key.startswith("latent_") for key in figures)
+    assert figures["phases_vs_teacher_step"]["5 discriminators"] > 0
 
 
 def test_the_flop_benchmark_counts_sd21_and_sd_turbo_per_phase():

@@ -7,7 +7,8 @@ Five methods, the same models, concept, optimisation steps and seed:
 4. EchoDistill without the echo stage;
 5. full EchoDistill.
 Each student is judged in ONE step by `echodistill_core.lab.evaluation` (calibrated fidelity: 0 the untouched
-student, 1 the concept's own held-out images; recognition where the world draws the concept; silhouette,
+student, 1 the concept's own held-out images; recognition where the world draws the concept, over all concept
+prompts and apart over those that only change the background and those that also change the concept; silhouette,
 prompt fidelity, quality kept); the teachers that trained (methods 3-5) in 25 steps.
 
     python bench/quality.py                       # the bundled tiny models and the demo concept, "my circle"
@@ -69,8 +70,9 @@ from echodistill_core.trainer import EchoDistillTrainer  # noqa: E402
 
 METHODS = BASELINES + ("echodistill_no_echo", "echodistill")
 TEACHER_TRAINED = ("teacher_only", "echodistill_no_echo", "echodistill")  # their 25-step teachers are judged too
-METRICS = ("calibrated_fidelity", "recognition", "recognition_shape", "concept_score", "concept_fidelity",
-           "concept_silhouette", "prompt_fidelity", "kept_accuracy", "kept_fd")
+METRICS = ("calibrated_fidelity", "recognition", "recognition_context_only", "recognition_concept_changed",
+           "recognition_shape", "concept_score", "concept_fidelity", "concept_silhouette", "prompt_fidelity",
+           "kept_accuracy", "kept_fd")
 
 
 def drawn_concept(text: str) -> dict:
@@ -353,7 +355,7 @@ def mean_run(runs: list[dict]) -> dict:
         if model in runs[0]:
             figures = {}
             for metric in METRICS:
-                if metric not in runs[0][model]:
+                if any(metric not in run[model] for run in runs):  # runs from before a metric existed
                     continue
                 values = [run[model][metric] for run in runs]
                 figures[metric] = statistics.fmean(values)

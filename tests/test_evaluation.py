@@ -62,6 +62,7 @@ def test_a_perfect_model_scores_full_marks(setup, student_sampler, tmp_path):
     assert scores["kept_fd"] == pytest.approx(0.0, abs=1e-6)
     # It draws the concept as the prompts ask, as the held-out images do (they at other places and sizes).
     assert scores["recognition"] == scores["recognition_shape"] == 1.0 and scores["calibrated_fidelity"] > 0.85
+    assert scores["recognition_context_only"] == scores["recognition_concept_changed"] == 1.0
     from PIL import Image
 
     grid = Image.open(tmp_path / "grid.png")  # one row per prompt, one column per seed, 4x
@@ -75,6 +76,23 @@ def test_a_model_that_ignores_prompts_is_caught(setup):
     assert scores["prompt_fidelity"] < 0.2  # ...but never in the asked context (black + big fits 1 in 6)
     assert scores["kept_accuracy"] < 0.6 and scores["kept_fd"] > 1.0  # and it forgot everything else
     assert "calibrated_fidelity" not in scores  # untouched plain samples alone give no scale
+
+
+def test_recognition_tells_new_backgrounds_from_changes_to_the_concept(setup):
+    """A model that keeps the concept on a new background but draws a red heart when a size is asked for:
+    recognised in every sample of the first kind of prompt and none of the second."""
+    evaluation, references, _, untouched, judge = setup
+    asked = {template.format(SUBJECT): named for template, named in CONCEPT_PROMPTS}
+
+    def sample(prompts, seeds):
+        images = [world.render(dict(CONCEPT, **asked[prompt], **({"color": "red"} if "size" in asked[prompt] else {})))
+                  if prompt in asked else world.render(CONCEPT) for prompt in prompts]
+        return (torch.stack(images).permute(0, 2, 3, 1) + 1) / 2
+
+    scores = evaluate(sample, references, evaluation, judge, untouched)
+    assert scores["recognition_context_only"] == 1.0 and scores["recognition_concept_changed"] == 0.0
+    sized = sum("size" in named for _, named in CONCEPT_PROMPTS) / len(CONCEPT_PROMPTS)
+    assert scores["recognition"] == pytest.approx(1 - sized)
 
 
 # The yardstick itself, checked before it is trusted: rendered concepts stand in for trained samples.

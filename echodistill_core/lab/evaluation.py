@@ -54,6 +54,7 @@ CONCEPT_PROMPTS = (  # (template for the subject, the attributes it names)
     ("a big {} on teal", {"size": "big", "background": "teal"}),
     ("a big {} on gray", {"size": "big", "background": "gray"}),
 )
+CONTEXT_ATTRIBUTES = ("background",)  # what a prompt may change around the concept, leaving the concept as it is
 SILHOUETTE_BOX = 16  # silhouettes are compared at this size after cropping to their extent
 
 
@@ -139,6 +140,11 @@ def evaluate(sample: Sampler, references: torch.Tensor, evaluation: EvaluationSe
     if evaluation.drawn is not None:
         scores["recognition"] = recognition_rate(concept_images, judge, evaluation.drawn)
         scores["recognition_shape"] = recognition_rate(concept_images, judge, evaluation.drawn, keys=("shape",))
+        # Apart: the prompts that only put the concept somewhere new, and those that also change it (its size).
+        context_only = torch.tensor([set(wanted) <= set(CONTEXT_ATTRIBUTES) for wanted in named])
+        for key, rows in (("recognition_context_only", context_only), ("recognition_concept_changed", ~context_only)):
+            if rows.any():
+                scores[key] = recognition_rate(concept_images[rows], judge, evaluation.drawn)
     if grid is not None:
         save_grid(concept_images, grid, columns=evaluation.seeds_per_prompt)
     return scores

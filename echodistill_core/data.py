@@ -181,6 +181,22 @@ def augment(image: torch.Tensor, resolution: int, generator: torch.Generator
     return crop, torch.ones(1, resolution, resolution), random_choice(LARGE_EDITS, generator)
 
 
+CAPTION_SEPARATOR = "|"  # "a <sks> dog on grass | a big <sks> dog on grass": one of these, drawn at each use
+
+
+def caption_alternatives(caption: str) -> tuple[str, ...]:
+    """A caption's alternatives: its parts between `CAPTION_SEPARATOR`s, stripped (one part: the caption).
+
+    A photo captioned in several true ways is seen under each of them, so the token learns to stand among
+    other words (a size before it, "a photo of" or nothing in front) and not only where one caption put it.
+    Refuses an empty part."""
+    alternatives = tuple(part.strip() for part in caption.split(CAPTION_SEPARATOR))
+    if not all(alternatives):
+        raise ConceptImageError(f"the caption {caption!r} has an empty alternative; write a caption on each side "
+                                f"of every {CAPTION_SEPARATOR!r}")
+    return alternatives
+
+
 class ConceptDataset:
     """A handful of images of one subject, drawn as augmented (image, mask, prompt) batches."""
 
@@ -194,8 +210,9 @@ class ConceptDataset:
             if len(captions) != len(images):
                 raise ConceptImageError(f"got {len(captions)} captions for {len(images)} images; give one per image")
             for index, caption in enumerate(captions):
-                if token not in caption:
-                    raise ConceptImageError(f"caption {index} ({caption!r}) does not mention the token {token}")
+                for alternative in caption_alternatives(caption):
+                    if token not in alternative:
+                        raise ConceptImageError(f"caption {index} ({alternative!r}) does not mention the token {token}")
         if any("{}" not in template for template in templates):
             raise ConceptImageError("every prompt template needs a {} where the subject goes")
         self.images = [center_square(to_tensor(image, index), resolution) for index, image in enumerate(images)]
@@ -219,8 +236,13 @@ class ConceptDataset:
 
     def prompt(self, index: int, edit: str, generator: torch.Generator) -> str:
         if self.captions is not None:
-            return self.captions[index]
+            alternatives = caption_alternatives(self.captions[index])
+            return alternatives[0] if len(alternatives) == 1 else random_choice(alternatives, generator)
         return self.template_prompt(generator, edit)
+
+    def caption_prompts(self) -> list[str]:
+        """Every prompt the captions can give (each alternative of each caption); none without captions."""
+        return [alternative for caption in self.captions or () for alternative in caption_alternatives(caption)]
 
     def sample(self, batch_size: int, generator: torch.Generator) -> ConceptBatch:
         """A batch drawn with the augmentation: the Custom Diffusion recipe (True), mirror images only

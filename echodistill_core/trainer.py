@@ -134,7 +134,7 @@ class EchoDistillTrainer:
         come after the token) must keep the token inside the text encoder's window, or it would be cut off."""
         concept = self.concept
         if concept.captions is not None:
-            prompts = list(concept.captions)
+            prompts = concept.caption_prompts()
         else:
             edits = ("",) + SMALL_EDITS + LARGE_EDITS
             prompts = [template.format(edit + concept.subject) for template in concept.templates for edit in edits]

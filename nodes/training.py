@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..echodistill_core.config import PARAMETERISATIONS, PRESETS, EchoDistillConfig
-from ..echodistill_core.data import ConceptDataset
+from ..echodistill_core.data import CAPTION_SEPARATOR, ConceptDataset, ConceptImageError, caption_alternatives
 from ..echodistill_core.lab.demo import demo_concept_images
 from ..echodistill_core.image_networks import RunNetworks
 from ..echodistill_core.memory import MEMORY_PRESETS
@@ -69,7 +69,10 @@ class ConceptImages(io.ComfyNode):
                 io.Custom(CONCEPT).Input("add_to", optional=True, tooltip="Another EchoDistill Concept Images node "
                                          "whose photos to include (mixed sizes)."),
                 io.String.Input("captions", multiline=True, default="", optional=True, tooltip="Optional: one "
-                                "caption per image, each mentioning the token. Empty: prompt templates are used."),
+                                "caption per image, each mentioning the token. Several true captions for one image, "
+                                f"separated by {CAPTION_SEPARATOR} (a <sks> dog on grass {CAPTION_SEPARATOR} a photo of "
+                                "a <sks> dog), are used in turn, so the token also works with other words around it. "
+                                "Empty: prompt templates are used."),
             ],
             outputs=[io.Custom(CONCEPT).Output("concept", display_name="concept",
                                                tooltip="The photos with the word that will stand for the subject.")])
@@ -86,9 +89,14 @@ class ConceptImages(io.ComfyNode):
                 except ValueError as error:
                     problems.append(str(error))
         if token is not None and captions:
-            problems += [f"caption {index + 1} ({line.strip()!r}) does not mention the token {token.strip()}"
-                         for index, line in enumerate(line for line in captions.splitlines() if line.strip())
-                         if token.strip() not in line]
+            for index, line in enumerate(line for line in captions.splitlines() if line.strip()):
+                try:
+                    alternatives = caption_alternatives(line)
+                except ConceptImageError as error:
+                    problems.append(str(error))
+                    continue
+                problems += [f"caption {index + 1} ({alternative!r}) does not mention the token {token.strip()}"
+                             for alternative in alternatives if token.strip() not in alternative]
         if problems:
             return "; ".join(dict.fromkeys(problems)) + ". Change it on the node and queue again."
         return True

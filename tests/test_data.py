@@ -46,6 +46,23 @@ def test_captions_must_mention_the_token():
     assert dataset.sample(2, torch.Generator()).prompts == ["<v> dog asleep"] * 2
 
 
+def test_a_caption_with_alternatives_gives_each_in_turn_and_each_must_mention_the_token():
+    captions = ["a <v> dog on grass | a big <v> dog on grass|<v> dog", "a <v> dog asleep"]
+    dataset = ConceptDataset([torch.ones(3, 16, 16), torch.zeros(3, 16, 16)], "<v>", "dog", 16, captions=captions,
+                             augment=False)
+    generator, seen = torch.Generator().manual_seed(0), {0: set(), 1: set()}
+    for _ in range(40):
+        batch = dataset.sample(4, generator)
+        for image, prompt in zip(batch.images, batch.prompts):
+            seen[int(image.mean() < 0)].add(prompt)  # the first photo is 1 (white), the second 0 (black): -1
+    assert seen == {0: {"a <v> dog on grass", "a big <v> dog on grass", "<v> dog"}, 1: {"a <v> dog asleep"}}
+    assert dataset.caption_prompts() == ["a <v> dog on grass", "a big <v> dog on grass", "<v> dog", "a <v> dog asleep"]
+    with pytest.raises(ConceptImageError, match=r"caption 0 \('a big dog'\) does not mention the token <v>"):
+        ConceptDataset([torch.ones(3, 16, 16)], "<v>", "dog", 16, captions=["a <v> dog | a big dog"])
+    with pytest.raises(ConceptImageError, match="has an empty alternative"):
+        ConceptDataset([torch.ones(3, 16, 16)], "<v>", "dog", 16, captions=["a <v> dog | "])
+
+
 def test_augmentation_masks_the_pasted_region_and_edits_the_prompt():
     image = torch.ones(3, 32, 32)
     generator = torch.Generator().manual_seed(0)

@@ -380,6 +380,13 @@ def test_concept_images_refuse_bad_words_and_captions_at_queue_time(pack):
     refused = node.validate_inputs(token="<cup>", class_word="cup", initializer_word="",
                                    captions="a <cup> cup\na mug on a table\n\n")
     assert refused.startswith("caption 2 ('a mug on a table') does not mention the token <cup>")
+    assert node.validate_inputs(token="<cup>", class_word="cup", initializer_word="",
+                                captions="a <cup> cup | a photo of a <cup> cup\na <cup> cup") is True
+    refused = node.validate_inputs(token="<cup>", class_word="cup", initializer_word="",
+                                   captions="a <cup> cup | a photo of a cup")
+    assert refused.startswith("caption 1 ('a photo of a cup') does not mention the token <cup>")
+    assert "has an empty alternative" in node.validate_inputs(token="<cup>", class_word="cup", initializer_word="",
+                                                              captions="a <cup> cup |")
     assert "contains the placeholder token" in node.validate_inputs(token="<cup>", class_word="cup",
                                                                      initializer_word="<cup>", captions="")
 

@@ -178,3 +178,9 @@ def test_a_caption_that_pushes_the_token_out_of_the_text_window_is_refused_befor
     concept = ConceptDataset(concept_images(), config.token, config.class_word, SIZE, captions=captions)
     with pytest.raises(ValueError, match="the token <sks> comes after the text encoder's 16-token window"):
         EchoDistillTrainer(teacher, student, text, concept, config)
+    # So must every alternative of a caption that has several.
+    captions = ["a <sks> dog | one two three four five six seven eight nine ten eleven twelve thirteen fourteen <sks> dog",
+                "a <sks> dog", "a <sks> dog", "a <sks> dog"]
+    concept = ConceptDataset(concept_images(), config.token, config.class_word, SIZE, captions=captions)
+    with pytest.raises(ValueError, match="the token <sks> comes after the text encoder's 16-token window"):
+        EchoDistillTrainer(teacher, student, text, concept, config)

@@ -138,6 +138,9 @@ def main() -> None:
                              "one table and JSON line, written to --out; trains nothing. Each is a folder with a "
                              "results.json, or the saved stderr of a run stopped early: the runs it finished (their "
                              "steps are taken to be --steps)")
+    parser.add_argument("--caption-alternatives", action="store_true",
+                        help="caption each drawn concept's photos in several true ways, one drawn at each use (\"a "
+                             "<mine> circle on black | a big <mine> circle on black | ...\"), not one")
     parser.add_argument("--students-only", action="store_true",
                         help="judge the 1-step students only (25-step teacher samples cost most of an evaluation)")
     args = parser.parse_args()
@@ -167,7 +170,8 @@ def main() -> None:
         folder = args.out / name.replace("/", "_")
         images = concept_images(args.concept, size, drawn)
         class_word = args.class_word or (drawn["shape"] if drawn and drawn.get("look") else DEMO_CLASS_WORD)
-        captions = rendered_concept_captions(drawn, f"{args.token} {class_word}", len(images)) if drawn else None
+        captions = rendered_concept_captions(drawn, f"{args.token} {class_word}", len(images),
+                                             alternatives=args.caption_alternatives) if drawn else None
         plan = plan_run(images, tiny=True, captions=captions, **dict(settings, class_word=class_word))
         config, concept = plan.config, plan.dataset(student)
         evaluation = EvaluationSet(concept.subject, args.seeds_per_prompt, args.plain, prompts, drawn)
@@ -208,7 +212,8 @@ def main() -> None:
             "teacher": {method: mean["teacher"] for method, mean in result["means"].items() if "teacher" in mean},
             "per_seed": result["runs"],
         }
-    output = {"pair": args.pair, "steps": config.steps, "seeds": args.seeds, "changes": args.set,
+    changes = args.set + (["caption_alternatives"] if args.caption_alternatives else [])
+    output = {"pair": args.pair, "steps": config.steps, "seeds": args.seeds, "changes": changes,
               **next(iter(figures.values())), "grids": grids}
     if len(concepts) > 1:
         output["concepts"] = figures

@@ -38,6 +38,23 @@ def test_captions_fit_the_tiny_tokenizer():
         assert len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length
 
 
+def test_the_concepts_caption_alternatives_name_each_views_own_size_and_fit_the_tokenizer():
+    from echodistill_core.data import caption_alternatives
+    from echodistill_core.lab.demo import rendered_concept_captions, rendered_concept_images
+    from echodistill_core.lab.tiny import tiny_text
+
+    tokenizer = tiny_text().tokenizer
+    views = rendered_concept_images(DEMO_CONCEPT, count=4)
+    captions = rendered_concept_captions(DEMO_CONCEPT, "<mine> circle", 4, alternatives=True)
+    assert rendered_concept_captions(DEMO_CONCEPT, "<mine> circle", 4) == ["a <mine> circle on black"] * 4
+    for view, caption in zip(views, captions):
+        alternatives = caption_alternatives(caption)
+        assert alternatives[0] == "a <mine> circle on black" and len(alternatives) == 4
+        size = world.measure(view[None] * 2 - 1)[0]["size"]  # the size the view is drawn at
+        assert f"a {size} <mine> circle on black" in alternatives
+        assert all(len(tokenizer.tokenize(text)) + 2 <= tokenizer.model_max_length for text in alternatives)
+
+
 def test_two_coloured_objects_are_named_in_captions_that_fit_and_drawn_as_named():
     """A share of two-coloured objects for training a world that knows looks: every one named (second colour and
     look word) in a caption that fits, drawn so that its look is read back from the pixels."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from ..data import CAPTION_SEPARATOR
 from ..loading import load_diffusers_folder
 from ..models import DiffusionModel, TextConditioner
 from .tiny import bundled_pair
@@ -46,7 +47,7 @@ def rendered_concept_images(concept: dict, size: int = world.IMAGE_SIZE, count: 
     images = []
     for index in range(count):
         angle = 2 * math.pi * index / count
-        attributes = dict(concept, size="big" if index % 2 == 0 else "small")
+        attributes = dict(concept, size=view_size(index))
         reach = world.IMAGE_SIZE / 2 - world.SIZES[attributes["size"]] - 1.5
         x, y = (world.IMAGE_SIZE / 2 + reach * math.cos(angle), world.IMAGE_SIZE / 2 + reach * math.sin(angle))
         image = (world.render(dict(attributes, x=x, y=y)) + 1) / 2
@@ -61,10 +62,22 @@ def demo_captions(count: int = 5) -> list[str]:
     return rendered_concept_captions(DEMO_CONCEPT, f"{DEMO_TOKEN} {DEMO_CLASS_WORD}", count)
 
 
-def rendered_concept_captions(concept: dict, subject: str, count: int = 5) -> list[str]:
+def rendered_concept_captions(concept: dict, subject: str, count: int = 5, alternatives: bool = False) -> list[str]:
     """A caption for each of `rendered_concept_images`'s views, in the world's own words: the subject ("<mine>
-    circle") and the background every view shows, "a <mine> circle on black"."""
-    return [f"a {subject} on {concept['background']}"] * count
+    circle") and the background every view shows, "a <mine> circle on black". With `alternatives`, each holds
+    four true captions of its view (`data.CAPTION_SEPARATOR`), one drawn at each use: that one, with the view's
+    size ("a big <mine> circle on black"), without the article, and after "a photo of"."""
+    background = concept["background"]
+    if not alternatives:
+        return [f"a {subject} on {background}"] * count
+    return [f" {CAPTION_SEPARATOR} ".join((f"a {subject} on {background}", f"a {size} {subject} on {background}",
+                                           f"{subject} on {background}", f"a photo of a {subject} on {background}"))
+            for size in (view_size(index) for index in range(count))]
+
+
+def view_size(index: int) -> str:
+    """The size of `rendered_concept_images`'s view `index`: big and small in turn."""
+    return "big" if index % 2 == 0 else "small"
 
 
 def bundled_model(role: str, device: str = "cpu") -> tuple[DiffusionModel, TextConditioner]:

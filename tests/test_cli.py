@@ -36,11 +36,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                  "untouched student"):
         assert Path(report["files"][name]).is_file()
     for role in ("student", "teacher"):
-        assert set(report[role]) == {"calibrated_fidelity", "recognition", "recognition_shape", "concept_score",
+        assert set(report[role]) == {"calibrated_fidelity", "recognition", "recognition_context_only",
+                                     "recognition_concept_changed", "recognition_shape", "concept_score",
                                      "concept_fidelity", "concept_silhouette", "prompt_fidelity", "kept_accuracy",
                                      "kept_fd"}
         assert all(0 <= report[role][key] <= 1 for key in ("concept_fidelity", "prompt_fidelity", "kept_accuracy",
-                                                            "recognition"))
+                                                            "recognition", "recognition_context_only",
+                                                            "recognition_concept_changed"))
+        # The demo's six prompts are half new backgrounds, half a size too: recognition is the halves' mean.
+        halves = (report[role]["recognition_context_only"] + report[role]["recognition_concept_changed"]) / 2
+        assert report[role]["recognition"] == pytest.approx(halves)
         assert abs(report[role]["calibrated_fidelity"]) < 0.5  # three steps: about the untouched model
     assert "report:" in capsys.readouterr().out
 
